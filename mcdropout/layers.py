@@ -1,0 +1,245 @@
+"""The dropout family: finding stochastic layers and running them in Monte Carlo mode.
+
+In MC mode only these layers are random; every other layer (BatchNormalization included) runs in
+inference mode. Masks come from :mod:`mcdropout.rng`, one per pass, shared by all rows of the
+request: each row still sees exactly the distribution of ordinary dropout, while the answer for a
+row cannot depend on which other rows share its batch. Recurrent layers get one mask per sequence
+for all time steps (variational RNN dropout, Gal & Ghahramani 2016).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from mcdropout import rng
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_STREAMS_PER_LAYER = 16
+
+
+@dataclass(frozen=True)
+class StochasticLayer:
+    """A layer that makes the model's passes differ.
+
+    Attributes:
+        name: The Keras layer name.
+        kind: The Keras class name ("Dropout", "SpatialDropout2D", "LSTM", ...).
+        rate: Drop probability (for recurrent layers, of the inputs).
+        recurrent_rate: Recurrent layers only: drop probability of the recurrent state.
+    """
+
+    name: str
+    kind: str
+    rate: float
+    recurrent_rate: float = 0.0
+
+
+def _is_dropout(layer: Any) -> bool:
+    mask_layers = (keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
+    return isinstance(layer, mask_layers) and float(layer.rate) > 0.0
+
+
+def _rnn_cells(layer: Any) -> list[Any]:
+    if not isinstance(layer, keras.layers.RNN):
+        return []
+    cells = layer.cell.cells if isinstance(layer.cell, keras.layers.StackedRNNCells) else [layer.cell]
+    return [c for c in cells
+            if float(getattr(c, "dropout", 0.0)) > 0 or float(getattr(c, "recurrent_dropout", 0.0)) > 0]
+
+
+def _describe(layer: Any) -> StochasticLayer | None:
+    if _is_dropout(layer):
+        return StochasticLayer(layer.name, type(layer).__name__, float(layer.rate))
+    cells = _rnn_cells(layer)
+    if cells:
+        return StochasticLayer(layer.name, type(layer).__name__, float(cells[0].dropout),
+                               float(cells[0].recurrent_dropout))
+    return None
+
+
+def _all_layers(model: Any) -> list[Any]:
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def find_stochastic_layers(model: Any) -> tuple[StochasticLayer, ...]:
+    """The layers of ``model`` (nested ones included) that MC dropout samples, in model order.
+
+    Dropout layers with rate 0 do nothing and are not listed.
+    """
+    found = (_describe(layer) for layer in _all_layers(model))
+    return tuple(f for f in found if f is not None)
+
+
+def contains_stochastic(layer: Any) -> bool:
+    """Whether ``layer`` is, or (as a nested model or wrapper) holds, a stochastic layer."""
+    if _describe(layer) is not None:
+        return True
+    flatten = getattr(layer, "_flatten_layers", None)
+    return flatten is not None and any(_describe(sub) is not None
+                                       for sub in flatten(include_self=False, recursive=True))
+
+
+@dataclass(frozen=True)
+class PassWindow:
+    """The passes a traced chunk computes: passes first .. first+count-1 of a request."""
+
+    seed: tf.Tensor  # uint32 (2,)
+    first: tf.Tensor  # int32 scalar
+    count: tf.Tensor  # int32 scalar
+
+
+_WINDOW: contextvars.ContextVar[PassWindow] = contextvars.ContextVar("mcdropout_window")
+_PATCH_LOCK = threading.RLock()
+
+
+def _noise(window: PassWindow, stream: int, tail: list[Any], draw: Callable[..., tf.Tensor]
+           ) -> tf.Tensor:
+    """Noise of shape (passes, 1, *tail) drawn by ``draw(key, first, count, units)``."""
+    units = 1
+    for dim in tail:
+        units = units * dim
+    key = rng.stream_key(window.seed, stream)
+    flat = draw(key, window.first, window.count, units)
+    return tf.reshape(flat, tf.concat([[window.count, 1], tf.stack(tail)], axis=0))
+
+
+def _per_pass(x: tf.Tensor, window: PassWindow, noise: tf.Tensor,
+              op: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+    """Apply ``op(x, noise)`` with x viewed as (passes, rows, ...) and noise broadcast over rows."""
+    shape = tf.shape(x)
+    grouped = tf.reshape(x, tf.concat([[window.count, -1], shape[1:]], axis=0))
+    return tf.reshape(op(grouped, noise), shape)
+
+
+def _dims(x: tf.Tensor) -> list[Any]:
+    """Non-batch dimensions, static where known."""
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i + 1] for i, d in enumerate(x.shape[1:])]
+
+
+def _noise_tail(layer: Any, x: tf.Tensor) -> list[Any]:
+    dims = _dims(x)
+    if isinstance(layer, (keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
+                          keras.layers.SpatialDropout3D)):
+        channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+        keep = 0 if channels_first else len(dims) - 1
+        return [d if i == keep else 1 for i, d in enumerate(dims)]
+    noise_shape = getattr(layer, "noise_shape", None)
+    if noise_shape is None:
+        return dims
+    return [dims[i] if n is None else n for i, n in enumerate(tuple(noise_shape)[1:])]
+
+
+def _dropout_call(layer: Any, stream: int) -> Callable[..., tf.Tensor]:
+    rate = float(layer.rate)
+
+    def call(inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+        window = _WINDOW.get()
+        x = tf.convert_to_tensor(inputs)
+        tail = _noise_tail(layer, x)
+
+        def bernoulli(key: tf.Tensor, first: tf.Tensor, count: tf.Tensor, units: Any) -> tf.Tensor:
+            return rng.keep_mask(key, first, count, units, rate)
+
+        if isinstance(layer, keras.layers.GaussianDropout):
+            def normal(key: tf.Tensor, first: tf.Tensor, count: tf.Tensor, units: Any) -> tf.Tensor:
+                return rng.standard_normal(key, first, count, units, x.dtype)
+
+            z = _noise(window, stream, tail, normal)
+            factor = 1.0 + (rate / (1.0 - rate)) ** 0.5 * z
+            return _per_pass(x, window, factor, lambda g, n: g * n)
+        kept = tf.cast(_noise(window, stream, tail, bernoulli), x.dtype)
+        if isinstance(layer, keras.layers.AlphaDropout):
+            alpha_p = -_SELU_ALPHA * _SELU_SCALE
+            a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
+            b = -a * alpha_p * rate
+            return _per_pass(x, window, kept,
+                             lambda g, k: a * (g * k + alpha_p * (1 - k)) + b)
+        return _per_pass(x, window, kept * (1.0 / (1.0 - rate)), lambda g, m: g * m)
+
+    return call
+
+
+def _rnn_mask(cell: Any, stream: int, step_input: tf.Tensor, rate: float) -> Any:
+    """Scaled keep masks shaped like ``step_input``, as Keras' ``_create_dropout_mask`` returns."""
+    window = _WINDOW.get()
+    count = getattr(cell, "dropout_mask_count", None)
+    tail = _dims(step_input)
+
+    def bernoulli(key: tf.Tensor, first: tf.Tensor, n: tf.Tensor, units: Any) -> tf.Tensor:
+        return rng.keep_mask(key, first, n, units, rate)
+
+    def one(sub: int) -> tf.Tensor:
+        kept = tf.cast(_noise(window, stream + sub, tail, bernoulli), step_input.dtype)
+        ones = tf.ones_like(step_input)
+        return _per_pass(ones, window, kept * (1.0 / (1.0 - rate)), lambda g, m: g * m)
+
+    return one(0) if count is None else [one(i) for i in range(count)]
+
+
+def _rnn_patches(layer: Any, stream: int) -> list[tuple[Any, str, Any]]:
+    patches: list[tuple[Any, str, Any]] = []
+    original_call = type(layer).call.__get__(layer)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        kwargs["training"] = True  # only the dropout masks below make training mode differ
+        return original_call(*args, **kwargs)
+
+    patches.append((layer, "call", call))
+    for i, cell in enumerate(_rnn_cells(layer)):
+        base = stream + 4 * i
+
+        def get_dropout_mask(step_input: tf.Tensor, cell: Any = cell, base: int = base) -> Any:
+            if getattr(cell, "_dropout_mask", None) is None and cell.dropout > 0:
+                cell._dropout_mask = _rnn_mask(cell, base, step_input, float(cell.dropout))
+            return getattr(cell, "_dropout_mask", None)
+
+        def get_recurrent_dropout_mask(step_input: tf.Tensor, cell: Any = cell, base: int = base
+                                       ) -> Any:
+            if getattr(cell, "_recurrent_dropout_mask", None) is None and cell.recurrent_dropout > 0:
+                cell._recurrent_dropout_mask = _rnn_mask(cell, base + 8, step_input,
+                                                         float(cell.recurrent_dropout))
+            return getattr(cell, "_recurrent_dropout_mask", None)
+
+        patches.append((cell, "get_dropout_mask", get_dropout_mask))
+        patches.append((cell, "get_recurrent_dropout_mask", get_recurrent_dropout_mask))
+    return patches
+
+
+@contextlib.contextmanager
+def mc_mode(model: Any, window: PassWindow) -> Iterator[None]:
+    """While tracing, make ``model``'s stochastic layers draw the masks of ``window``'s passes.
+
+    Patches are installed on the layer instances for the duration of the block only, under a
+    lock, so a traced graph holds the MC behaviour while the model itself is left unchanged.
+    """
+    patches: list[tuple[Any, str, Any]] = []
+    index = 0
+    for layer in _all_layers(model):
+        stream = index * _STREAMS_PER_LAYER
+        if _is_dropout(layer):
+            patches.append((layer, "call", _dropout_call(layer, stream)))
+        elif _rnn_cells(layer):
+            patches.extend(_rnn_patches(layer, stream))
+        else:
+            continue
+        index += 1
+    with _PATCH_LOCK:
+        token = _WINDOW.set(window)
+        for obj, name, fn in patches:
+            object.__setattr__(obj, name, fn)
+        try:
+            yield
+        finally:
+            for obj, name, _ in patches:
+                object.__delattr__(obj, name)
+            _WINDOW.reset(token)

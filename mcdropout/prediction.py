@@ -1,0 +1,70 @@
+"""The result type of a Monte Carlo dropout prediction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Task = Literal["regression", "classification"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A central predictive interval at one level, per row and output.
+
+    Attributes:
+        level: Coverage probability in (0, 1), e.g. 0.95.
+        lower: Lower bounds, shape (rows, outputs), in the target's units.
+        upper: Upper bounds, same shape.
+    """
+
+    level: float
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Mean and uncertainty of T stochastic forward passes.
+
+    Shapes: ``rows`` is the number of input rows, ``outputs`` the model's output width (the number
+    of classes for a classifier). All arrays are float64 unless noted; regression quantities are in
+    the target's original units (the model's standardisation undone).
+
+    Attributes:
+        task: "regression" or "classification".
+        samples: Number of passes T actually run (adaptive sampling may stop early).
+        seed: The seed that drove the dropout masks; passing it again reproduces this result.
+        mean: Mean over the passes, (rows, outputs). For a classifier, the mean class probabilities.
+        std: Standard deviation over the passes (epistemic spread), (rows, outputs).
+        standard_error: ``std / sqrt(samples)``, the Monte Carlo error of ``mean``.
+        predictive_std: Regression with a known noise precision tau: ``sqrt(std**2 + 1/tau)``.
+        intervals: Central predictive intervals, one per requested level.
+        predicted_class: Classifier only: argmax of ``mean``, (rows,), int64.
+        predictive_entropy: Classifier only: entropy of the mean probabilities (nats), (rows,).
+        expected_entropy: Classifier only: mean over passes of each pass's entropy (nats), (rows,).
+        mutual_information: Classifier only: predictive minus expected entropy (BALD), (rows,).
+        variation_ratio: Classifier only: 1 - (passes voting for the modal class) / T, (rows,).
+        raw_samples: The T per-pass outputs, (samples, rows, outputs) float32, when requested.
+    """
+
+    task: Task
+    samples: int
+    seed: int
+    mean: np.ndarray
+    std: np.ndarray
+    standard_error: np.ndarray
+    predictive_std: np.ndarray | None = None
+    intervals: tuple[Interval, ...] = field(default_factory=tuple)
+    predicted_class: np.ndarray | None = None
+    predictive_entropy: np.ndarray | None = None
+    expected_entropy: np.ndarray | None = None
+    mutual_information: np.ndarray | None = None
+    variation_ratio: np.ndarray | None = None
+    raw_samples: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.mean.shape[0])

@@ -1,0 +1,212 @@
+"""The model store: ``<root>/<name>/<version>/{model.keras, metadata.json}`` on disk.
+
+Versions are positive integers (as in TensorFlow Serving); the highest is the latest. A version
+directory is written under a temporary name and renamed into place, so a reader never sees a
+half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcdropout.errors import InvalidArgumentError, ModelLoadError, NotFoundError
+from mcdropout.prediction import Task
+
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the store records beside a model (``metadata.json``).
+
+    Attributes:
+        name: Model name, ``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 128 characters.
+        task: "regression" or "classification".
+        input_shape: Shape of one input row (no batch dimension).
+        input_dtype: Numpy dtype name the model expects, e.g. "float32".
+        labels: Class labels (classification) or target names (regression), one per output.
+        feature_mean, feature_std: Standardisation applied to inputs before the model, or None.
+        target_mean, target_std: The model predicts ``(y - target_mean) / target_std``; None if
+            it predicts y directly.
+        tau: Regression noise precision in the *standardised* target units, or None.
+        default_samples: T used when a request gives none.
+        max_samples: Largest T a request may ask for.
+        description: Free text shown in metadata.
+        provenance: How the model was made (data, hyper-parameters, metrics, library versions).
+        version: Filled in by the store when loading; 0 before the model is saved.
+    """
+
+    name: str
+    task: Task
+    input_shape: tuple[int, ...]
+    input_dtype: str = "float32"
+    labels: tuple[str, ...] = ()
+    feature_mean: tuple[float, ...] | None = None
+    feature_std: tuple[float, ...] | None = None
+    target_mean: tuple[float, ...] | None = None
+    target_std: tuple[float, ...] | None = None
+    tau: float | None = None
+    default_samples: int = 100
+    max_samples: int = 10_000
+    description: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("version")
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, version: int = 0) -> ModelInfo:
+        data = json.loads(text)
+        tuples = ("input_shape", "labels", "feature_mean", "feature_std", "target_mean",
+                  "target_std")
+        for key in tuples:
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown metadata keys {sorted(unknown)}")
+        if data.get("task") not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {data.get('task')!r}")
+        return cls(**data, version=version)
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise InvalidArgumentError."""
+    if not _NAME_RE.match(name or ""):
+        raise InvalidArgumentError(
+            f"model name must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 128 characters), got {name!r}"
+        )
+    return name
+
+
+class ModelStore:
+    """Versioned models under one root directory.
+
+    Args:
+        root: The store's directory; created on the first save.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        """Names of the models that have at least one complete version, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and _NAME_RE.match(p.name) and self.versions(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        """Complete versions of ``name``, ascending; [] when there are none."""
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        found = []
+        for p in folder.iterdir():
+            if p.name.isdigit() and int(p.name) > 0 and (p / METADATA_FILE).is_file():
+                found.append(int(p.name))
+        return sorted(found)
+
+    def resolve(self, name: str, version: int | None = None) -> int:
+        """The version that answers for ``(name, version)``; None or 0 means the latest.
+
+        Raises:
+            NotFoundError: no such model or version (the message lists what exists).
+        """
+        validate_name(name)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFoundError(f"model {name!r} not found; available models: {self.names()}")
+        if not version:
+            return versions[-1]
+        if version not in versions:
+            raise NotFoundError(
+                f"model {name!r} has no version {version}; available versions: {versions}")
+        return version
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def read_info(self, name: str, version: int | None = None) -> ModelInfo:
+        """The metadata of a stored version."""
+        version = self.resolve(name, version)
+        path = self.path(name, version) / METADATA_FILE
+        try:
+            return ModelInfo.from_json(path.read_text(), version=version)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+    def save(self, model: Any, info: ModelInfo, version: int | None = None) -> int:
+        """Write ``model`` (a keras.Model) and ``info`` as a new version and return its number.
+
+        Args:
+            model: The Keras model; saved in the native ``.keras`` format.
+            info: Its metadata; ``info.name`` names the model.
+            version: Explicit version number; default one above the latest.
+        """
+        validate_name(info.name)
+        existing = self.versions(info.name)
+        version = version or (existing[-1] + 1 if existing else 1)
+        if version in existing:
+            raise InvalidArgumentError(f"model {info.name!r} already has version {version}")
+        folder = self.root / info.name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=folder))
+        try:
+            model.save(tmp / MODEL_FILE)
+            (tmp / METADATA_FILE).write_text(info.to_json())
+            os.replace(tmp, folder / str(version))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return version
+
+    def load_model(self, name: str, version: int | None = None, *, safe_mode: bool = True) -> Any:
+        """Load the Keras model of a stored version.
+
+        Args:
+            safe_mode: Keras safe mode: refuse model files that would run arbitrary code (lambda
+                layers). Only turn off for models from a trusted source.
+
+        Raises:
+            NotFoundError: no such model or version.
+            ModelLoadError: the file is missing, corrupt, or unsafe while safe_mode is on.
+        """
+        import keras  # deferred: the store's listing functions should not pay for TensorFlow
+
+        version = self.resolve(name, version)
+        path = self.path(name, version) / MODEL_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} is missing")
+        try:
+            return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+        except Exception as exc:
+            text = str(exc)
+            if "safe_mode" in text or "unsafe" in text.lower():
+                raise ModelLoadError(
+                    f"{path} needs arbitrary code to load (e.g. a Lambda layer) and safe mode is "
+                    "on; re-save the model without it, or allow unsafe models only for a trusted "
+                    f"source. Keras said: {text.splitlines()[0]}") from exc
+            raise ModelLoadError(f"{path} could not be loaded (corrupt or incompatible): "
+                                 f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+                                 ) from exc
+
+
+def as_array(values: tuple[float, ...] | None) -> np.ndarray | None:
+    """A metadata tuple as a float64 array (None stays None)."""
+    return None if values is None else np.asarray(values, dtype=np.float64)
