@@ -72,7 +72,7 @@ def _split_sequential(model: keras.Sequential, dummy: tf.Tensor, cache: bool) ->
 
 
 def _ordered_nodes(model: Any) -> list[Any]:
-    nodes = []
+    nodes: list[Any] = []
     for depth in sorted(model._nodes_by_depth, reverse=True):
         nodes.extend(n for n in model._nodes_by_depth[depth] if n.operation and not n.is_input)
     return nodes

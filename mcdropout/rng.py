@@ -36,7 +36,8 @@ def stream_key(seed: tf.Tensor, stream: int) -> tf.Tensor:
         stream: A small integer naming the stream; distinct streams give independent numbers.
     """
     salt = mix32(_u32(stream * _GOLDEN + 1))
-    return mix32(tf.bitwise.bitwise_xor(mix32(tf.bitwise.bitwise_xor(seed[0], salt)) + _u32(_GOLDEN), seed[1]))
+    low = mix32(tf.bitwise.bitwise_xor(seed[0], salt)) + _u32(_GOLDEN)
+    return mix32(tf.bitwise.bitwise_xor(low, seed[1]))
 
 
 def hash_bits(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int) -> tf.Tensor:
@@ -53,7 +54,7 @@ def hash_bits(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: i
 def keep_mask(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int,
               rate: float) -> tf.Tensor:
     """Boolean (passes, units) mask, each element True with probability 1 - rate (to 2**-32)."""
-    threshold = min(int(round(rate * 2.0**32)), 0xFFFFFFFF)
+    threshold = min(round(rate * 2.0**32), 0xFFFFFFFF)
     return hash_bits(key, first_pass, passes, units) >= _u32(threshold)
 
 
