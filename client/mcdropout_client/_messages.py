@@ -1,0 +1,151 @@
+"""Request building and response parsing shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from grpc_health.v1 import health_pb2
+
+from mcdropout_client import tensors
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2
+from mcdropout_client.results import (
+    DropoutLayer,
+    ModelDescription,
+    ModelSummary,
+    PredictResult,
+    TensorSpec,
+)
+
+OUTPUT_NAMES: tuple[str, ...] = tuple(
+    name.lower() for name, value in mcdropout_pb2.Output.items() if value
+)
+"""Names accepted in ``predict(outputs=...)``, e.g. ``"mean"``, ``"mutual_information"``."""
+
+_MAX_SEED = 2**64
+# Response field name -> PredictResult attribute, for the tensors that map one to one.
+_TENSOR_FIELDS = {
+    "mean": "mean", "std": "std", "predictive_std": "predictive_std",
+    "standard_error": "standard_error", "predicted_class": "predicted_class",
+    "predictive_entropy": "predictive_entropy", "expected_entropy": "expected_entropy",
+    "mutual_information": "mutual_information", "variation_ratio": "variation_ratio",
+    "samples": "raw_samples",
+}
+
+
+def predict_request(
+    x: Any, *, model: str, version: int | None, samples: int | None, seed: int | None,
+    tolerance: float | None, interval_levels: Sequence[float], outputs: Sequence[str] | None,
+    request_id: str | None,
+) -> mcdropout_pb2.PredictRequest:
+    """Build a PredictRequest, checking locally what the wire types cannot carry."""
+    if not model:
+        raise ValueError("model must be a non-empty model name, got ''")
+    if seed is not None and not 0 <= seed < _MAX_SEED:
+        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+    if samples is not None and not 0 <= samples < 2**32:
+        raise ValueError(
+            f"samples must be in 0..2**32-1 (0 for the model's default), got {samples}"
+        )
+    request = mcdropout_pb2.PredictRequest(
+        model_name=model,
+        model_version=version or 0,
+        inputs=tensors.to_proto(x),
+        samples=samples or 0,
+        tolerance=tolerance or 0.0,
+        interval_levels=[float(level) for level in interval_levels],
+        outputs=[output_enum(name) for name in outputs or ()],
+        request_id=request_id or "",
+    )
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+def output_enum(name: str) -> mcdropout_pb2.Output.ValueType:
+    """Return the Output enum value for a lower-case output name such as ``"mean"``."""
+    if name.lower() not in OUTPUT_NAMES:
+        raise ValueError(f"unknown output {name!r}; allowed: {', '.join(OUTPUT_NAMES)}")
+    return mcdropout_pb2.Output.Value(name.upper())
+
+
+def predict_result(response: mcdropout_pb2.PredictResponse) -> PredictResult:
+    """Turn a PredictResponse into a :class:`PredictResult` of numpy arrays."""
+    arrays = {
+        attr: tensors.from_proto(getattr(response, name))
+        for name, attr in _TENSOR_FIELDS.items()
+        if response.HasField(name)  # type: ignore[arg-type]
+    }
+    intervals = {
+        iv.level: (tensors.from_proto(iv.lower), tensors.from_proto(iv.upper))
+        for iv in response.intervals
+    }
+    return PredictResult(
+        model=response.model_name,
+        version=response.model_version,
+        samples_used=response.samples_used,
+        seed=response.seed,
+        request_id=response.request_id,
+        task=task_name(response.task),
+        intervals=intervals,
+        **arrays,
+    )
+
+
+def metadata_request(model: str, version: int | None) -> mcdropout_pb2.GetModelMetadataRequest:
+    """Build a GetModelMetadataRequest (version ``None`` means the latest)."""
+    if not model:
+        raise ValueError("model must be a non-empty model name, got ''")
+    return mcdropout_pb2.GetModelMetadataRequest(model_name=model, model_version=version or 0)
+
+
+def model_description(meta: mcdropout_pb2.ModelMetadata) -> ModelDescription:
+    """Turn a ModelMetadata message into a :class:`ModelDescription`."""
+    return ModelDescription(
+        name=meta.name,
+        version=meta.version,
+        versions=tuple(meta.versions),
+        task=task_name(meta.task),
+        input=_spec(meta.input),
+        output=_spec(meta.output),
+        labels=tuple(meta.labels),
+        dropout_layers=tuple(
+            DropoutLayer(d.name, d.kind, d.rate, d.recurrent_rate) for d in meta.dropout_layers
+        ),
+        default_samples=meta.default_samples,
+        max_samples=meta.max_samples,
+        tau=meta.tau or None,
+        description=meta.description,
+        max_rows=meta.max_rows,
+    )
+
+
+def model_summaries(response: mcdropout_pb2.ListModelsResponse) -> list[ModelSummary]:
+    """Turn a ListModelsResponse into :class:`ModelSummary` entries, in server order."""
+    return [ModelSummary(m.name, task_name(m.task), tuple(m.versions)) for m in response.models]
+
+
+def health_request(service: str) -> health_pb2.HealthCheckRequest:
+    """Build a grpc.health.v1 check request ("" asks about the whole server)."""
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+def health_status(response: health_pb2.HealthCheckResponse) -> str:
+    """Return the serving status name, e.g. ``"SERVING"`` or ``"NOT_SERVING"``."""
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def task_name(task: int) -> str:
+    """``"regression"``, ``"classification"`` or ``"unspecified"`` for a wire Task value."""
+    try:
+        return mcdropout_pb2.Task.Name(task).lower().removeprefix("task_")  # type: ignore[arg-type]
+    except ValueError:  # a newer server's task: describe it rather than fail the whole call
+        return f"task_{task}"
+
+
+def _spec(spec: mcdropout_pb2.TensorSpec) -> TensorSpec:
+    try:
+        dtype = str(tensors.enum_to_dtype(spec.dtype))
+    except ValueError:  # unspecified, or a dtype newer than this client
+        dtype = "unspecified" if spec.dtype == 0 else f"dtype_{spec.dtype}"
+    return TensorSpec(name=spec.name, dtype=dtype, shape=tuple(spec.shape))

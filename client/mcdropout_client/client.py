@@ -1,0 +1,133 @@
+"""The blocking client: :class:`Client`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from mcdropout_client import _messages
+from mcdropout_client._base import ClientBase, Metadata, Timeout
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
+from mcdropout_client._retry import Attempts
+from mcdropout_client.errors import NotFound, raise_for
+from mcdropout_client.results import ModelDescription, ModelSummary, PredictResult
+
+_Response = TypeVar("_Response")
+
+
+class Client(ClientBase):
+    """Blocking client of the mcdropout PredictionService.
+
+    Example::
+
+        with Client("localhost:50051") as client:
+            result = client.predict(x, model="boston", samples=200, seed=0)
+            print(result.mean, result.std)
+
+    Every method raises a :class:`mcdropout_client.errors.ClientError` subclass when the call
+    fails (after retrying UNAVAILABLE), and ``ValueError`` for arguments it can check locally.
+    The constructor's arguments are documented on :meth:`ClientBase.__init__`.
+    """
+
+    def _open(self) -> None:
+        if self._credentials is None:
+            self._channel = grpc.insecure_channel(self.target, options=self._options)
+        else:
+            self._channel = grpc.secure_channel(self.target, self._credentials, self._options)
+        self._stub = mcdropout_pb2_grpc.PredictionServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def predict(
+        self, x: Any, *, model: str, version: int | None = None, samples: int | None = None,
+        seed: int | None = None, tolerance: float | None = None,
+        interval_levels: Sequence[float] = (), outputs: Sequence[str] | None = None,
+        timeout: Timeout = ..., metadata: Metadata = (), request_id: str | None = None,
+    ) -> PredictResult:
+        """Run T stochastic passes of ``model`` over the rows of ``x``.
+
+        Args:
+            x: input rows, shape (rows, *input_shape); any numeric dtype (the server casts).
+            model: model name.
+            version: model version; ``None`` for the latest.
+            samples: passes T; ``None`` for the model's default. With ``tolerance``, the ceiling.
+            seed: seed of the dropout masks in 0..2**64-1; ``None`` lets the server draw one.
+            tolerance: stop once every mean's Monte Carlo standard error is <= this (output units).
+            interval_levels: coverage levels of central intervals, each in (0, 1).
+            outputs: statistics to return (see ``OUTPUT_NAMES``); ``None`` for the task default.
+            timeout: deadline of the call in seconds; ``...`` for the client's default.
+            metadata: extra ``(key, value)`` pairs for this call.
+            request_id: id echoed in server logs and the result.
+
+        Returns:
+            A :class:`PredictResult`.
+
+        Raises:
+            ValueError: an unknown output name, a seed out of range, an unsupported dtype.
+            ClientError: the server refused or failed the call (e.g. ``InvalidArgument``).
+        """
+        request = _messages.predict_request(
+            x, model=model, version=version, samples=samples, seed=seed, tolerance=tolerance,
+            interval_levels=interval_levels, outputs=outputs, request_id=request_id,
+        )
+        reply = self._invoke(self._stub.Predict, request, timeout, metadata)
+        return _messages.predict_result(reply)
+
+    def metadata(self, model: str, version: int | None = None, *, timeout: Timeout = ...,
+                 metadata: Metadata = ()) -> ModelDescription:
+        """Describe ``model`` (``version`` ``None`` for the latest): task, shapes, labels, limits.
+
+        Raises:
+            NotFound: no such model or version.
+        """
+        request = _messages.metadata_request(model, version)
+        reply = self._invoke(self._stub.GetModelMetadata, request, timeout, metadata)
+        return _messages.model_description(reply)
+
+    def models(self, *, timeout: Timeout = ..., metadata: Metadata = ()) -> list[ModelSummary]:
+        """List the models the server serves, with their tasks and versions."""
+        request = mcdropout_pb2.ListModelsRequest()
+        return _messages.model_summaries(
+            self._invoke(self._stub.ListModels, request, timeout, metadata)
+        )
+
+    def health(self, service: str = "", *, timeout: Timeout = ...,
+               metadata: Metadata = ()) -> str:
+        """Ask the standard gRPC health service about ``service`` ("" for the whole server).
+
+        Returns:
+            ``"SERVING"``, ``"NOT_SERVING"``, ``"UNKNOWN"``, or ``"SERVICE_UNKNOWN"`` when the
+            server does not know the service name (e.g. a model it does not serve).
+        """
+        request = _messages.health_request(service)
+        try:
+            reply = self._invoke(self._health.Check, request, timeout, metadata)
+        except NotFound:
+            return "SERVICE_UNKNOWN"
+        return _messages.health_status(reply)
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _invoke(self, method: Callable[..., _Response], request: Any, timeout: Timeout,
+                metadata: Metadata) -> _Response:
+        attempts = Attempts(self.retry_policy, self._call_timeout(timeout))
+        call_metadata = self._call_metadata(metadata)
+        while True:
+            try:
+                return method(request, timeout=attempts.remaining(), metadata=call_metadata)
+            except grpc.RpcError as error:
+                delay = attempts.next_delay(error)
+                if delay is None:
+                    raise_for(error)
+                time.sleep(delay)

@@ -1,0 +1,125 @@
+"""What the client returns: plain frozen dataclasses holding numpy arrays (no protobuf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+REGRESSION = "regression"
+CLASSIFICATION = "classification"
+
+
+# eq=False: the fields are arrays, whose == is elementwise and has no single truth value.
+@dataclass(frozen=True, eq=False)
+class PredictResult:
+    """The answer to one Predict call.
+
+    Statistics that were not requested, or do not apply to the task, are ``None``.
+
+    Attributes:
+        model: name of the model that answered.
+        version: the model version that answered.
+        samples_used: stochastic passes actually run (below the request only when adaptive
+            sampling met its tolerance early).
+        seed: seed of the dropout masks; send it back to reproduce the answer exactly.
+        request_id: the request id (the caller's, or the one the server made).
+        task: ``"regression"`` or ``"classification"``.
+        mean: (rows, outputs) mean over passes; for classifiers the mean class probabilities.
+        std: (rows, outputs) standard deviation over passes (epistemic), in output units.
+        predictive_std: (rows, outputs) regression only, sqrt(std**2 + 1/tau).
+        standard_error: (rows, outputs) Monte Carlo standard error of ``mean``.
+        intervals: coverage level -> (lower, upper), each (rows, outputs).
+        predicted_class: (rows,) int64 argmax of ``mean``.
+        predictive_entropy: (rows,) nats.
+        expected_entropy: (rows,) nats (aleatoric part).
+        mutual_information: (rows,) nats (epistemic part, BALD).
+        variation_ratio: (rows,) in [0, 1).
+        raw_samples: (passes, rows, outputs) float32 per-pass outputs, when requested.
+    """
+
+    model: str
+    version: int
+    samples_used: int
+    seed: int
+    request_id: str
+    task: str
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    predictive_std: np.ndarray | None = None
+    standard_error: np.ndarray | None = None
+    intervals: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    predicted_class: np.ndarray | None = None
+    predictive_entropy: np.ndarray | None = None
+    expected_entropy: np.ndarray | None = None
+    mutual_information: np.ndarray | None = None
+    variation_ratio: np.ndarray | None = None
+    raw_samples: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        """Number of input rows answered."""
+        for arr in (self.mean, self.predicted_class, self.std, self.predictive_entropy):
+            if arr is not None:
+                return int(arr.shape[0])
+        return 0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and numpy dtype name of a model input or output; -1 marks the rows dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DropoutLayer:
+    """A stochastic layer of a model (the source of the Monte Carlo spread).
+
+    Attributes:
+        name: layer name in the model.
+        kind: Keras class name, e.g. ``"Dropout"`` or ``"LSTM"``.
+        rate: drop probability in [0, 1).
+        recurrent_rate: recurrent-state drop probability (recurrent layers only, else 0).
+    """
+
+    name: str
+    kind: str
+    rate: float
+    recurrent_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Metadata of one model version, as ``GetModelMetadata`` describes it.
+
+    Attributes:
+        tau: regression noise precision (1/variance, target units), ``None`` when unknown.
+        labels: class labels (classification) or target names (regression); may be empty.
+        max_rows: largest accepted number of rows per request (0 when the server sets no limit).
+    """
+
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    task: str
+    input: TensorSpec
+    output: TensorSpec
+    labels: tuple[str, ...]
+    dropout_layers: tuple[DropoutLayer, ...]
+    default_samples: int
+    max_samples: int
+    tau: float | None
+    description: str
+    max_rows: int
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One entry of ``ListModels``: a model name, its task and its versions (ascending)."""
+
+    name: str
+    task: str
+    versions: tuple[int, ...]
