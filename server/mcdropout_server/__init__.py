@@ -1,0 +1,1 @@
+"""The mcdropout gRPC server."""

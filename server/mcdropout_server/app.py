@@ -1,0 +1,198 @@
+"""Server lifecycle: build, start, serve until SIGTERM/SIGINT, drain, stop.
+
+Draining: health turns NOT_SERVING for every name, new RPCs are refused with UNAVAILABLE
+("server is shutting down"), RPCs in flight get up to ``grace_seconds`` to finish, then the
+server stops and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
+
+from mcdropout import ModelStore
+from mcdropout_server.drain import DrainGate
+from mcdropout_server.logs import fields
+from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.registry import Limits, ModelRegistry
+from mcdropout_server.runner import PredictionRunner
+from mcdropout_server.servicers import PredictionServicer
+from mcdropout_server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["PredictionService"].full_name
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def load_registry(settings: ServerSettings) -> ModelRegistry:
+    """Load every model of the configured store (the built-in default store when unset).
+
+    Raises:
+        ModelLoadError: the store is empty or a model version cannot be served.
+    """
+    root = settings.model_root
+    if root is None:
+        from mcdropout.defaults import ensure_default_store  # deferred: may train on first use
+
+        root = ensure_default_store()
+    return ModelRegistry.load(
+        ModelStore(Path(root)),
+        limits=Limits(max_rows=settings.max_rows, max_row_samples=settings.max_row_samples),
+        memory_budget_bytes=settings.memory_budget_mb * 2**20,
+        max_samples=settings.max_samples,
+        max_raw_sample_values=settings.max_raw_sample_values)
+
+
+class ServerApp:
+    """One gRPC server over a loaded registry: prediction, health, reflection and metrics.
+
+    Args:
+        settings: Ports, limits and worker counts (model_root is not read here).
+        registry: The loaded models.
+
+    Attributes:
+        port: The bound gRPC port, once started (the real one when settings.port is 0).
+        metrics_port: The bound metrics port, or None when metrics are off.
+    """
+
+    def __init__(self, settings: ServerSettings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = ServerMetrics(registry.names())
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: Any = None
+
+    async def start(self) -> None:
+        """Bind, start serving, and mark every health name SERVING.
+
+        Raises:
+            RuntimeError: the port cannot be bound.
+        """
+        s = self.settings
+        self.gate = DrainGate()
+        self.runner = PredictionRunner(self.registry, s.workers)
+        self._server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", s.max_message_bytes),
+                     ("grpc.max_send_message_length", s.max_message_bytes),
+                     ("grpc.so_reuseport", 0)],  # a port already in use fails loudly
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+        pb_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.runner, self.gate, self.metrics), self._server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        try:
+            self.port = self._server.add_insecure_port(f"{host}:{s.port}")
+            await self._server.start()
+            if s.metrics_port:
+                self.metrics_port = self.metrics.start_http(s.host, s.metrics_port)
+        except BaseException:
+            await self._server.stop(0)
+            self.runner.shutdown()
+            raise
+        for name in ("", SERVICE_NAME, *self.registry.names()):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        models = ", ".join(f"{name} (v{', v'.join(map(str, self.registry.versions(name)))})"
+                           for name in self.registry.names())
+        metrics = f"metrics on :{self.metrics_port}" if self.metrics_port else "metrics off"
+        log.info(f"listening on {s.host}:{self.port}; {metrics}; models: {models}",
+                 extra=fields(port=self.port, metrics_port=self.metrics_port))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop: NOT_SERVING, refuse new RPCs, let in-flight ones finish, stop.
+
+        Args:
+            grace: Seconds in-flight RPCs may take; settings.grace_seconds when None. RPCs still
+                running after it are cancelled (their passes stop at the next chunk).
+        """
+        grace = self.settings.grace_seconds if grace is None else grace
+        ends = time.monotonic() + grace
+        await self.health.enter_graceful_shutdown()
+        self.gate.close()
+        log.info("draining", extra=fields(in_flight=self.gate.in_flight, grace_seconds=grace))
+        drained = await self.gate.wait_idle(grace)
+        await self._server.stop(max(0.0, ends - time.monotonic()))
+        await asyncio.to_thread(self.runner.shutdown)
+        self.metrics.stop_http()
+        log.info("stopped", extra=fields(drained=drained))
+
+
+def serve(settings: ServerSettings) -> int:
+    """Load the models, serve until SIGTERM or SIGINT, drain, and return the exit code (0)."""
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: ServerSettings) -> int:
+    log.info("settings: " + settings.describe())
+    app = ServerApp(settings, load_registry(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    log.info("shutdown signal received")
+    await app.stop()
+    return 0
+
+
+class ServerThread:
+    """Runs a :class:`ServerApp` on its own event loop in a background thread.
+
+    For tests, benchmarks and notebooks: ``with ServerThread(settings, registry) as app: ...``.
+
+    Args:
+        settings: As for :class:`ServerApp`.
+        registry: The loaded models (reusable across servers).
+    """
+
+    def __init__(self, settings: ServerSettings, registry: ModelRegistry) -> None:
+        self.app = ServerApp(settings, registry)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mcdropout-server",
+                                        daemon=True)
+
+    def start(self, timeout: float = 60.0) -> ServerApp:
+        """Start the server and wait until it serves; returns the app (see ``app.port``)."""
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.app.start(), self._loop).result(timeout)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+            self._loop.close()
+            raise
+        return self.app
+
+    def begin_stop(self, grace: float | None = None) -> Any:
+        """Start draining without waiting; returns a concurrent Future done when stopped."""
+        future = asyncio.run_coroutine_threadsafe(self.app.stop(grace), self._loop)
+        future.add_done_callback(lambda _: self._loop.call_soon_threadsafe(self._loop.stop))
+        return future
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        """Drain and stop the server, then end the thread."""
+        self.begin_stop(grace).result(timeout)
+        self._thread.join(timeout)
+        self._loop.close()
+
+    def __enter__(self) -> ServerApp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the server, served on their own port.
+
+Each server gets its own CollectorRegistry, so several servers in one process (tests, benchmarks)
+do not collide. Model labels are only ever names the server serves: a client sending random model
+names must not be able to grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+UNKNOWN_MODEL = "_unknown"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                    60)
+_PASS_BUCKETS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10_000)
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16_384)
+
+
+class ServerMetrics:
+    """The server's counters, histograms and gauge.
+
+    Args:
+        models: Names of the served models; any other model label is recorded as "_unknown".
+    """
+
+    def __init__(self, models: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        self._models = frozenset(models)
+        self.requests = Counter(
+            "mcdropout_requests", "RPCs answered, by model, method and gRPC status code.",
+            ["model", "method", "code"], registry=self.registry)
+        self.latency = Histogram(
+            "mcdropout_request_seconds", "Time from receiving an RPC to answering it, seconds.",
+            ["model", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.passes = Histogram(
+            "mcdropout_passes_per_request", "Stochastic forward passes run per Predict.",
+            ["model"], buckets=_PASS_BUCKETS, registry=self.registry)
+        self.rows = Histogram(
+            "mcdropout_batch_rows", "Input rows per Predict.", ["model"], buckets=_ROW_BUCKETS,
+            registry=self.registry)
+        self.in_flight = Gauge(
+            "mcdropout_in_flight_requests", "RPCs being handled now.", registry=self.registry)
+        self._http: Any = None
+
+    def model_label(self, model: str) -> str:
+        """``model`` if it is served, else "_unknown"."""
+        return model if model in self._models else UNKNOWN_MODEL
+
+    def observe_rpc(self, model: str, method: str, code: str, seconds: float) -> None:
+        """Record one finished RPC with its status code name (e.g. "OK") and latency."""
+        label = self.model_label(model)
+        self.requests.labels(label, method, code).inc()
+        self.latency.labels(label, method).observe(seconds)
+
+    def observe_prediction(self, model: str, rows: int, passes: int) -> None:
+        """Record the size of one completed prediction."""
+        label = self.model_label(model)
+        self.rows.labels(label).observe(rows)
+        self.passes.labels(label).observe(passes)
+
+    def start_http(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 picks a free port) and return the bound port."""
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_address[1])
+
+    def stop_http(self) -> None:
+        """Stop the metrics endpoint, if it runs."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

@@ -1,0 +1,56 @@
+"""The mcdropout.v1.PredictionService methods: decode with the codec, call the domain, encode."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
+
+from mcdropout_server import codec
+from mcdropout_server.drain import DrainGate
+from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.runner import PredictionRunner
+from mcdropout_server.status import RpcRecord, rpc
+
+
+class PredictionServicer(pb_grpc.PredictionServiceServicer):
+    """Serves the models of a :class:`~mcdropout_server.runner.PredictionRunner`'s registry.
+
+    Args:
+        runner: Runs predictions off the event loop.
+        gate: Refuses new calls while the server drains.
+        metrics: Where calls are counted.
+    """
+
+    def __init__(self, runner: PredictionRunner, gate: DrainGate, metrics: ServerMetrics) -> None:
+        self.runner = runner
+        self.registry = runner.registry
+        self.gate = gate
+        self.metrics = metrics
+
+    @rpc("Predict")
+    async def Predict(self, request: pb.PredictRequest, context: Any,
+                      record: RpcRecord) -> pb.PredictResponse:
+        call = codec.decode_predict(request, record.request_id)
+        record.rows, record.seed = call.rows, call.seed
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        answer = await self.runner.predict(call, deadline=deadline)
+        record.version, record.samples = answer.version, answer.prediction.samples
+        record.seed = answer.prediction.seed
+        self.metrics.observe_prediction(answer.model, call.rows, answer.prediction.samples)
+        return codec.encode_predict(answer, record.request_id)
+
+    @rpc("GetModelMetadata")
+    async def GetModelMetadata(self, request: pb.GetModelMetadataRequest,
+                               context: Any, record: RpcRecord) -> pb.ModelMetadata:
+        served = self.registry.get(request.model_name, request.model_version or None)
+        record.version = served.version
+        return codec.encode_metadata(served, self.registry)
+
+    @rpc("ListModels")
+    async def ListModels(self, request: pb.ListModelsRequest, context: Any,
+                         record: RpcRecord) -> pb.ListModelsResponse:
+        return codec.encode_models(self.registry)

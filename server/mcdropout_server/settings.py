@@ -1,0 +1,164 @@
+"""Server settings, declared once: defaults, environment variables and command-line flags.
+
+Each field of :class:`ServerSettings` is one setting. Its environment variable is
+``MCDROPOUT_<FIELD NAME>`` and its flag ``--<field-name>``; both are generated from the field, so
+adding a setting here adds it everywhere (``mcdropout serve --help`` included). Precedence:
+flag, then environment, then the default. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MCDROPOUT_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "keyvalue")
+
+
+def _meta(help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+          secret: bool = False) -> dict[str, Any]:
+    return {"help": help, "choices": choices, "minimum": minimum, "secret": secret}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the server can be told at start.
+
+    Raises:
+        ValueError: (at construction) a value outside its allowed range, naming the setting.
+    """
+
+    model_root: Path | None = field(default=None, metadata=_meta(
+        "Model store directory (<root>/<name>/<version>/). Unset: the built-in default models, "
+        "trained on first use and cached."))
+    host: str = field(default="0.0.0.0", metadata=_meta("Address the gRPC server binds to."))
+    port: int = field(default=50051, metadata=_meta(
+        "gRPC port; 0 picks a free port (the bound one is logged).", minimum=0))
+    metrics_port: int = field(default=9090, metadata=_meta(
+        "Prometheus metrics port; 0 disables the endpoint.", minimum=0))
+    workers: int = field(default=4, metadata=_meta(
+        "Threads that run model passes, off the gRPC event loop (TensorFlow parallelises each "
+        "pass itself).", minimum=1))
+    max_concurrent_rpcs: int = field(default=64, metadata=_meta(
+        "RPCs handled at once; more get RESOURCE_EXHAUSTED (bounds the queue).", minimum=1))
+    max_message_bytes: int = field(default=64 * 2**20, metadata=_meta(
+        "Largest request or response message, bytes.", minimum=1024))
+    max_rows: int = field(default=10_000, metadata=_meta(
+        "Largest number of input rows per request.", minimum=1))
+    max_row_samples: int = field(default=10_000_000, metadata=_meta(
+        "Largest rows x samples (total row-passes) per request.", minimum=1))
+    max_samples: int = field(default=10_000, metadata=_meta(
+        "Ceiling on passes per request for every model (a model's own limit may be lower).",
+        minimum=1))
+    max_raw_sample_values: int = field(default=10_000_000, metadata=_meta(
+        "Largest passes x rows x outputs kept for raw samples and intervals.", minimum=1))
+    memory_budget_mb: int = field(default=256, metadata=_meta(
+        "Memory one request's passes may use at once, MiB; passes run in chunks that fit.",
+        minimum=1))
+    grace_seconds: float = field(default=20.0, metadata=_meta(
+        "On SIGTERM/SIGINT: how long in-flight requests may take to finish, seconds.",
+        minimum=0))
+    log_level: str = field(default="INFO", metadata=_meta(
+        "Log level (DEBUG logs one line per request).", choices=LOG_LEVELS))
+    log_format: str = field(default="json", metadata=_meta(
+        "Log line format.", choices=LOG_FORMATS))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            minimum, choices = f.metadata["minimum"], f.metadata["choices"]
+            if minimum is not None and value < minimum:
+                raise ValueError(f"{env_name(f.name)} must be >= {minimum}, got {value}")
+            if choices and value not in choices:
+                raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, "
+                                 f"got {value!r}")
+        if self.port > 65535 or self.metrics_port > 65535:
+            raise ValueError(f"ports must be in 0..65535, got port={self.port}, "
+                             f"metrics_port={self.metrics_port}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ServerSettings:
+        """Settings from ``MCDROPOUT_*`` variables in ``environ``; the rest keep their defaults.
+
+        Raises:
+            ValueError: a variable that does not parse or is out of range.
+        """
+        return cls.from_args(argparse.Namespace(), environ)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str]) -> ServerSettings:
+        """Settings from parsed flags (see :func:`add_arguments`), then ``environ``, then defaults.
+
+        Raises:
+            ValueError: a value that does not parse or is out of range.
+        """
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            flag_value = getattr(args, f.name, None)
+            if flag_value is not None:
+                values[f.name] = flag_value
+            elif env_name(f.name) in environ:
+                values[f.name] = _parse(f.name, environ[env_name(f.name)])
+        return cls(**values)
+
+    def describe(self) -> str:
+        """``name=value`` pairs of every setting on one line, secrets masked, for the start log."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            shown = "***" if f.metadata["secret"] and value else value
+            parts.append(f"{f.name}={shown}")
+        return " ".join(parts)
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting, e.g. ``MCDROPOUT_PORT`` for ``port``."""
+    return ENV_PREFIX + name.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting to ``parser``; each help text names its env var and default.
+
+    Flags default to None so :meth:`ServerSettings.from_args` can tell "not given" from a value.
+    """
+    for f in dataclasses.fields(ServerSettings):
+        kind = _kind(f.name)
+        choices = f.metadata["choices"] or None
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=functools.partial(_parse, f.name, error=argparse.ArgumentTypeError),
+            default=None,
+            choices=choices,
+            metavar=("TEXT" if kind is str else kind.__name__.upper()) if choices is None else None,
+            help=f"{f.metadata['help']} [env {env_name(f.name)}; default: "
+                 f"{'unset' if f.default is None else f.default}]",
+        )
+
+
+def _kind(name: str) -> type:
+    hint = typing.get_type_hints(ServerSettings)[name]
+    options = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    return typing.cast(type, options[0])
+
+
+def _parse(name: str, text: str, error: type[Exception] = ValueError) -> Any:
+    kind = _kind(name)
+    if kind is Path:
+        return Path(text) if text else None
+    if kind is str:
+        choices = ServerSettings.__dataclass_fields__[name].metadata["choices"]
+        # Case-insensitive choices: "debug" and "DEBUG" both mean DEBUG.
+        return next((c for c in choices if c.lower() == text.lower()), text)
+    try:
+        return kind(text)
+    except ValueError:
+        raise error(f"{env_name(name)} must be {'an integer' if kind is int else 'a number'}, "
+                    f"got {text!r}") from None

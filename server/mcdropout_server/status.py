@@ -1,0 +1,138 @@
+"""Domain errors to gRPC status codes, in one place, and the wrapper every RPC method runs in.
+
+:func:`rpc` admits the call through the drain gate, times it, turns exceptions into status codes
+with a message (an unexpected one becomes INTERNAL with the request id and is logged with its
+traceback), records metrics, and logs one line per call. The server never dies on a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from mcdropout import (
+    CancelledError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceLimitError,
+)
+from mcdropout_server.calls import DeadlineExceededError, ShuttingDownError
+from mcdropout_server.drain import DrainGate
+from mcdropout_server.logs import fields
+from mcdropout_server.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+REQUEST_ID_KEY = "x-request-id"
+
+# Most specific first: the first matching class decides the code.
+_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (CancelledError, grpc.StatusCode.CANCELLED),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ResourceLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+)
+
+
+def status_for(exc: BaseException, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client gets for ``exc``."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    return (grpc.StatusCode.INTERNAL,
+            f"internal error while handling request {request_id}; the server log has the details")
+
+
+@dataclass
+class RpcRecord:
+    """What one RPC was about, filled in by the method as it learns it, for logs and metrics."""
+
+    method: str
+    request_id: str
+    model: str = ""
+    version: int = 0
+    rows: int = 0
+    samples: int = 0
+    seed: int | None = None
+
+
+class Guarded(Protocol):
+    """What :func:`rpc` needs from the servicer it decorates."""
+
+    gate: DrainGate
+    metrics: ServerMetrics
+
+
+Method = Callable[[Any, Any, Any, RpcRecord], Awaitable[Any]]
+
+
+def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any]]]:
+    """Decorate an async servicer method ``(self, request, context, record) -> response``.
+
+    The decorated method has gRPC's signature ``(self, request, context)``.
+    """
+
+    def decorate(method: Method) -> Callable[[Any, Any, Any], Awaitable[Any]]:
+        @functools.wraps(method)
+        async def handler(self: Guarded, request: Any, context: Any) -> Any:
+            wanted = getattr(request, "request_id", "")
+            record = RpcRecord(name, wanted if 0 < len(wanted) <= 128 else uuid.uuid4().hex,
+                               model=getattr(request, "model_name", ""))
+            context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
+            started = time.perf_counter()
+            self.metrics.in_flight.inc()
+            # Each path records the outcome *before* answering, so that a client that has its
+            # answer can rely on the metrics and the log line being there.
+            try:
+                self.gate.enter()
+                try:
+                    response = await method(self, request, context, record)
+                finally:
+                    self.gate.leave()
+            except asyncio.CancelledError:
+                _record(self.metrics, record, _gave_up_code(context), started, None)
+                raise
+            except Exception as exc:
+                code, message = status_for(exc, record.request_id)
+                _record(self.metrics, record, code, started, exc)
+                await context.abort(code, message)
+            _record(self.metrics, record, grpc.StatusCode.OK, started, None)
+            return response
+
+        return handler
+
+    return decorate
+
+
+def _gave_up_code(context: Any) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _record(metrics: ServerMetrics, record: RpcRecord, code: grpc.StatusCode, started: float,
+            failure: Exception | None) -> None:
+    seconds = time.perf_counter() - started
+    metrics.in_flight.dec()
+    metrics.observe_rpc(record.model, record.method, code.name, seconds)
+    extra = fields(request_id=record.request_id, method=record.method, model=record.model,
+                   version=record.version, rows=record.rows, samples=record.samples,
+                   seed=record.seed, code=code.name, ms=round(seconds * 1000, 2))
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("rpc failed unexpectedly", extra=extra, exc_info=failure)
+    elif code != grpc.StatusCode.OK:
+        # Caller-side outcomes (bad request, deadline, draining): worth seeing, not alarming.
+        extra["fields"]["error"] = str(failure) if failure else code.name.lower()
+        log.warning("rpc not completed", extra=extra)
+    else:
+        log.debug("rpc", extra=extra)

@@ -1,0 +1,91 @@
+"""Models, limits and helpers shared by the server tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from mcdropout_server.registry import Limits
+from mcdropout_server.settings import ServerSettings
+
+from mcdropout import ModelInfo, ModelStore
+from mcdropout.engine import MCDropoutPredictor
+
+REG_FEATURES = 3
+CLS_FEATURES = 4
+CLASSES = ("red", "green", "blue")
+MAX_SAMPLES = 5000
+LIMITS = Limits(max_rows=256, max_row_samples=1_000_000)
+MAX_MESSAGE_BYTES = 2**20
+MAX_RAW_SAMPLE_VALUES = 100_000
+
+
+def regression(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((REG_FEATURES,)),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dropout(0.2),
+        keras.layers.Dense(1),
+    ], name="reg")
+
+
+def classifier() -> keras.Model:
+    keras.utils.set_random_seed(7)
+    return keras.Sequential([
+        keras.Input((CLS_FEATURES,)),
+        keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(len(CLASSES), activation="softmax"),
+    ], name="cls")
+
+
+REG_INFO = ModelInfo(
+    name="reg", task="regression", input_shape=(REG_FEATURES,), labels=("y",),
+    target_mean=(10.0,), target_std=(2.0,), tau=4.0, default_samples=50,
+    max_samples=MAX_SAMPLES, description="test regression MLP")
+CLS_INFO = ModelInfo(
+    name="cls", task="classification", input_shape=(CLS_FEATURES,), labels=CLASSES,
+    default_samples=40, max_samples=MAX_SAMPLES, description="test classifier")
+
+
+def load_options() -> dict[str, Any]:
+    """Predictor options the test registry uses (tests build the same predictor to compare)."""
+    return {"memory_budget_bytes": 16 * 2**20, "max_samples": MAX_SAMPLES,
+            "max_raw_sample_values": MAX_RAW_SAMPLE_VALUES}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (metrics need one: port 0 turns them off)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def settings(**changes: object) -> ServerSettings:
+    """Loopback, free ports, short grace; ``changes`` override."""
+    base = ServerSettings(host="127.0.0.1", port=0, metrics_port=free_port(), workers=2,
+                          max_concurrent_rpcs=64, grace_seconds=5.0,
+                          max_message_bytes=MAX_MESSAGE_BYTES)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def predictor(store_root: Path, name: str, version: int) -> MCDropoutPredictor:
+    """An in-process predictor configured exactly as the test registry configures its models."""
+    store = ModelStore(store_root)
+    return MCDropoutPredictor.from_info(store.load_model(name, version),
+                                        store.read_info(name, version), **load_options())
+
+
+def reg_inputs(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, REG_FEATURES)).astype(np.float32)
+
+
+def cls_inputs(rows: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, CLS_FEATURES)).astype(np.float32)
