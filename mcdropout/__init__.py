@@ -4,6 +4,8 @@ The public API: build or load a Keras model with dropout, wrap it in an
 :class:`MCDropoutPredictor`, and call ``predict`` to get a :class:`Prediction`.
 """
 
+from mcdropout.builders import build_mlp
+from mcdropout.defaults import ensure_default_store
 from mcdropout.errors import (
     CancelledError,
     InvalidArgumentError,
@@ -15,7 +17,7 @@ from mcdropout.errors import (
 )
 from mcdropout.prediction import Interval, Prediction, Task
 from mcdropout.store import ModelInfo, ModelStore
-
+from mcdropout.training import TrainConfig, train
 
 
 def __getattr__(name: str) -> object:
@@ -28,13 +30,11 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "MCDropoutPredictor",
-    "StochasticLayer",
-    "find_stochastic_layers",
     "CancelledError",
     "Interval",
     "InvalidArgumentError",
     "MCDropoutError",
+    "MCDropoutPredictor",
     "ModelInfo",
     "ModelLoadError",
     "ModelStore",
@@ -42,5 +42,11 @@ __all__ = [
     "NotFoundError",
     "Prediction",
     "ResourceLimitError",
+    "StochasticLayer",
     "Task",
+    "TrainConfig",
+    "build_mlp",
+    "ensure_default_store",
+    "find_stochastic_layers",
+    "train",
 ]

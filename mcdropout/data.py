@@ -137,6 +137,15 @@ def load_inputs(path: PathLike, *, feature_names: Sequence[str] = (),
     return _numeric(path, rows, list(range(width)), None, first_line=first_line)
 
 
+def csv_header(path: PathLike) -> list[str]:
+    """The column names on the first line of a CSV file (read without the rest of the file)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [c.strip() for c in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidArgumentError(f"cannot read {path}: {exc}") from exc
+
+
 def encode_labels(values: np.ndarray, labels: Sequence[str] | None = None
                   ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Map raw class labels to indices 0..K-1.

@@ -9,6 +9,7 @@ RMSE of the MC mean and the MC-mixture test log-likelihood.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,7 +61,7 @@ def mc_log_likelihood(y: np.ndarray, samples: np.ndarray, tau: float | np.ndarra
     samples = np.asarray(samples, dtype=np.float64)
     if samples.shape[1:] != y.shape:
         raise InvalidArgumentError(
-            f"samples must have shape (T, *y.shape) = (T, {', '.join(map(str, y.shape))}), "
+            f"samples must have shape (T, {', '.join(map(str, y.shape))}) to match y, "
             f"got {samples.shape}")
     tau_arr = np.asarray(tau, dtype=np.float64)
     if not np.all(np.isfinite(tau_arr) & (tau_arr > 0)):
@@ -186,22 +187,38 @@ def evaluate(predictor: Any, x: np.ndarray, y: np.ndarray, *, samples: int | Non
     Returns:
         Metric name -> value.
     """
-    x = np.asarray(x)
-    rows = int(x.shape[0])
-    if rows == 0:
-        raise InvalidArgumentError("cannot evaluate on 0 rows")
-    passes = samples or predictor.default_samples
     regression = predictor.task == "regression"
-    chunk = max(1, _SAMPLE_VALUES_PER_CHUNK // (passes * max(1, predictor.output_dim)))
-    parts = [predictor.predict(x[i:i + chunk], passes, seed, interval_levels=(level,),
-                               return_samples=regression and predictor.tau is not None)
-             for i in range(0, rows, chunk)]
-    prediction = parts[0] if len(parts) == 1 else _concatenate(parts)
+    prediction = predict_chunked(predictor, x, samples, seed, interval_levels=(level,),
+                                 return_samples=regression and predictor.tau is not None)
     if regression:
         return regression_metrics(y, prediction, predictor.tau, level)
     report = classification_metrics(np.asarray(y), prediction.mean)
     report["samples"] = float(prediction.samples)
     return report
+
+
+def predict_chunked(predictor: Any, x: np.ndarray, samples: int | None = None,
+                    seed: int | None = 0, *, interval_levels: Sequence[float] = (),
+                    return_samples: bool = False) -> Any:
+    """``predictor.predict`` over any number of rows, in blocks that keep the raw passes small.
+
+    The engine refuses requests whose raw passes (kept for intervals and samples) exceed its
+    limit; a data set is cut into row blocks instead. Dropout masks depend on the seed and pass,
+    not on the rows, so the result is the same as one call would give.
+
+    Raises:
+        InvalidArgumentError: no rows, or what ``predict`` raises.
+    """
+    x = np.asarray(x)
+    rows = int(x.shape[0]) if x.ndim else 0
+    if rows == 0:
+        raise InvalidArgumentError("there are no rows to predict")
+    passes = samples or predictor.default_samples
+    chunk = max(1, _SAMPLE_VALUES_PER_CHUNK // (passes * max(1, predictor.output_dim)))
+    parts = [predictor.predict(x[i:i + chunk], passes, seed, interval_levels=interval_levels,
+                               return_samples=return_samples)
+             for i in range(0, rows, chunk)]
+    return parts[0] if len(parts) == 1 else _concatenate(parts)
 
 
 def _concatenate(parts: list[Any]) -> Any:

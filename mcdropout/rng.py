@@ -47,8 +47,12 @@ def hash_bits(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: i
     """
     pass_ids = tf.cast(first_pass + tf.range(passes), tf.uint32)
     per_pass = mix32(key + pass_ids * _u32(_GOLDEN))  # (passes,)
-    unit_ids = mix32(tf.cast(tf.range(units), tf.uint32) * _u32(_M2) + key)  # (units,)
-    return mix32(tf.bitwise.bitwise_xor(per_pass[:, None], unit_ids[None, :]))
+    unit_key = mix32(tf.bitwise.bitwise_xor(key, _u32(_M1)))
+    unit_ids = mix32(tf.cast(tf.range(units), tf.uint32) * _u32(_M2) + unit_key)  # (units,)
+    # Hash the (pass, unit) pair, not just the XOR of their hashes: equal halves would cancel to
+    # a fixed word and always drop that unit.
+    pair = mix32(tf.bitwise.bitwise_xor(per_pass[:, None], unit_ids[None, :]))
+    return mix32(pair + per_pass[:, None])
 
 
 def keep_mask(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int,
@@ -62,7 +66,7 @@ def standard_normal(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, un
                     dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Standard normal (passes, units) values by the Box-Muller transform of two hash streams."""
     scale = 2.0**-24
-    other = mix32(tf.bitwise.bitwise_xor(key, _u32(_M1)))
+    other = mix32(tf.bitwise.bitwise_xor(key, _u32(_M2)))
     u1 = (tf.cast(tf.bitwise.right_shift(hash_bits(key, first_pass, passes, units), _u32(8)),
                   tf.float32) + 0.5) * scale
     u2 = tf.cast(tf.bitwise.right_shift(hash_bits(other, first_pass, passes, units), _u32(8)),

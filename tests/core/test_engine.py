@@ -378,3 +378,16 @@ def test_raw_samples_are_bounded(rows) -> None:
 def test_should_stop_abandons_the_work(regressor, rows) -> None:
     with pytest.raises(CancelledError):
         regressor.predict(rows, samples=100, should_stop=lambda: True)
+
+
+def test_every_mask_element_is_random_across_seeds() -> None:
+    """No (pass, unit) coordinate may be fixed: e.g. pass 0 of unit 0 dropped for every seed."""
+    import tensorflow as tf
+
+    from mcdropout import rng
+
+    seeds = range(400)
+    kept = np.stack([rng.keep_mask(rng.stream_key(rng.split_seed(s), 0), tf.constant(0),
+                                   tf.constant(4), 8, 0.5).numpy() for s in seeds])
+    fraction = kept.mean(axis=0)  # (passes, units), each should be 0.5
+    assert np.all(np.abs(fraction - 0.5) < 5 * np.sqrt(0.25 / len(seeds)))

@@ -1,0 +1,272 @@
+"""Training many MC dropout regression MLPs of one layout at once, for grid searches.
+
+A grid search over the dropout rate p and the precision tau trains a dozen small networks, and a
+benchmark repeats that on 20 splits. Trained one by one, each Adam step of a 50-unit network costs
+far more in dispatch than in arithmetic; here M networks are stacked along a leading axis and
+trained by one compiled graph, so a step of all of them costs little more than a step of one.
+Each network still follows the Keras recipe of :func:`mcdropout.builders.build_mlp` exactly:
+Glorot-uniform kernels, zero biases, inverted dropout on the inputs and after each hidden layer,
+mean squared error plus the L2 penalty ``weight_decay * sum(kernel**2)`` on every kernel, Adam
+(Keras defaults), and its own shuffle of its rows each epoch in mini-batches (the last one
+smaller). Adam is element-wise and the networks share no parameter, so summing their losses
+trains each exactly as if alone. The networks may share one data set (a grid) or each have their
+own of the same size (a grid on every split).
+
+A trained network becomes an ordinary Keras model with :meth:`MLPStack.to_keras` and is then
+served, evaluated and stored like any other.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mcdropout import builders
+from mcdropout.errors import InvalidArgumentError
+
+# Keras's Adam defaults, which build_mlp compiles with.
+_BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-7
+# Hidden activations held at once while sampling (float32 values): about 64 MiB.
+_SAMPLE_VALUES_PER_CHUNK = 16_000_000
+
+
+@dataclass(frozen=True)
+class MLPStack:
+    """M trained ReLU MLPs of one layout, weights stacked on a leading axis.
+
+    Attributes:
+        kernels: Per layer, (M, fan_in, fan_out) float32; the last layer is the linear output.
+        biases: Per layer, (M, fan_out) float32.
+        dropout: Dropout rate of each network.
+        weight_decay: L2 coefficient of each network.
+    """
+
+    kernels: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    dropout: tuple[float, ...]
+    weight_decay: tuple[float, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.dropout)
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return tuple(int(k.shape[2]) for k in self.kernels[:-1])
+
+    def select(self, indices: Sequence[int]) -> MLPStack:
+        """The stack of the networks at ``indices``, in that order."""
+        index = np.asarray(indices, dtype=np.int64)
+        if index.ndim != 1 or index.size == 0 or index.min() < 0 or index.max() >= self.size:
+            raise InvalidArgumentError(
+                f"indices must be a non-empty list in 0..{self.size - 1}, got {list(indices)}")
+        return MLPStack(tuple(k[index] for k in self.kernels), tuple(b[index] for b in self.biases),
+                        tuple(self.dropout[i] for i in index),
+                        tuple(self.weight_decay[i] for i in index))
+
+    def mc_samples(self, x: np.ndarray, samples: int, seed: int) -> np.ndarray:
+        """T stochastic passes of every network (dropout on) over rows of inputs.
+
+        As in the engine, a pass draws one mask per layer for all rows: each row still sees
+        exactly the dropout distribution, and dropping input units becomes zeroing kernel rows,
+        so masks cost (features + hidden) draws per pass rather than per row.
+
+        Args:
+            x: Inputs in the units the networks were trained on: (rows, features) shared by
+                all networks, or (M, rows, features), one set per network.
+            samples: Passes T, >= 1.
+            seed: Seeds the dropout masks.
+
+        Returns:
+            (M, T, rows, outputs) float32, in the training target units.
+        """
+        import tensorflow as tf  # deferred: importing the package should not start TensorFlow
+
+        if samples < 1:
+            raise InvalidArgumentError(f"samples must be >= 1, got {samples}")
+        x32 = np.asarray(x, np.float32)
+        if x32.ndim not in (2, 3) or (x32.ndim == 3 and len(x32) != self.size) \
+                or x32.shape[-1] != self.kernels[0].shape[1]:
+            raise InvalidArgumentError(
+                f"x must be (rows, {self.kernels[0].shape[1]}) or ({self.size}, rows, "
+                f"{self.kernels[0].shape[1]}), got {x32.shape}")
+        rows = x32.shape[-2]
+        widest = max(int(k.shape[2]) for k in self.kernels)
+        chunk = max(1, min(samples, _SAMPLE_VALUES_PER_CHUNK // (self.size * rows * widest)))
+        keep = tf.constant(1.0 - np.asarray(self.dropout, np.float32))[:, None, None]
+        kernels = [tf.constant(k) for k in self.kernels]
+        biases = [tf.constant(b) for b in self.biases]
+        first = "rf,mtfo->mtro" if x32.ndim == 2 else "mrf,mtfo->mtro"
+        inputs = tf.constant(x32)
+        generator = tf.random.Generator.from_seed(seed)
+
+        @tf.function(jit_compile=True)  # fuses the masking into the matrix products
+        def passes(count: int) -> tf.Tensor:
+            h = inputs
+            for i, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
+                mask = tf.cast(generator.uniform([self.size, count, kernel.shape[1]]) < keep,
+                               tf.float32) / keep
+                scaled = kernel[:, None] * mask[..., None]  # (M, t, fan_in, fan_out)
+                h = tf.einsum(first if i == 0 else "mtrf,mtfo->mtro", h, scaled) \
+                    + bias[:, None, None]
+                if i < len(kernels) - 1:
+                    h = tf.nn.relu(h)
+            return h
+
+        parts = [passes(min(chunk, samples - done)).numpy() for done in range(0, samples, chunk)]
+        return np.concatenate(parts, axis=1)
+
+    def to_keras(self, index: int, *, learning_rate: float = 1e-3) -> Any:
+        """Network ``index`` as the Keras model of :func:`mcdropout.builders.build_mlp`."""
+        if not 0 <= index < self.size:
+            raise InvalidArgumentError(f"index must be in 0..{self.size - 1}, got {index}")
+        model = builders.build_mlp(
+            int(self.kernels[0].shape[1]), int(self.kernels[-1].shape[2]), hidden=self.hidden,
+            dropout=self.dropout[index], weight_decay=self.weight_decay[index],
+            learning_rate=learning_rate)
+        weights = []
+        for kernel, bias in zip(self.kernels, self.biases, strict=True):
+            weights += [kernel[index], bias[index]]
+        model.set_weights(weights)
+        return model
+
+
+def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
+             weight_decay: Sequence[float], *, hidden: Sequence[int] = (50,), epochs: int,
+             batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
+             on_epoch: Callable[[int], None] | None = None) -> MLPStack:
+    """Train one MC dropout regression MLP per (dropout, weight_decay) pair, all at once.
+
+    Args:
+        x: Inputs, already standardised: (rows, features) shared by every network, or
+            (M, rows, features), one data set per network.
+        y: Targets, already standardised, matching ``x``: (rows,) or (rows, outputs) when
+            shared; (M, rows) or (M, rows, outputs) per network.
+        dropout: Dropout rate of each network, each in (0, 1).
+        weight_decay: L2 coefficient of each network (same length), each >= 0; see
+            :func:`mcdropout.builders.weight_decay`.
+        hidden: Hidden layer widths (ReLU), at least one.
+        epochs: Passes over the rows, >= 1.
+        batch_size: Rows per Adam step, >= 1.
+        learning_rate: Adam learning rate, > 0.
+        seed: Seeds the initial weights, the shuffles and the dropout masks.
+        on_epoch: Called with the number of epochs done after each epoch.
+
+    Returns:
+        The trained :class:`MLPStack`, networks in the order given.
+
+    Raises:
+        InvalidArgumentError: mismatched shapes or lengths, or an argument out of range.
+    """
+    import tensorflow as tf  # deferred: importing the package should not start TensorFlow
+
+    x, y, rates, decays = _check(x, y, dropout, weight_decay, hidden, epochs, batch_size,
+                                 learning_rate)
+    rng = np.random.default_rng(seed)
+    widths = [x.shape[-1], *hidden, y.shape[-1]]
+    size = len(rates)
+    kernels = [tf.Variable(_glorot(rng, size, a, b)) for a, b in itertools.pairwise(widths)]
+    biases = [tf.Variable(np.zeros((size, b), np.float32)) for b in widths[1:]]
+    params = [*kernels, *biases]
+    moments = [(tf.Variable(tf.zeros_like(p)), tf.Variable(tf.zeros_like(p))) for p in params]
+    step = tf.Variable(0.0)
+    generator = tf.random.Generator.from_seed(int(rng.integers(2**31)))
+    x_all, y_all = tf.constant(x), tf.constant(y)
+    shared = x.ndim == 2
+    rate_t, decay_t = tf.constant(rates), tf.constant(decays)
+    rows = x.shape[-2]
+    full, rest = divmod(rows, batch_size)
+
+    def adam_step(index: tf.Tensor) -> None:
+        if shared:
+            xb, yb = tf.gather(x_all, index), tf.gather(y_all, index)  # (M, batch, features)
+        else:
+            xb = tf.gather(x_all, index, batch_dims=1)
+            yb = tf.gather(y_all, index, batch_dims=1)
+        with tf.GradientTape() as tape:
+            out = _forward(xb, kernels, biases, rate_t, generator)
+            mse = tf.reduce_mean(tf.square(out - yb), axis=[1, 2])
+            penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
+            loss = tf.reduce_sum(mse + decay_t * penalty)
+        grads = tape.gradient(loss, params)
+        step.assign_add(1.0)
+        alpha = learning_rate * tf.sqrt(1.0 - _BETA_2**step) / (1.0 - _BETA_1**step)
+        for p, g, (m, v) in zip(params, grads, moments, strict=True):
+            m.assign_add((g - m) * (1.0 - _BETA_1))
+            v.assign_add((tf.square(g) - v) * (1.0 - _BETA_2))
+            p.assign_sub(alpha * m / (tf.sqrt(v) + _EPSILON))
+
+    @tf.function
+    def epoch() -> None:
+        # Each network draws its own shuffle: argsort of uniform keys is a uniform permutation.
+        order = tf.argsort(generator.uniform([size, rows]), axis=1)
+        for i in tf.range(full):
+            adam_step(tf.slice(order, [0, i * batch_size], [size, batch_size]))
+        if rest:
+            adam_step(order[:, full * batch_size:])
+
+    for done in range(1, epochs + 1):
+        epoch()
+        if on_epoch is not None:
+            on_epoch(done)
+    return MLPStack(tuple(k.numpy() for k in kernels), tuple(b.numpy() for b in biases),
+                    tuple(float(r) for r in rates), tuple(float(d) for d in decays))
+
+
+def _forward(h: Any, kernels: Sequence[Any], biases: Sequence[Any], rates: Any,
+             generator: Any) -> Any:
+    """(M, batch, features) -> (M, batch, outputs) with a fresh dropout mask per row."""
+    import tensorflow as tf
+
+    keep = 1.0 - rates[:, None, None]
+    for i, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
+        mask = tf.cast(generator.uniform(tf.shape(h)) < keep, h.dtype) / keep
+        h = tf.matmul(h * mask, kernel) + bias[:, None, :]
+        if i < len(kernels) - 1:
+            h = tf.nn.relu(h)
+    return h
+
+
+def _glorot(rng: np.random.Generator, size: int, fan_in: int, fan_out: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, (size, fan_in, fan_out)).astype(np.float32)
+
+
+def _check(x: np.ndarray, y: np.ndarray, dropout: Sequence[float], weight_decay: Sequence[float],
+           hidden: Sequence[int], epochs: int, batch_size: int, learning_rate: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rates = np.asarray(dropout, np.float32)
+    decays = np.asarray(weight_decay, np.float32)
+    if rates.ndim != 1 or rates.shape != decays.shape or rates.size == 0:
+        raise InvalidArgumentError(
+            f"dropout and weight_decay must be equally long, non-empty lists, got "
+            f"{len(rates)} and {len(decays)}")
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    if x.ndim == 2:
+        y = y.reshape(len(y), -1)
+    elif x.ndim == 3 and len(x) == rates.size:
+        y = y.reshape(*x.shape[:2], -1)
+    else:
+        raise InvalidArgumentError(
+            f"x must be (rows, features) or ({rates.size}, rows, features), got {x.shape}")
+    if y.shape[:-1] != x.shape[:-1] or x.shape[-2] == 0:
+        raise InvalidArgumentError(
+            f"x and y must hold the same (non-zero) number of rows, got {x.shape} and {y.shape}")
+    if not np.all((rates > 0) & (rates < 1)):
+        raise InvalidArgumentError(f"dropout rates must be in (0, 1), got {list(dropout)}")
+    if not np.all(np.isfinite(decays) & (decays >= 0)):
+        raise InvalidArgumentError(f"weight decays must be finite and >= 0, got {list(weight_decay)}")
+    if not hidden or any(int(w) < 1 for w in hidden):
+        raise InvalidArgumentError(f"hidden must hold one or more widths >= 1, got {list(hidden)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if int(value) != value or value < 1:
+            raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}")
+    if not learning_rate > 0:
+        raise InvalidArgumentError(f"learning_rate must be > 0, got {learning_rate!r}")
+    return x, y, rates, decays

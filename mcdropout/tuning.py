@@ -1,0 +1,281 @@
+"""Grid search of the MC dropout hyper-parameters for your own data: ``mcdropout tune``.
+
+The grid is the dropout rate p crossed with either the noise precision tau (regression; it also
+sets the weight decay through ``l**2 (1 - p) / (2 N tau)``) or an explicit weight decay (either
+task). Every point is trained with :func:`mcdropout.training.train`, the recipe of
+``mcdropout train``, on the same seeded train/validation split, and scored on the validation rows:
+regression by the MC-mixture log-likelihood (higher is better), classification by the negative
+log-likelihood (lower is better). The best model goes into the store with the whole grid in its
+provenance; the grid is also written as a table and the dropout sweep as a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mcdropout import data, report, training
+from mcdropout.errors import InvalidArgumentError
+from mcdropout.store import ModelInfo, ModelStore, validate_name
+
+DEFAULT_DROPOUT_RATES = (0.01, 0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One trained grid setting and its validation scores.
+
+    Attributes:
+        dropout: Dropout rate p.
+        tau: Regression: the precision in standardised target units, as given or (when the grid
+            has no tau) as estimated after training; None for classification.
+        weight_decay: The L2 coefficient the network was trained with.
+        score: The selection metric on the validation rows.
+        validation: Every validation metric (see :func:`mcdropout.metrics.evaluate`).
+        epochs_run: Epochs before early stopping ended training.
+    """
+
+    dropout: float
+    tau: float | None
+    weight_decay: float
+    score: float
+    validation: dict[str, float]
+    epochs_run: int
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """A finished grid search.
+
+    Attributes:
+        metric: The selection metric: "mc_log_likelihood" (regression) or "nll".
+        higher_is_better: Whether larger scores win.
+        points: Every grid point, in grid order (dropout-major).
+        best: Index of the winner in ``points``.
+        seed: The seed every point was trained with (same split for all).
+        axis: The second grid axis: "tau", "weight_decay", or "" (dropout rates only).
+    """
+
+    metric: str
+    higher_is_better: bool
+    points: tuple[GridPoint, ...]
+    best: int
+    seed: int
+    axis: str = ""
+
+    def table(self) -> list[dict[str, Any]]:
+        """One flat row per grid point (for CSV and printing)."""
+        return [{"dropout": p.dropout, "tau": p.tau, "weight_decay": p.weight_decay,
+                 self.metric: p.score, "epochs_run": p.epochs_run, "best": i == self.best,
+                 **{f"validation_{k}": v for k, v in p.validation.items() if k != self.metric}}
+                for i, p in enumerate(self.points)]
+
+
+def grid_search(table: data.Table, config: training.TrainConfig, name: str, *,
+                dropout_rates: Sequence[float] = DEFAULT_DROPOUT_RATES,
+                taus: Sequence[float] | None = None,
+                weight_decays: Sequence[float] | None = None, description: str = "",
+                on_point: Callable[[GridPoint], None] | None = None
+                ) -> tuple[Any, ModelInfo, TuningResult]:
+    """Train every grid setting and keep the one with the best validation score.
+
+    Args:
+        table: The labelled data (see :func:`mcdropout.data.load_table`).
+        config: Everything but the grid's settings (task, layers, epochs, split, seed...); its
+            ``dropout`` and ``tau`` are replaced per point. ``config.seed`` None draws one seed
+            for the whole grid, so every point sees the same split.
+        name: The model's name in the store.
+        dropout_rates: The rates p to try, each in (0, 1).
+        taus: Regression only: precisions in standardised target units (1 = noise as large as
+            the target's spread), each > 0. None: tau is estimated per point after training.
+        weight_decays: L2 coefficients to try instead of taus, each > 0.
+        description: Free text for the saved model.
+        on_point: Called with each point as it finishes.
+
+    Returns:
+        (the best keras.Model, its ModelInfo with the grid in ``provenance["tuning"]``, the
+        :class:`TuningResult`).
+
+    Raises:
+        InvalidArgumentError: an empty or out-of-range grid, taus with weight decays, taus for
+            classification, or anything :func:`mcdropout.training.train` rejects.
+    """
+    validate_name(name)
+    rates, taus, decays = _check_grid(config.task, dropout_rates, taus, weight_decays)
+    seed = config.seed if config.seed is not None else secrets.randbits(31)
+    train_rows = len(data.split_indices(table.rows, config.validation_fraction, seed)[0])
+    regression = config.task == "regression"
+    metric = "mc_log_likelihood" if regression else "nll"
+    points: list[GridPoint] = []
+    best: tuple[Any, ModelInfo] | None = None
+    best_score = -math.inf if regression else math.inf
+    second: list[tuple[float | None, float | None]] = (
+        [(t, None) for t in taus] or [(None, d) for d in decays] or [(None, None)])
+    for p in rates:
+        for tau, decay in second:
+            length_scale = config.length_scale if decay is None else _length_scale(
+                decay, p, train_rows, tau)
+            point_config = replace(config, dropout=p, tau=tau, length_scale=length_scale,
+                                   seed=seed)
+            model, info = training.train(table, point_config, name, description=description)
+            validation = info.provenance["validation_metrics"]
+            if metric not in validation:
+                raise InvalidArgumentError(
+                    f"validation metrics lack {metric!r} (got {sorted(validation)})")
+            point = GridPoint(
+                dropout=p, tau=info.tau if regression else None,
+                weight_decay=float(info.provenance["hyperparameters"]["weight_decay"]),
+                score=float(validation[metric]), validation=dict(validation),
+                epochs_run=int(info.provenance["training"]["epochs_run"]))
+            points.append(point)
+            if on_point is not None:
+                on_point(point)
+            # Strictly better only: the first of equal scores wins.
+            if best is None or (point.score > best_score if regression else point.score < best_score):
+                best, best_score = (model, info), point.score
+    assert best is not None
+    axis = "tau" if taus else "weight_decay" if decays else ""
+    index = [p.score for p in points].index(best_score)
+    result = TuningResult(metric, regression, tuple(points), index, seed, axis)
+    model, info = best
+    tuning = {"metric": metric, "higher_is_better": regression, "seed": seed, "axis": axis,
+              "best": result.best, "grid": [asdict(p) for p in points]}
+    return model, replace(info, provenance={**info.provenance, "tuning": tuning}), result
+
+
+def write_outputs(result: TuningResult, directory: str | Path, title: str = "") -> list[Path]:
+    """Write ``grid.csv``, ``grid.json`` and the sweep plot ``dropout_sweep.png``."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = result.table()
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(folder / "grid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "grid.json").write_text(json.dumps(asdict(result), indent=2))
+    series = [(p.dropout, _series_label(p, result.axis), p.score) for p in result.points]
+    label = "validation MC log-likelihood" if result.higher_is_better else "validation NLL"
+    plot = report.plot_dropout_sweep(series, folder / "dropout_sweep.png", metric=label,
+                                     title=title)
+    return [folder / "grid.csv", folder / "grid.json", plot]
+
+
+def format_table(result: TuningResult) -> str:
+    """The grid as aligned text, the winner marked with '*'."""
+    lines = [f"{'':1} {'dropout':>8} {'tau':>10} {'weight decay':>12} {result.metric:>18} "
+             f"{'epochs':>6}"]
+    for i, p in enumerate(result.points):
+        tau = "-" if p.tau is None else f"{p.tau:.4g}"
+        lines.append(f"{'*' if i == result.best else ' ':1} {p.dropout:8.4g} {tau:>10} "
+                     f"{p.weight_decay:12.3g} {p.score:18.4f} {p.epochs_run:6d}")
+    return "\n".join(lines)
+
+
+def _series_label(point: GridPoint, axis: str) -> str:
+    if axis == "tau":
+        return f"tau={point.tau:.3g}"
+    return f"weight decay={point.weight_decay:.3g}" if axis == "weight_decay" else ""
+
+
+def _length_scale(decay: float, dropout: float, n_train: int, tau: float | None) -> float:
+    # training.train derives its decay as l^2 (1 - p) / (2 N tau); solve for the l that gives
+    # the requested decay (tau is 1 there when not given).
+    return math.sqrt(2.0 * n_train * decay * (tau or 1.0) / (1.0 - dropout))
+
+
+def _check_grid(task: str, dropout_rates: Sequence[float], taus: Sequence[float] | None,
+                weight_decays: Sequence[float] | None
+                ) -> tuple[list[float], list[float], list[float]]:
+    rates = [float(p) for p in dropout_rates]
+    if not rates or not all(0.0 < p < 1.0 for p in rates):
+        raise InvalidArgumentError(f"dropout rates must be a non-empty list in (0, 1), got {rates}")
+    if taus and weight_decays:
+        raise InvalidArgumentError("give taus or weight decays, not both: in the MC dropout "
+                                   "objective tau sets the weight decay")
+    if taus and task != "regression":
+        raise InvalidArgumentError(f"taus apply to regression only; the task is {task!r}; "
+                                   "search weight decays instead")
+    tau_list = [float(t) for t in taus or ()]
+    decay_list = [float(d) for d in weight_decays or ()]
+    for name, values in (("taus", tau_list), ("weight decays", decay_list)):
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise InvalidArgumentError(f"{name} must be finite numbers > 0, got {values}")
+    return rates, tau_list, decay_list
+
+
+# -- command line ----------------------------------------------------------------------------------
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``mcdropout tune`` (entry point of the ``mcdropout.commands`` group)."""
+    p = subparsers.add_parser(
+        "tune", help="grid-search dropout rate and tau (or weight decay) on your data; save the "
+                     "best model",
+        description="Train the MC dropout MLP (the `mcdropout train` recipe) for every dropout "
+                    "rate crossed with every tau (regression) or weight decay, on one seeded "
+                    "train/validation split; choose by validation MC log-likelihood "
+                    "(regression) or NLL (classification); save the best model as a new version "
+                    "in the store, print the grid and write grid.csv, grid.json and "
+                    "dropout_sweep.png.")
+    p.add_argument("--data", required=True, type=Path,
+                   help="CSV with a header line, or NPZ with arrays x (rows, features) and y")
+    p.add_argument("--model-root", required=True, type=Path, help="model store directory")
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument("--task", choices=("regression", "classification"), default="regression",
+                   help="default %(default)s")
+    p.add_argument("--target", nargs="+", metavar="COLUMN",
+                   help="CSV target column(s); default the last column")
+    p.add_argument("--dropout-rates", nargs="+", type=float, default=list(DEFAULT_DROPOUT_RATES),
+                   metavar="P", help="dropout rates to try; default %(default)s")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--taus", nargs="+", type=float, metavar="TAU",
+                      help="regression precisions to try, in standardised target units (1 = "
+                           "noise as large as the target's spread); default: estimate tau per "
+                           "point")
+    grid.add_argument("--weight-decays", nargs="+", type=float, metavar="L2",
+                      help="L2 coefficients to try instead of deriving them from tau")
+    p.add_argument("--hidden", nargs="*", type=int, default=[50], metavar="WIDTH",
+                   help="hidden layer widths; default 50")
+    p.add_argument("--epochs", type=int, default=200, help="most epochs; default 200")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--patience", type=int, default=20,
+                   help="early-stopping patience in epochs; default 20")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of rows held out for scoring; default 0.2")
+    p.add_argument("--seed", type=int, help="one seed for every point; default random")
+    p.add_argument("--description", default="", help="free text stored with the model")
+    p.add_argument("--output", type=Path,
+                   help="folder for grid.csv, grid.json and dropout_sweep.png")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = training.TrainConfig(
+        task=args.task, hidden=tuple(args.hidden), epochs=args.epochs,
+        batch_size=args.batch_size, patience=args.patience,
+        validation_fraction=args.validation_fraction, seed=args.seed)
+    table = data.load_table(args.data.resolve(), task=args.task, target=args.target)
+
+    def show(point: GridPoint) -> None:
+        tau = "" if point.tau is None else f" tau={point.tau:.4g}"
+        print(f"p={point.dropout:g}{tau} weight decay {point.weight_decay:.3g}: "
+              f"{point.score:.4f}", file=sys.stderr, flush=True)
+
+    model, info, result = grid_search(
+        table, config, args.name, dropout_rates=args.dropout_rates, taus=args.taus,
+        weight_decays=args.weight_decays, description=args.description, on_point=show)
+    version = ModelStore(args.model_root).save(model, info)
+    print(format_table(result))
+    print(f"best: p={result.points[result.best].dropout:g} by validation {result.metric}; "
+          f"saved {args.name} version {version} in {args.model_root}")
+    if args.output:
+        files = write_outputs(result, args.output, title=f"{args.name} on {args.data.name}")
+        print("wrote " + ", ".join(str(f) for f in files))
+    return 0
