@@ -8,6 +8,7 @@ chunks with Chan's update. The deterministic prefix of the model runs once per r
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections.abc import Callable, Sequence
@@ -31,6 +32,22 @@ from mcdropout.store import ModelInfo, as_array
 
 MAX_INTERVAL_LEVELS = 16
 _SEED_LIMIT = 2**64
+
+
+class _OneTracePerPredictor(logging.Filter):
+    """Drop TensorFlow's "frequent retracing" warning about our graphs.
+
+    Each predictor traces its two graphs once, with fixed signatures; TensorFlow counts traces of
+    the same method across *instances* and warns once a process has built five predictors (a
+    server with several models, a grid search), which reads like a per-request retrace.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("triggered tf.function retracing" in text and "MCDropoutPredictor" in text)
+
+
+logging.getLogger("tensorflow").addFilter(_OneTracePerPredictor())
 
 
 def _output_layer(model: Any) -> Any:
