@@ -26,6 +26,7 @@ from mcdropout import ModelStore
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
 from mcdropout_server.registry import Limits, ModelRegistry
 from mcdropout_server.runner import PredictionRunner
 from mcdropout_server.servicers import PredictionServicer
@@ -56,7 +57,7 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
 
 
 class ServerApp:
-    """One gRPC server over a loaded registry: prediction, health, reflection and metrics.
+    """One gRPC server over a loaded registry: prediction (native and OIP), health, reflection, metrics.
 
     Args:
         settings: Ports, limits and worker counts (model_root is not read here).
@@ -91,10 +92,12 @@ class ServerApp:
             maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         pb_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.runner, self.gate, self.metrics), self._server)
+        # The Open Inference Protocol (KServe v2): a second codec over the same runner and gate.
+        oip_service = add_oip_to_server(self._server, self.runner, self.gate, self.metrics)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+            (SERVICE_NAME, oip_service, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         host = f"[{s.host}]" if ":" in s.host else s.host
         try:
             self.port = self._server.add_insecure_port(f"{host}:{s.port}")

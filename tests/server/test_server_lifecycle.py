@@ -82,7 +82,7 @@ def test_reflection_lists_the_services(channel: Any) -> None:
                 reflection_pb2.ServerReflectionRequest(file_containing_symbol="mcdropout.v1.Tensor")]
     listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
     names = {s.name for s in listed.list_services_response.service}
-    assert names == {SERVICE_NAME, "grpc.health.v1.Health",
+    assert names == {SERVICE_NAME, "grpc.health.v1.Health", "inference.GRPCInferenceService",
                      "grpc.reflection.v1alpha.ServerReflection"}
     assert described.file_descriptor_response.file_descriptor_proto  # the .proto is served
 

@@ -1,0 +1,50 @@
+"""Building Open Inference Protocol requests and reading responses, as a v2 client would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from mcdropout_client import tensors
+from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_server.oip_codec import DATATYPES
+
+DATATYPE_OF = {tensors.enum_to_dtype(enum): name for name, (enum, _) in DATATYPES.items()}
+
+
+def infer_request(model: str, x: np.ndarray, outputs: tuple[str, ...] = (), *, raw: bool = True,
+                  version: str = "", **params: Any) -> oip.ModelInferRequest:
+    """A one-input ModelInferRequest; ``params`` become request parameters by Python type."""
+    x = np.asarray(x)
+    datatype = DATATYPE_OF[x.dtype]
+    request = oip.ModelInferRequest(model_name=model, model_version=version, id="req-1",
+                                    outputs=[{"name": name} for name in outputs])
+    tensor = request.inputs.add(name="inputs", datatype=datatype, shape=x.shape)
+    if raw:
+        request.raw_input_contents.append(x.astype(x.dtype.newbyteorder("<")).tobytes())
+    else:
+        getattr(tensor.contents, DATATYPES[datatype][1]).extend(x.ravel().tolist())
+    for key, value in params.items():
+        kind = {bool: "bool_param", int: "int64_param", float: "double_param",
+                str: "string_param"}[type(value)]
+        setattr(request.parameters[key], kind, value)
+    return request
+
+
+def outputs_of(response: oip.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Every output of a response as a numpy array, from raw or typed contents."""
+    arrays = {}
+    for index, tensor in enumerate(response.outputs):
+        dtype = tensors.enum_to_dtype(DATATYPES[tensor.datatype][0])
+        if response.raw_output_contents:
+            flat = np.frombuffer(response.raw_output_contents[index], dtype.newbyteorder("<"))
+        else:
+            flat = np.asarray(getattr(tensor.contents, DATATYPES[tensor.datatype][1]), dtype)
+        arrays[tensor.name] = flat.reshape(tuple(tensor.shape))
+    return arrays
+
+
+def parameters_of(message: Any) -> dict[str, Any]:
+    """A message's ``parameters`` map as plain Python values."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice"))
+            for key, value in message.parameters.items()}
