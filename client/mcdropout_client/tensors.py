@@ -7,14 +7,14 @@ The server's codec and this client both use :func:`to_proto` and :func:`from_pro
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2
 
 # Little-endian on purpose: the wire format is little-endian whatever the host is.
-_BY_ENUM: dict[int, np.dtype[Any]] = {
+_BY_ENUM: dict[mcdropout_pb2.DataType.ValueType, np.dtype[Any]] = {
     mcdropout_pb2.FLOAT32: np.dtype("<f4"),
     mcdropout_pb2.FLOAT64: np.dtype("<f8"),
     mcdropout_pb2.FLOAT16: np.dtype("<f2"),
@@ -29,13 +29,15 @@ _BY_ENUM: dict[int, np.dtype[Any]] = {
     mcdropout_pb2.BOOL: np.dtype("?"),
 }
 # Keyed by (kind, itemsize) so that byte order does not matter when looking an array's dtype up.
-_BY_KIND: dict[tuple[str, int], int] = {(d.kind, d.itemsize): e for e, d in _BY_ENUM.items()}
+_BY_KIND: dict[tuple[str, int], mcdropout_pb2.DataType.ValueType] = {
+    (d.kind, d.itemsize): e for e, d in _BY_ENUM.items()
+}
 
 SUPPORTED_DTYPES: tuple[str, ...] = tuple(str(d.newbyteorder("=")) for d in _BY_ENUM.values())
 """numpy dtype names that have a wire DataType."""
 
 
-def dtype_to_enum(dtype: np.dtype[Any] | type | str) -> int:
+def dtype_to_enum(dtype: np.dtype[Any] | type | str) -> mcdropout_pb2.DataType.ValueType:
     """Return the wire ``DataType`` enum value for a numpy dtype.
 
     Args:
@@ -59,7 +61,8 @@ def enum_to_dtype(enum: int) -> np.dtype[Any]:
     Raises:
         ValueError: the value is DATA_TYPE_UNSPECIFIED or unknown.
     """
-    dt = _BY_ENUM.get(enum)
+    # Any int may come off the wire; unknown values are the None case below.
+    dt = _BY_ENUM.get(cast("mcdropout_pb2.DataType.ValueType", enum))
     if dt is None:
         allowed = ", ".join(_enum_name(e) for e in _BY_ENUM)
         raise ValueError(f"tensor dtype {_enum_name(enum)} is not supported; expected {allowed}")
@@ -86,7 +89,7 @@ def to_proto(array: Any) -> mcdropout_pb2.Tensor:
     if arr.dtype != wire or not arr.flags.c_contiguous:
         # Converts byte order and layout in one copy; no copy when both already match.
         arr = np.ascontiguousarray(arr, dtype=wire)
-    return mcdropout_pb2.Tensor(dtype=enum, shape=arr.shape, data=arr.tobytes())  # type: ignore[arg-type]
+    return mcdropout_pb2.Tensor(dtype=enum, shape=arr.shape, data=arr.tobytes())
 
 
 def from_proto(tensor: mcdropout_pb2.Tensor, *, copy: bool = False) -> np.ndarray:
