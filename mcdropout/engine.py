@@ -4,10 +4,16 @@ A request's T passes are folded into the batch dimension of compiled graph calls
 over passes). Passes are taken in chunks, and rows in blocks, sized so the live activations stay
 under a memory budget; each chunk is reduced in the graph to float64 (mean, M2) and merged across
 chunks with Chan's update. The deterministic prefix of the model runs once per row.
+
+:meth:`MCDropoutPredictor.predict_many` answers several requests (each with its own seed) with the
+same graph calls, for servers that merge concurrent requests; see its docstring for why each
+answer is the one the request gets alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import secrets
@@ -18,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdropout import stats
+from mcdropout import sampling
 from mcdropout.errors import (
     CancelledError,
     InvalidArgumentError,
@@ -26,9 +32,16 @@ from mcdropout.errors import (
     ResourceLimitError,
 )
 from mcdropout.graph import split_model
-from mcdropout.layers import PassWindow, StochasticLayer, find_stochastic_layers, mc_mode
-from mcdropout.prediction import Interval, Prediction, Task
+from mcdropout.layers import (
+    PassWindow,
+    StochasticLayer,
+    find_stochastic_layers,
+    is_mask_layer,
+    mc_mode,
+)
+from mcdropout.prediction import Prediction, Task
 from mcdropout.store import ModelInfo, as_array
+from mcdropout.summary import OutputSpace
 
 MAX_INTERVAL_LEVELS = 16
 _SEED_LIMIT = 2**64
@@ -82,6 +95,21 @@ def _input_signature(model: Any, input_shape: Sequence[int] | None) -> tuple[tup
         raise InvalidArgumentError(
             f"the model's input shape {shape} has unknown dimensions; pass input_shape=(...)")
     return tuple(int(d) for d in shape), str(inputs[0].dtype)
+
+
+_ROW_FIELDS = ("mean", "std", "standard_error", "predictive_std", "predicted_class",
+               "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio")
+
+
+def _rows_of(prediction: Prediction, rows: slice, seed: int) -> Prediction:
+    """The prediction for some rows of a merged batch (no intervals or raw samples there)."""
+    arrays: dict[str, Any] = {name: np.array(getattr(prediction, name)[rows])
+                              for name in _ROW_FIELDS if getattr(prediction, name) is not None}
+    return dataclasses.replace(prediction, seed=seed, **arrays)
+
+
+def _seed_words(seed: int) -> tuple[int, int]:
+    return seed & 0xFFFFFFFF, seed >> 32
 
 
 class MCDropoutPredictor:
@@ -142,19 +170,32 @@ class MCDropoutPredictor:
         self._feature_mean, self._feature_std = as_array(feature_mean), as_array(feature_std)
         self._target_mean, self._target_std = as_array(target_mean), as_array(target_std)
         self._split = split_model(model, self.input_shape, self.input_dtype, prefix_caching)
+        suffix = (list(model.layers[self._split.prefix_layers:])
+                  if isinstance(model, keras.Sequential) and prefix_caching else [])
+        self._mask_first = suffix if suffix and is_mask_layer(suffix[0]) else None
         width = int(np.prod(model(tf.zeros((1, *self.input_shape), self.input_dtype)).shape[1:]))
         self._binary = self.task == "classification" and width == 1
         self.output_dim = 2 if self._binary else width
         scale = float(self._target_std[0]) if self._target_std is not None else 1.0
         self.tau = None if tau is None else float(tau) / scale**2
+        self._space = OutputSpace(self.task, self._target_mean, self._target_std, self.tau)
         self.trace_count = 0
         self._prefix_fn = tf.function(
             self._prefix, input_signature=[tf.TensorSpec((None, *self.input_shape),
                                                          self.input_dtype)])
-        window_spec = [tf.TensorSpec((2,), tf.uint32), tf.TensorSpec((), tf.int32),
-                       tf.TensorSpec((), tf.int32)]
-        self._chunk_fn = tf.function(self._chunk,
-                                     input_signature=[*self._split.frontier, *window_spec])
+        passes_spec = [tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.int32)]
+        self._chunk_fn = tf.function(self._chunk, input_signature=[
+            *self._split.frontier, tf.TensorSpec((2,), tf.uint32), *passes_spec])
+        self._segments_fn = tf.function(self._segments_chunk, input_signature=[
+            *self._split.frontier, tf.TensorSpec((None, 2), tf.uint32),
+            tf.TensorSpec((None,), tf.int32), *passes_spec])
+        rows_spec = [tf.TensorSpec((None, *self.input_shape), self.input_dtype),
+                     tf.TensorSpec((), tf.int32)]
+        self._whole_fn = tf.function(self._whole, input_signature=[
+            *rows_spec, tf.TensorSpec((2,), tf.uint32), tf.TensorSpec((), tf.int32)])
+        self._whole_segments_fn = tf.function(self._whole_segments, input_signature=[
+            *rows_spec, tf.TensorSpec((None, 2), tf.uint32), tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((), tf.int32)])
 
     @classmethod
     def from_info(cls, model: Any, info: ModelInfo, **options: Any) -> MCDropoutPredictor:
@@ -170,32 +211,68 @@ class MCDropoutPredictor:
         self.trace_count += 1
         return list(self._split.prefix(x))
 
-    def _chunk(self, *args: tf.Tensor) -> dict[str, tf.Tensor]:
-        self.trace_count += 1
+    def _chunk(self, *args: tf.Tensor) -> tf.Tensor:
         *frontier, seed, first, count = args
-        tiled = []
-        for h in frontier:
-            reps = tf.concat([[count], tf.ones([len(h.shape)], tf.int32)], axis=0)
-            tiled.append(tf.reshape(tf.tile(h[None], reps),
-                                    tf.concat([[-1], tf.shape(h)[1:]], axis=0)))
-        with mc_mode(self._model, PassWindow(seed, first, count)):
-            y = self._split.suffix(tiled)
+        return self._passes(frontier, PassWindow(seed, first, count))
+
+    def _segments_chunk(self, *args: tf.Tensor) -> tf.Tensor:
+        *frontier, seeds, segments, first, count = args
+        return self._passes(frontier, PassWindow(seeds, first, count, segments))
+
+    def _whole(self, x: tf.Tensor, rows: tf.Tensor, seed: tf.Tensor, count: tf.Tensor
+               ) -> tf.Tensor:
+        # Prefix and every pass in one call; x may carry a second copy of a lone row (_frontier).
+        frontier = [h[:rows] for h in self._split.prefix(x)]
+        return self._passes(frontier, PassWindow(seed, tf.constant(0), count))
+
+    def _whole_segments(self, x: tf.Tensor, rows: tf.Tensor, seeds: tf.Tensor,
+                        segments: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+        frontier = [h[:rows] for h in self._split.prefix(x)]
+        return self._passes(frontier, PassWindow(seeds, tf.constant(0), count, segments))
+
+    def _passes(self, frontier: list[tf.Tensor], window: PassWindow) -> tf.Tensor:
+        self.trace_count += 1
+        count = window.count
+        with mc_mode(self._model, window):
+            if self._mask_first is not None:
+                # The frontier feeds one dropout layer alone: it multiplies the rows by each
+                # pass's mask straight into (passes x rows, ...), with no tiled copy first.
+                first, *rest = self._mask_first
+                y = first.call(frontier[0], untiled=True)
+                for layer in rest:
+                    y = layer(y)
+            else:
+                tiled = []
+                for h in frontier:
+                    reps = tf.concat([[count], tf.ones([len(h.shape)], tf.int32)], axis=0)
+                    tiled.append(tf.reshape(tf.tile(h[None], reps),
+                                            tf.concat([[-1], tf.shape(h)[1:]], axis=0)))
+                y = self._split.suffix(tiled)
         y = tf.reshape(tf.cast(y, tf.float32), [count, tf.shape(frontier[0])[0], -1])
         if self._binary:
             y = tf.concat([1.0 - y, y], axis=-1)
-        y64 = tf.cast(y, tf.float64)
-        mean = tf.reduce_mean(y64, axis=0)
-        out = {"y": y, "mean": mean, "m2": tf.reduce_sum(tf.square(y64 - mean), axis=0)}
-        if self.task == "classification":
-            out["entropy"] = tf.reduce_sum(-tf.reduce_sum(tf.math.xlogy(y64, y64), -1), axis=0)
-            out["votes"] = tf.reduce_sum(
-                tf.one_hot(tf.argmax(y, axis=-1), self.output_dim, dtype=tf.float64), axis=0)
-        return out
+        return y  # (passes, rows, outputs); the statistics are taken in sampling.PassStats
 
     # -- public API ----------------------------------------------------------------------------
-    def warmup(self) -> None:
-        """Trace and run the graphs once so the first real request pays no compile time."""
-        self.predict(np.zeros((1, *self.input_shape), self.input_dtype), samples=2, seed=0)
+    def warmup(self, batch_rows: int = 0) -> None:
+        """Trace and run the graphs once so the first real request pays no compile time.
+
+        Args:
+            batch_rows: Also prepare :meth:`predict_many` for merged batches of up to this many
+                rows at ``default_samples`` passes (its mask kernels compile per size class).
+        """
+        zeros = np.zeros((1, *self.input_shape), self.input_dtype)
+        self.predict(zeros, samples=2, seed=0)
+        frontier = self._frontier(zeros)  # the graphs of requests that run in several chunks
+        self._call(frontier, np.zeros(2, np.uint32), None, 0, 2)
+        if batch_rows >= 2:
+            self._call(frontier, np.zeros((1, 2), np.uint32), np.zeros(1, np.int32), 0, 2)
+        rows = 2
+        while batch_rows >= 2:
+            self.predict_many([zeros] * rows, samples=self.default_samples)
+            if rows >= batch_rows:
+                break
+            rows = min(2 * rows, batch_rows)
 
     def predict(self, x: Any, samples: int | None = None, seed: int | None = None, *,
                 tolerance: float | None = None, interval_levels: Sequence[float] = (),
@@ -223,7 +300,7 @@ class MCDropoutPredictor:
             ResourceLimitError: keeping the raw passes would exceed ``max_raw_sample_values``.
             CancelledError: ``should_stop`` returned True.
         """
-        rows = self._check_inputs(x)
+        rows = self.check_inputs(x)
         samples = self._check_samples(samples)
         seed = self._check_seed(seed)
         levels = self._check_levels(interval_levels)
@@ -238,8 +315,90 @@ class MCDropoutPredictor:
         return self._run(rows, samples, seed, tolerance, levels, keep_raw, return_samples,
                          should_stop)
 
+    def predict_many(self, inputs: Sequence[Any], samples: int | None = None,
+                     seeds: Sequence[int | None] | None = None, *,
+                     should_stop: Callable[[], bool] | None = None) -> list[Prediction]:
+        """Answer several independent requests with shared graph calls (a merged batch).
+
+        Answer i is what ``predict(inputs[i], samples, seeds[i])`` returns, bit for bit wherever
+        the model's kernels compute a row the same way whatever its position in the batch: each
+        row gets the masks of its own request's seed (element (pass, unit) of a mask depends only
+        on the seed, the layer, the pass and the unit), and requests are grouped so that each
+        one's passes fall in the chunks it would use alone. Dense, convolution-free models with
+        ReLU, tanh or softmax meet that; sigmoid, exp and log kernels in TensorFlow round a value
+        differently depending on where in a vector it falls (by about 1e-7 relative), and so may
+        the answers.
+
+        Args:
+            inputs: One array per request, each (rows_i, *input_shape), finite numbers.
+            samples: Passes T for every request, 1..max_samples (default: default_samples).
+            seeds: One seed per request (0 <= seed < 2**64) or None for a fresh one; None for
+                all fresh.
+            should_stop: Polled between chunks; returning True abandons all the work.
+
+        Returns:
+            One :class:`Prediction` per request, in order.
+
+        Raises:
+            InvalidArgumentError: an input (named by its index), samples or a seed is invalid.
+            CancelledError: ``should_stop`` returned True.
+        """
+        if len(inputs) == 0:
+            raise InvalidArgumentError("predict_many needs at least one input array, got none")
+        seeds = [None] * len(inputs) if seeds is None else list(seeds)
+        if len(seeds) != len(inputs):
+            raise InvalidArgumentError(f"predict_many needs one seed per input: got "
+                                       f"{len(seeds)} seeds for {len(inputs)} inputs")
+        arrays = []
+        for i, x in enumerate(inputs):
+            try:
+                arrays.append(self.check_inputs(x))
+            except InvalidArgumentError as exc:
+                raise InvalidArgumentError(f"inputs[{i}]: {exc}") from None
+        samples = self._check_samples(samples)
+        checked = [self._check_seed(seed) for seed in seeds]
+        # Requests that would run their passes in different chunks alone run apart here too:
+        # chunk boundaries decide how the float64 statistics are merged.
+        groups: dict[int, list[int]] = {}
+        for i, arr in enumerate(arrays):
+            groups.setdefault(self._plan(arr.shape[0], samples, False)[1], []).append(i)
+        results: dict[int, Prediction] = {}
+        for chunk, members in groups.items():
+            sizes = [arrays[i].shape[0] for i in members]
+            x = np.concatenate([arrays[i] for i in members])
+            segments = np.repeat(np.arange(len(members), dtype=np.int32), sizes)
+            words = np.array([_seed_words(checked[i]) for i in members], dtype=np.uint32)
+            block = max(1, min(x.shape[0], self.memory_budget_bytes // (chunk * self._row_bytes())))
+
+            def run_chunk(rows: slice, frontier: list[tf.Tensor], first: int, count: int,
+                          words: np.ndarray = words, segments: np.ndarray = segments
+                          ) -> np.ndarray:
+                return self._call(frontier, words, segments[rows], first, count)
+
+            whole = functools.partial(self._whole_call, x, words, segments, samples)
+            sampled = self._sample(x, samples, block, chunk, run_chunk, whole,
+                                   should_stop=should_stop)
+            # Every statistic is per row, so all rows are summarised at once and then split.
+            together = self._space.summarise(sampled, 0, (), False)
+            start = 0
+            for i, size in zip(members, sizes, strict=True):
+                results[i] = _rows_of(together, slice(start, start + size), checked[i])
+                start += size
+        return [results[i] for i in range(len(arrays))]
+
     # -- validation ------------------------------------------------------------------------------
-    def _check_inputs(self, x: Any) -> np.ndarray:
+    def check_inputs(self, x: Any) -> np.ndarray:
+        """Check input rows and standardise them as the model expects.
+
+        Args:
+            x: Input rows, (rows, *input_shape), finite numbers.
+
+        Returns:
+            The standardised rows in the model's input dtype.
+
+        Raises:
+            InvalidArgumentError: wrong shape, no rows, a non-numeric dtype, NaN or Inf.
+        """
         arr = np.asarray(x)
         want = "(rows, " + ", ".join(map(str, self.input_shape)) + ")"
         if arr.dtype.kind not in "biuf":
@@ -289,96 +448,86 @@ class MCDropoutPredictor:
         return levels
 
     # -- the sampling loop -------------------------------------------------------------------------
+    def _row_bytes(self) -> int:
+        return self._split.per_row_bytes + 16 * self.output_dim
+
     def _plan(self, rows: int, samples: int, adaptive: bool) -> tuple[int, int]:
-        per_row = self._split.per_row_bytes + 16 * self.output_dim
-        block = max(1, min(rows, self.memory_budget_bytes // per_row))
-        chunk = max(1, min(samples, self.memory_budget_bytes // (block * per_row)))
-        if adaptive:
-            chunk = min(chunk, max(10, samples // 20))
-        return block, chunk
+        return sampling.plan(rows, samples, self._row_bytes(), self.memory_budget_bytes, adaptive)
+
+    def _frontier(self, x: np.ndarray) -> list[tf.Tensor]:
+        # Never a graph call on one row: oneDNN multiplies a one-row matrix by a different kernel
+        # (gemv) that rounds differently, and a request's row must give the same bits whether it
+        # comes alone or in a merged batch. Two copies of the row cost one extra prefix row.
+        if x.shape[0] > 1:
+            return list(self._prefix_fn(tf.constant(x)))
+        return [h[:1] for h in self._prefix_fn(tf.constant(np.concatenate([x, x])))]
+
+    def _call(self, frontier: list[tf.Tensor], seeds: np.ndarray, segments: np.ndarray | None,
+              first: int, count: int) -> np.ndarray:
+        """One chunk graph call (shared masks when ``segments`` is None): (passes, rows, outputs).
+
+        A single (pass, row) is padded to two rows, for the reason given in :meth:`_frontier`.
+        """
+        single = count == 1 and int(frontier[0].shape[0]) == 1
+        if single:
+            frontier = [tf.concat([h, h], axis=0) for h in frontier]
+            segments = None if segments is None else np.concatenate([segments, segments])
+        passes = (np.int32(first), np.int32(count))
+        y = (self._chunk_fn(*frontier, seeds, *passes) if segments is None
+             else self._segments_fn(*frontier, seeds, segments, *passes)).numpy()
+        return y[:, :1] if single else y
+
+    def _whole_call(self, x: np.ndarray, seeds: np.ndarray, segments: np.ndarray | None,
+                    count: int) -> np.ndarray:
+        """Prefix and all ``count`` passes in one graph call: (passes, rows, outputs)."""
+        rows = x.shape[0]
+        padded = tf.constant(x if rows > 1 else np.concatenate([x, x]))  # see _frontier
+        if segments is None:
+            return self._whole_fn(padded, np.int32(rows), seeds, np.int32(count)).numpy()
+        return self._whole_segments_fn(padded, np.int32(rows), seeds, segments,
+                                       np.int32(count)).numpy()
+
+    def _sample(self, x: np.ndarray, samples: int, block: int, chunk: int,
+                run_chunk: sampling.ChunkRunner, whole: Callable[[], np.ndarray],
+                tolerance: float | None = None, keep_raw: bool = False,
+                should_stop: Callable[[], bool] | None = None) -> sampling.PassStats:
+        """Run the passes: in one graph call when they fit in one, else chunk by chunk.
+
+        ``whole()`` makes the one call; it is not used for a single pass of a single row, whose
+        one-row product would take oneDNN's one-row kernel (see _frontier).
+        """
+        classify = self.task == "classification"
+        if block >= x.shape[0] and chunk >= samples and x.shape[0] * samples > 1:
+            out = sampling.PassStats()
+            out.add(whole(), classify, keep_raw)
+            if should_stop is not None and should_stop():
+                raise CancelledError("prediction cancelled: the caller gave up or its deadline "
+                                     "passed")
+            return out
+        blocks = [slice(i, min(i + block, x.shape[0])) for i in range(0, x.shape[0], block)]
+
+        def converged(so_far: sampling.PassStats) -> bool:
+            m = so_far.moments
+            assert tolerance is not None
+            return float(np.max(np.sqrt(m.variance() / m.count)) * self._space.scale()) <= tolerance
+
+        return sampling.sample([self._frontier(x[b]) for b in blocks], blocks, samples, chunk,
+                               run_chunk, classify=classify,
+                               keep_raw=keep_raw,
+                               converged=None if tolerance is None else converged,
+                               should_stop=should_stop)
 
     def _run(self, x: np.ndarray, samples: int, seed: int, tolerance: float | None,
              levels: tuple[float, ...], keep_raw: bool, return_samples: bool,
              should_stop: Callable[[], bool] | None) -> Prediction:
-        rows = x.shape[0]
-        block, chunk = self._plan(rows, samples, tolerance is not None)
-        seed_words = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
-        blocks = [slice(i, min(i + block, rows)) for i in range(0, rows, block)]
-        frontiers = [self._prefix_fn(tf.constant(x[b])) for b in blocks]
-        moments = stats.RunningMoments()
-        entropy = np.zeros(rows) if self.task == "classification" else None
-        votes = np.zeros((rows, self.output_dim)) if self.task == "classification" else None
-        raw: list[np.ndarray] = []
-        done = 0
-        while done < samples:
-            count = min(chunk, samples - done)
-            parts = []
-            for frontier in frontiers:
-                parts.append(self._chunk_fn(*frontier, seed_words, np.int32(done), np.int32(count)))
-                if should_stop is not None and should_stop():
-                    raise CancelledError("prediction cancelled: the caller gave up or its "
-                                         "deadline passed")
-            moments.merge(count, np.concatenate([p["mean"].numpy() for p in parts]),
-                          np.concatenate([p["m2"].numpy() for p in parts]))
-            if entropy is not None and votes is not None:
-                entropy += np.concatenate([p["entropy"].numpy() for p in parts])
-                votes += np.concatenate([p["votes"].numpy() for p in parts])
-            if keep_raw:
-                raw.append(np.concatenate([p["y"].numpy() for p in parts], axis=1))
-            done += count
-            if tolerance is not None and done >= 2:
-                worst = float(np.max(np.sqrt(moments.variance() / done)) * self._scale())
-                if worst <= tolerance:
-                    break
-        return self._summarise(moments, entropy, votes, raw, seed, levels, return_samples)
+        block, chunk = self._plan(x.shape[0], samples, tolerance is not None)
+        words = np.array(_seed_words(seed), dtype=np.uint32)
 
-    def _scale(self) -> float:
-        if self.task == "regression" and self._target_std is not None:
-            return float(np.max(self._target_std))
-        return 1.0
+        def run_chunk(rows: slice, frontier: list[tf.Tensor], first: int, count: int
+                      ) -> np.ndarray:
+            return self._call(frontier, words, None, first, count)
 
-    def _to_target_units(self, values: np.ndarray, shift: bool = True) -> np.ndarray:
-        if self.task != "regression":
-            return values
-        if self._target_std is not None:
-            values = values * self._target_std
-        if shift and self._target_mean is not None:
-            values = values + self._target_mean
-        return values
-
-    def _summarise(self, moments: stats.RunningMoments, entropy: np.ndarray | None,
-                   votes: np.ndarray | None, raw: list[np.ndarray], seed: int,
-                   levels: tuple[float, ...], return_samples: bool) -> Prediction:
-        assert moments.mean is not None
-        n = moments.count
-        mean = self._to_target_units(moments.mean)
-        std = self._to_target_units(np.sqrt(moments.variance()), shift=False)
-        passes = self._to_target_units(np.concatenate(raw).astype(np.float64)) if raw else None
-        result: dict[str, Any] = {}
-        if self.task == "regression":
-            if self.tau is not None:
-                result["predictive_std"] = np.sqrt(std**2 + 1.0 / self.tau)
-            if passes is not None and levels:
-                bounds = (stats.mixture_intervals(passes, self.tau**-0.5, levels)
-                          if self.tau is not None else stats.empirical_intervals(passes, levels))
-                result["intervals"] = tuple(Interval(lv, lo, hi)
-                                            for lv, (lo, hi) in zip(levels, bounds, strict=True))
-        else:
-            assert entropy is not None and votes is not None
-            predictive = stats.entropy(mean)
-            expected = entropy / n
-            result.update(
-                predicted_class=np.argmax(mean, axis=-1).astype(np.int64),
-                predictive_entropy=predictive,
-                expected_entropy=expected,
-                mutual_information=stats.mutual_information(predictive, expected),
-                variation_ratio=1.0 - votes.max(axis=-1) / n,
-            )
-            if passes is not None and levels:
-                result["intervals"] = tuple(
-                    Interval(lv, lo, hi) for lv, (lo, hi)
-                    in zip(levels, stats.empirical_intervals(passes, levels), strict=True))
-        if return_samples and passes is not None:
-            result["raw_samples"] = passes.astype(np.float32)
-        return Prediction(task=self.task, samples=n, seed=seed, mean=mean, std=std,
-                          standard_error=std / math.sqrt(n), **result)
+        sampled = self._sample(x, samples, block, chunk, run_chunk,
+                               lambda: self._whole_call(x, words, None, samples), tolerance,
+                               keep_raw, should_stop)
+        return self._space.summarise(sampled, seed, levels, return_samples)

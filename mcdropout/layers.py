@@ -3,8 +3,10 @@
 In MC mode only these layers are random; every other layer (BatchNormalization included) runs in
 inference mode. Masks come from :mod:`mcdropout.rng`, one per pass, shared by all rows of the
 request: each row still sees exactly the distribution of ordinary dropout, while the answer for a
-row cannot depend on which other rows share its batch. Recurrent layers get one mask per sequence
-for all time steps (variational RNN dropout, Gal & Ghahramani 2016).
+row cannot depend on which other rows share its batch. A merged batch of several requests
+(:class:`PassWindow` with ``segments``) gives each row the masks of its own request's seed, so
+each request gets the masks it would get alone. Recurrent layers get one mask per sequence for
+all time steps (variational RNN dropout, Gal & Ghahramani 2016).
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def find_stochastic_layers(model: Any) -> tuple[StochasticLayer, ...]:
     return tuple(f for f in found if f is not None)
 
 
+def is_mask_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a Dropout, GaussianDropout or AlphaDropout with a rate above 0.
+
+    In MC mode its call takes ``untiled=True`` for inputs that hold each row once for all
+    passes (see :func:`_per_pass`).
+    """
+    return _is_dropout(layer)
+
+
 def contains_stochastic(layer: Any) -> bool:
     """Whether ``layer`` is, or (as a nested model or wrapper) holds, a stochastic layer."""
     if _describe(layer) is not None:
@@ -90,32 +101,61 @@ def contains_stochastic(layer: Any) -> bool:
 
 @dataclass(frozen=True)
 class PassWindow:
-    """The passes a traced chunk computes: passes first .. first+count-1 of a request."""
+    """The passes a traced chunk computes: passes first .. first+count-1 of a request.
 
-    seed: tf.Tensor  # uint32 (2,)
-    first: tf.Tensor  # int32 scalar
-    count: tf.Tensor  # int32 scalar
+    Attributes:
+        seed: uint32 (2,), one request's seed; or (S, 2), one seed per merged request.
+        first: int32 scalar, the first pass.
+        count: int32 scalar, the number of passes.
+        segments: None when all rows share ``seed``; else int32 (rows,), the index into ``seed``
+            of each row's request.
+    """
+
+    seed: tf.Tensor
+    first: tf.Tensor
+    count: tf.Tensor
+    segments: tf.Tensor | None = None
 
 
 _WINDOW: contextvars.ContextVar[PassWindow] = contextvars.ContextVar("mcdropout_window")
 _PATCH_LOCK = threading.RLock()
 
 
+def _mask_rows(window: PassWindow, stream: int) -> tuple[tf.Tensor, tf.Tensor, Any]:
+    """Key and pass of each mask row, and the mask rows per pass (1 when rows share masks)."""
+    keys = rng.stream_key(window.seed, stream)
+    pass_ids = tf.cast(window.first + tf.range(window.count), tf.uint32)
+    if window.segments is None:
+        return tf.fill([window.count], keys), pass_ids, 1
+    rows = tf.size(window.segments)
+    row_keys = tf.gather(keys, window.segments)
+    # Mask rows in (pass, row) order, the order of the activations with passes folded in.
+    return (tf.reshape(tf.tile(row_keys[None, :], [window.count, 1]), [-1]),
+            tf.repeat(pass_ids, rows), rows)
+
+
 def _noise(window: PassWindow, stream: int, tail: list[Any], draw: Callable[..., tf.Tensor]
            ) -> tf.Tensor:
-    """Noise of shape (passes, 1, *tail) drawn by ``draw(key, first, count, units)``."""
+    """Noise of shape (passes, 1 or rows, *tail) drawn by ``draw(keys, passes, units, fused)``."""
     units = 1
     for dim in tail:
         units = units * dim
-    key = rng.stream_key(window.seed, stream)
-    flat = draw(key, window.first, window.count, units)
-    return tf.reshape(flat, tf.concat([[window.count, 1], tf.stack(tail)], axis=0))
+    keys, passes, rows = _mask_rows(window, stream)
+    flat = draw(keys, passes, units, window.segments is not None)
+    return tf.reshape(flat, tf.concat([[window.count, rows], tf.stack(tail)], axis=0))
 
 
 def _per_pass(x: tf.Tensor, window: PassWindow, noise: tf.Tensor,
-              op: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> tf.Tensor:
-    """Apply ``op(x, noise)`` with x viewed as (passes, rows, ...) and noise broadcast over rows."""
+              op: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], untiled: bool = False
+              ) -> tf.Tensor:
+    """Apply ``op(x, noise)`` with x viewed as (passes, rows, ...) and noise broadcast over rows.
+
+    ``untiled``: x holds the rows once, (rows, ...), the same for every pass; the result is
+    (passes x rows, ...) all the same, without a tiled copy of x to multiply.
+    """
     shape = tf.shape(x)
+    if untiled:
+        return tf.reshape(op(x[None], noise), tf.concat([[-1], shape[1:]], axis=0))
     grouped = tf.reshape(x, tf.concat([[window.count, -1], shape[1:]], axis=0))
     return tf.reshape(op(grouped, noise), shape)
 
@@ -139,32 +179,44 @@ def _noise_tail(layer: Any, x: tf.Tensor) -> list[Any]:
     return [dims[i] if n is None else n for i, n in enumerate(tuple(noise_shape)[1:])]
 
 
+def _keep_scale(rate: float, dtype: tf.DType) -> tf.Tensor:
+    """1 / (1 - rate) rounded once to ``dtype``, the value ``kept * (1 / (1 - rate))`` gives."""
+    return tf.constant(1.0 / (1.0 - rate), dtype=dtype)
+
+
+def _bernoulli(rate: float, scale: tf.Tensor) -> Callable[..., tf.Tensor]:
+    """A ``draw`` giving ``scale`` for kept units and 0 for dropped ones."""
+
+    def draw(keys: tf.Tensor, passes: tf.Tensor, units: Any, fused: bool) -> tf.Tensor:
+        return rng.row_keep(keys, passes, units, rate, scale, fused=fused)
+
+    return draw
+
+
 def _dropout_call(layer: Any, stream: int) -> Callable[..., tf.Tensor]:
     rate = float(layer.rate)
 
-    def call(inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+    def call(inputs: tf.Tensor, training: Any = None, untiled: bool = False) -> tf.Tensor:
         window = _WINDOW.get()
         x = tf.convert_to_tensor(inputs)
         tail = _noise_tail(layer, x)
 
-        def bernoulli(key: tf.Tensor, first: tf.Tensor, count: tf.Tensor, units: Any) -> tf.Tensor:
-            return rng.keep_mask(key, first, count, units, rate)
-
         if isinstance(layer, keras.layers.GaussianDropout):
-            def normal(key: tf.Tensor, first: tf.Tensor, count: tf.Tensor, units: Any) -> tf.Tensor:
-                return rng.standard_normal(key, first, count, units, x.dtype)
+            def normal(keys: tf.Tensor, passes: tf.Tensor, units: Any, fused: bool) -> tf.Tensor:
+                return rng.row_normal(keys, passes, units, x.dtype)
 
             z = _noise(window, stream, tail, normal)
             factor = 1.0 + (rate / (1.0 - rate)) ** 0.5 * z
-            return _per_pass(x, window, factor, lambda g, n: g * n)
-        kept = tf.cast(_noise(window, stream, tail, bernoulli), x.dtype)
+            return _per_pass(x, window, factor, lambda g, n: g * n, untiled)
         if isinstance(layer, keras.layers.AlphaDropout):
+            kept = _noise(window, stream, tail, _bernoulli(rate, tf.constant(1, x.dtype)))
             alpha_p = -_SELU_ALPHA * _SELU_SCALE
             a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
             b = -a * alpha_p * rate
             return _per_pass(x, window, kept,
-                             lambda g, k: a * (g * k + alpha_p * (1 - k)) + b)
-        return _per_pass(x, window, kept * (1.0 / (1.0 - rate)), lambda g, m: g * m)
+                             lambda g, k: a * (g * k + alpha_p * (1 - k)) + b, untiled)
+        scaled = _noise(window, stream, tail, _bernoulli(rate, _keep_scale(rate, x.dtype)))
+        return _per_pass(x, window, scaled, lambda g, m: g * m, untiled)
 
     return call
 
@@ -174,14 +226,11 @@ def _rnn_mask(cell: Any, stream: int, step_input: tf.Tensor, rate: float) -> Any
     window = _WINDOW.get()
     count = getattr(cell, "dropout_mask_count", None)
     tail = _dims(step_input)
-
-    def bernoulli(key: tf.Tensor, first: tf.Tensor, n: tf.Tensor, units: Any) -> tf.Tensor:
-        return rng.keep_mask(key, first, n, units, rate)
+    draw = _bernoulli(rate, _keep_scale(rate, step_input.dtype))
 
     def one(sub: int) -> tf.Tensor:
-        kept = tf.cast(_noise(window, stream + sub, tail, bernoulli), step_input.dtype)
-        ones = tf.ones_like(step_input)
-        return _per_pass(ones, window, kept * (1.0 / (1.0 - rate)), lambda g, m: g * m)
+        scaled = _noise(window, stream + sub, tail, draw)
+        return _per_pass(tf.ones_like(step_input), window, scaled, lambda g, m: g * m)
 
     return one(0) if count is None else [one(i) for i in range(count)]
 

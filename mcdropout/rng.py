@@ -4,6 +4,17 @@ Keras draws masks from a stateful generator, so a pass's mask depends on everyth
 it. Here every mask element is a pure function of its coordinates, hashed with a strong 32-bit
 mixer. That makes a request's result independent of how its passes are chunked and of which other
 rows share its batch, and lets any answer be reproduced from its seed alone.
+
+Masks are drawn by *mask rows*: a row is one (key, pass) pair and holds one word per unit. A
+single request shares one mask row per pass among all its rows; a merged batch of requests with
+different seeds needs one mask row per (pass, input row), each with its own request's key. The
+words of a row depend only on its (key, pass), so both layouts give a request the same masks.
+
+Hashing is a chain of about twenty integer operations per word. TensorFlow runs each as its own
+pass over memory, which is cheap for a request's (passes, units) words but costs as much as the
+matrix products for a merged batch's (passes x rows, units); :func:`row_keep` can therefore run
+the chain as one XLA-fused loop (``fused=True``), on row counts rounded up to a power of two so
+that a handful of compiled shapes serve every batch.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import tensorflow as tf
 _GOLDEN = 0x9E3779B9
 _M1 = 0x7FEB352D
 _M2 = 0x846CA68B
+_MIN_FUSED_ROWS = 64  # the smallest compiled row count: tiny batches share one shape
 
 
 def _u32(value: int) -> tf.Tensor:
@@ -29,15 +41,41 @@ def mix32(x: tf.Tensor) -> tf.Tensor:
 
 
 def stream_key(seed: tf.Tensor, stream: int) -> tf.Tensor:
-    """Derive a scalar uint32 key for one random stream (a layer, a mask role) from a seed.
+    """Derive uint32 keys for one random stream (a layer, a mask role) from seeds.
 
     Args:
-        seed: uint32 tensor of shape (2,): the low and high halves of a 64-bit seed.
+        seed: uint32 tensor of shape (..., 2): the low and high halves of 64-bit seeds.
         stream: A small integer naming the stream; distinct streams give independent numbers.
+
+    Returns:
+        uint32 keys of shape (...): a scalar for one seed, (S,) for S seeds.
     """
     salt = mix32(_u32(stream * _GOLDEN + 1))
-    low = mix32(tf.bitwise.bitwise_xor(seed[0], salt)) + _u32(_GOLDEN)
-    return mix32(tf.bitwise.bitwise_xor(low, seed[1]))
+    low = mix32(tf.bitwise.bitwise_xor(seed[..., 0], salt)) + _u32(_GOLDEN)
+    return mix32(tf.bitwise.bitwise_xor(low, seed[..., 1]))
+
+
+def row_words(keys: tf.Tensor, passes: tf.Tensor, units: int) -> tf.Tensor:
+    """Random uint32 words of shape (rows, units); row r is a pure function of (keys[r], passes[r]).
+
+    Args:
+        keys: uint32 (rows,): the stream key of each mask row.
+        passes: uint32 (rows,): the pass index of each mask row.
+        units: Words per row; word j depends only on (key, pass, j).
+    """
+    per_pass = mix32(keys + passes * _u32(_GOLDEN))[:, None]  # (rows, 1)
+    unit_key = mix32(tf.bitwise.bitwise_xor(keys, _u32(_M1)))[:, None]
+    unit_ids = mix32(tf.cast(tf.range(units), tf.uint32)[None, :] * _u32(_M2) + unit_key)
+    # Hash the (pass, unit) pair, not just the XOR of their hashes: equal halves would cancel to
+    # a fixed word and always drop that unit.
+    pair = mix32(tf.bitwise.bitwise_xor(per_pass, unit_ids))
+    return mix32(pair + per_pass)
+
+
+def _pass_rows(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    pass_ids = tf.cast(first_pass + tf.range(passes), tf.uint32)
+    return tf.fill(tf.shape(pass_ids), key), pass_ids
 
 
 def hash_bits(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int) -> tf.Tensor:
@@ -45,34 +83,74 @@ def hash_bits(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: i
 
     Element (t, j) depends only on (key, first_pass + t, j).
     """
-    pass_ids = tf.cast(first_pass + tf.range(passes), tf.uint32)
-    per_pass = mix32(key + pass_ids * _u32(_GOLDEN))  # (passes,)
-    unit_key = mix32(tf.bitwise.bitwise_xor(key, _u32(_M1)))
-    unit_ids = mix32(tf.cast(tf.range(units), tf.uint32) * _u32(_M2) + unit_key)  # (units,)
-    # Hash the (pass, unit) pair, not just the XOR of their hashes: equal halves would cancel to
-    # a fixed word and always drop that unit.
-    pair = mix32(tf.bitwise.bitwise_xor(per_pass[:, None], unit_ids[None, :]))
-    return mix32(pair + per_pass[:, None])
+    return row_words(*_pass_rows(key, first_pass, passes), units)
+
+
+def _threshold(rate: float) -> int:
+    return min(round(rate * 2.0**32), 0xFFFFFFFF)
 
 
 def keep_mask(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int,
               rate: float) -> tf.Tensor:
     """Boolean (passes, units) mask, each element True with probability 1 - rate (to 2**-32)."""
-    threshold = min(round(rate * 2.0**32), 0xFFFFFFFF)
-    return hash_bits(key, first_pass, passes, units) >= _u32(threshold)
+    return hash_bits(key, first_pass, passes, units) >= _u32(_threshold(rate))
+
+
+def _keep_values(keys: tf.Tensor, passes: tf.Tensor, threshold: tf.Tensor, scale: tf.Tensor,
+                 units: int) -> tf.Tensor:
+    kept = row_words(keys, passes, units) >= threshold
+    return tf.where(kept, scale, tf.zeros_like(scale))
+
+
+_fused_keep_values = tf.function(_keep_values, jit_compile=True, reduce_retracing=True)
+
+
+def _bucket(n: tf.Tensor) -> tf.Tensor:
+    """The smallest power of two >= n (and >= _MIN_FUSED_ROWS), for int32 n >= 1."""
+    v = tf.maximum(n, _MIN_FUSED_ROWS) - 1
+    for shift in (1, 2, 4, 8, 16):
+        v = tf.bitwise.bitwise_or(v, tf.bitwise.right_shift(v, shift))
+    return v + 1
+
+
+def row_keep(keys: tf.Tensor, passes: tf.Tensor, units: int, rate: float, scale: tf.Tensor,
+             fused: bool = False) -> tf.Tensor:
+    """Dropout keep values of shape (rows, units): ``scale`` with probability 1 - rate, else 0.
+
+    Args:
+        keys, passes: uint32 (rows,): each mask row's stream key and pass index.
+        units: Values per row.
+        rate: Drop probability in [0, 1).
+        scale: Scalar tensor (in the activations' dtype) returned for kept units.
+        fused: Run the hash as one XLA-compiled loop. The words, and so the values, are the same
+            bits either way (integer arithmetic); fused only changes the speed.
+    """
+    threshold = _u32(_threshold(rate))
+    if not fused:
+        return _keep_values(keys, passes, threshold, scale, units)
+    rows = tf.shape(keys)[0]
+    pad = [[0, _bucket(rows) - rows]]
+    values = _fused_keep_values(tf.pad(keys, pad), tf.pad(passes, pad), threshold, scale, units)
+    return values[:rows]  # a leading-dimension slice: TensorFlow shares the buffer, no copy
+
+
+def row_normal(keys: tf.Tensor, passes: tf.Tensor, units: int,
+               dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Standard normal (rows, units) values by the Box-Muller transform of two hash streams."""
+    scale = 2.0**-24
+    other = mix32(tf.bitwise.bitwise_xor(keys, _u32(_M2)))
+    u1 = (tf.cast(tf.bitwise.right_shift(row_words(keys, passes, units), _u32(8)),
+                  tf.float32) + 0.5) * scale
+    u2 = tf.cast(tf.bitwise.right_shift(row_words(other, passes, units), _u32(8)),
+                 tf.float32) * scale
+    z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * 3.141592653589793 * u2)
+    return tf.cast(z, dtype)
 
 
 def standard_normal(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int,
                     dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Standard normal (passes, units) values by the Box-Muller transform of two hash streams."""
-    scale = 2.0**-24
-    other = mix32(tf.bitwise.bitwise_xor(key, _u32(_M2)))
-    u1 = (tf.cast(tf.bitwise.right_shift(hash_bits(key, first_pass, passes, units), _u32(8)),
-                  tf.float32) + 0.5) * scale
-    u2 = tf.cast(tf.bitwise.right_shift(hash_bits(other, first_pass, passes, units), _u32(8)),
-                 tf.float32) * scale
-    z = tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * 3.141592653589793 * u2)
-    return tf.cast(z, dtype)
+    return row_normal(*_pass_rows(key, first_pass, passes), units, dtype)
 
 
 def split_seed(seed: int) -> tf.Tensor:

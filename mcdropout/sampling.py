@@ -1,0 +1,117 @@
+"""The sampling loop: passes in chunks, rows in blocks, statistics folded in chunk by chunk.
+
+Graph calls return the raw per-pass outputs of a chunk; the float64 statistics are taken here, in
+numpy, where every reduction runs over one row's passes in pass order whatever the number of
+rows. TensorFlow's reductions and its vectorised log split work by position in the whole tensor,
+so a row's statistics could change in the last bit with the size of its batch; here they cannot,
+which is what lets a merged batch give each request exactly its answer alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mcdropout import stats
+from mcdropout.errors import CancelledError
+
+# run_chunk(rows of the block, its frontier, first pass, passes) -> (passes, rows, outputs) float32
+ChunkRunner = Callable[[slice, list, int, int], np.ndarray]
+
+
+@dataclass
+class PassStats:
+    """Per-row statistics of the passes folded in so far.
+
+    Attributes:
+        moments: Count, mean and M2 of the outputs, (rows, outputs).
+        entropy: Classifier only: sum over passes of each pass's entropy (nats), (rows,).
+        votes: Classifier only: passes whose argmax is each class, (rows, outputs).
+        raw: The chunks' raw outputs, (passes, rows, outputs) each, when kept.
+    """
+
+    moments: stats.RunningMoments = field(default_factory=stats.RunningMoments)
+    entropy: np.ndarray | None = None
+    votes: np.ndarray | None = None
+    raw: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, y: np.ndarray, classify: bool, keep_raw: bool) -> None:
+        """Fold in one chunk of passes ``y``, (passes, rows, outputs) float32."""
+        y64 = y.astype(np.float64)
+        mean = _sum_passes(y64) / y.shape[0]
+        self.moments.merge(y.shape[0], mean, _sum_passes(np.square(y64 - mean)))
+        if classify:
+            # p log p with 0 log 0 = 0: a float32 probability above 0 is far above the float64
+            # floor, so the floor only ever meets p = 0. numpy's vectorised log gives a value
+            # the same bits wherever it sits in the array (checked by the merged-batch tests).
+            plogp = y64 * np.log(np.maximum(y64, np.finfo(np.float64).tiny))
+            entropy = -_sum_passes(plogp.sum(axis=-1))
+            _, rows, classes = y.shape
+            winners = y.argmax(axis=-1) + classes * np.arange(rows)
+            votes = np.bincount(winners.ravel(), minlength=rows * classes).reshape(rows, classes)
+            self.entropy = entropy if self.entropy is None else self.entropy + entropy
+            self.votes = votes if self.votes is None else self.votes + votes
+        if keep_raw:
+            self.raw.append(y)
+
+
+def _sum_passes(values: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 (passes) in an order that depends on the number of passes alone.
+
+    numpy sums an axis pairwise when it is contiguous in memory and in plain order otherwise, and
+    axis 0 is contiguous exactly when there is one row; moving it last makes it always so.
+    """
+    return np.ascontiguousarray(np.moveaxis(values, 0, -1)).sum(axis=-1)
+
+
+def plan(rows: int, samples: int, row_bytes: int, budget: int, adaptive: bool) -> tuple[int, int]:
+    """Rows per block and passes per chunk so one chunk's activations fit ``budget`` bytes.
+
+    Args:
+        rows: Input rows of the request.
+        samples: Passes T.
+        row_bytes: Activation bytes of one (pass, row).
+        budget: Memory budget, bytes.
+        adaptive: Adaptive sampling: smaller chunks, so it can stop soon after the tolerance.
+    """
+    block = max(1, min(rows, budget // row_bytes))
+    chunk = max(1, min(samples, budget // (block * row_bytes)))
+    if adaptive:
+        chunk = min(chunk, max(10, samples // 20))
+    return block, chunk
+
+
+def sample(frontiers: list[list], blocks: list[slice], samples: int, chunk: int,
+           run_chunk: ChunkRunner, *, classify: bool, keep_raw: bool = False,
+           converged: Callable[[PassStats], bool] | None = None,
+           should_stop: Callable[[], bool] | None = None) -> PassStats:
+    """Run ``samples`` passes over row blocks (their prefix outputs in ``frontiers``).
+
+    Args:
+        frontiers, blocks: Each block's rows and the prefix outputs of those rows.
+        samples: Passes to run (at most).
+        chunk: Passes per graph call.
+        run_chunk: Runs one graph call, see :data:`ChunkRunner`.
+        classify: Also count entropies and votes.
+        keep_raw: Keep every pass's outputs.
+        converged: Checked after each chunk; True stops early (adaptive sampling).
+        should_stop: Polled after each graph call; True raises CancelledError.
+    """
+    out = PassStats()
+    done = 0
+    while done < samples:
+        count = min(chunk, samples - done)
+        parts = []
+        for rows, frontier in zip(blocks, frontiers, strict=True):
+            parts.append(run_chunk(rows, frontier, done, count))
+            if should_stop is not None and should_stop():
+                raise CancelledError("prediction cancelled: the caller gave up or its "
+                                     "deadline passed")
+        out.add(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1), classify,
+                keep_raw)
+        done += count
+        if converged is not None and done >= 2 and converged(out):
+            break
+    return out
