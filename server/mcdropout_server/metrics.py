@@ -17,6 +17,9 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
                     60)
 _PASS_BUCKETS = (1, 3, 10, 30, 100, 300, 1000, 3000, 10_000)
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16_384)
+_MERGED_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                  5, 10)
 
 
 class ServerMetrics:
@@ -43,6 +46,24 @@ class ServerMetrics:
             registry=self.registry)
         self.in_flight = Gauge(
             "mcdropout_in_flight_requests", "RPCs being handled now.", registry=self.registry)
+        self.engine_call_requests = Histogram(
+            "mcdropout_engine_call_requests",
+            "Predict requests answered by one engine call (more than 1: dynamic batching merged "
+            "them).", ["model"], buckets=_MERGED_BUCKETS, registry=self.registry)
+        self.engine_call_rows = Histogram(
+            "mcdropout_engine_call_rows", "Input rows of one engine call, merged requests summed.",
+            ["model"], buckets=_ROW_BUCKETS, registry=self.registry)
+        self.queue_seconds = Histogram(
+            "mcdropout_queue_seconds", "Time a Predict waited in the queue for a worker, seconds.",
+            ["model"], buckets=_QUEUE_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge(
+            "mcdropout_queue_depth", "Predict requests waiting for a worker now.",
+            registry=self.registry)
+        self.rejections = Counter(
+            "mcdropout_admission_rejections",
+            "Requests refused at once by admission control: QueueFullError (queue at "
+            "MCDROPOUT_MAX_QUEUE) or DeadlineExceededError (deadline shorter than the expected "
+            "queue wait).", ["reason"], registry=self.registry)
         self._http: Any = None
 
     def model_label(self, model: str) -> str:
@@ -60,6 +81,16 @@ class ServerMetrics:
         label = self.model_label(model)
         self.rows.labels(label).observe(rows)
         self.passes.labels(label).observe(passes)
+
+    def observe_engine_call(self, model: str, requests: int, rows: int) -> None:
+        """Record one engine call about to run: how many requests it merges and their rows."""
+        label = self.model_label(model)
+        self.engine_call_requests.labels(label).observe(requests)
+        self.engine_call_rows.labels(label).observe(rows)
+
+    def observe_rejection(self, reason: str) -> None:
+        """Count one request refused by admission control (``reason``: the exception's name)."""
+        self.rejections.labels(reason).inc()
 
     def start_http(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) and return the bound port."""

@@ -1,71 +1,94 @@
 """Runs predictions on a bounded pool of worker threads, off the gRPC event loop.
 
-The servicer awaits :meth:`PredictionRunner.predict`; this is the seam where a dynamic-batching
-layer can later queue and merge calls. Cancellation reaches the engine through ``should_stop``:
-when the RPC is cancelled (or its deadline passes) the engine stops at its next chunk of passes,
-which frees the worker for the next request.
+Calls go through a :class:`~mcdropout_server.batching.Scheduler`: admission control (a bounded
+queue, deadlines that cannot be met refused at once), then dynamic batching (compatible queued
+calls merged into one engine call). Cancellation reaches the engine through ``should_stop``: when
+the RPC is cancelled (or its deadline passes) the engine stops at its next chunk of passes, which
+frees the worker for the next request; a merged call stops only once all its callers are gone.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from mcdropout import CancelledError
+from mcdropout_server.admission import Admission
+from mcdropout_server.batching import DEFAULT_POLICY, BatchPolicy, Job, Scheduler
 from mcdropout_server.calls import Answer, DeadlineExceededError, PredictCall
+from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.registry import ModelRegistry
 
 
 class PredictionRunner:
-    """Checks calls on the event loop, runs their passes on ``workers`` threads.
+    """Checks calls on the event loop, queues them, runs their passes on ``workers`` threads.
 
     Args:
         registry: The served models.
-        workers: Number of threads running passes at once; further calls wait in the queue
-            (bounded by the server's max_concurrent_rpcs).
+        workers: Engine calls running at once; further calls wait in the queue.
+        batching: When queued calls are merged (default: on, 64 rows, 2 ms).
+        max_queue: Most calls waiting for a worker; more are refused with RESOURCE_EXHAUSTED.
+        metrics: Where queue time, queue depth and batch sizes are recorded, if anywhere.
     """
 
-    def __init__(self, registry: ModelRegistry, workers: int) -> None:
+    def __init__(self, registry: ModelRegistry, workers: int, *,
+                 batching: BatchPolicy = DEFAULT_POLICY, max_queue: int = 32,
+                 metrics: ServerMetrics | None = None) -> None:
         self.registry = registry
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mcdropout-worker")
+        self.scheduler = Scheduler(self._pool, workers, batching, Admission(max_queue),
+                                   self._run_one, self._run_many, metrics)
+        if batching.enabled:
+            for served in registry.models():
+                served.predictor.warmup(batch_rows=batching.max_rows)
 
     async def predict(self, call: PredictCall, *, deadline: float | None = None) -> Answer:
-        """Check and run ``call``; returns when its passes are done.
+        """Check, queue and run ``call``; returns when its passes are done.
 
         Args:
             call: The decoded request.
             deadline: ``time.monotonic()`` value after which the caller no longer waits, or None.
 
         Raises:
-            DeadlineExceededError: the deadline passed before or while the passes ran; a call
-                whose deadline passed while it was queued is not run at all.
+            InvalidArgumentError, NotFoundError, ResourceLimitError: a bad request, refused
+                before it is queued.
+            QueueFullError: too many calls are waiting already (RESOURCE_EXHAUSTED).
+            DeadlineExceededError: the deadline passed before or while the call waited or ran,
+                or is sooner than the queue ahead is expected to take; a call whose deadline
+                passed while it was queued is not run at all.
             asyncio.CancelledError: the RPC was cancelled; the passes are stopped.
-            InvalidArgumentError, NotFoundError, ResourceLimitError: a bad request.
         """
         prepared = self.registry.prepare(call)
-        stop = threading.Event()
-
-        def should_stop() -> bool:
-            return stop.is_set() or (deadline is not None and time.monotonic() >= deadline)
-
-        _check_deadline(deadline, "before the prediction was queued")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._pool, self.registry.run, prepared, should_stop)
-        except asyncio.CancelledError:
-            stop.set()  # the worker notices at its next chunk and drops the rest
-            raise
-        except CancelledError:
-            _check_deadline(deadline, "while the passes ran; the work was stopped")
-            raise
+        if self.scheduler.policy.key(prepared) is not None:
+            # Checked now so that one bad request cannot fail the batch it would be merged into.
+            prepared.model.predictor.check_inputs(call.x)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError("the request's deadline passed before the prediction "
+                                        "was queued")
+        return await self.scheduler.submit(prepared, deadline)
 
     def shutdown(self) -> None:
-        """Stop the worker threads once queued work is done (cancelled work stops early)."""
+        """Stop the worker threads once running work is done (cancelled work stops early)."""
+        self.scheduler.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    # -- on worker threads ---------------------------------------------------------------------
+    def _run_one(self, job: Job) -> Answer:
+        try:
+            return self.registry.run(job.prepared, job.gave_up)
+        except CancelledError:
+            if job.deadline is not None and time.monotonic() >= job.deadline:
+                raise DeadlineExceededError("the request's deadline passed while the passes "
+                                            "ran; the work was stopped") from None
+            raise
 
-def _check_deadline(deadline: float | None, when: str) -> None:
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExceededError(f"the request's deadline passed {when}")
+    @staticmethod
+    def _run_many(jobs: Sequence[Job]) -> list[Answer]:
+        first = jobs[0].prepared
+        predictions = first.model.predictor.predict_many(
+            [j.prepared.call.x for j in jobs], first.call.samples,
+            [j.prepared.call.seed for j in jobs],
+            should_stop=lambda: all(j.gave_up() for j in jobs))
+        return [Answer(j.model.name, j.model.version, p, j.prepared.outputs)
+                for j, p in zip(jobs, predictions, strict=True)]

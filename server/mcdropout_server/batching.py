@@ -1,0 +1,305 @@
+"""Dynamic batching: concurrent Predict calls for the same model merged into one engine call.
+
+Requests wait in one FIFO queue for a worker. When a worker frees up, the oldest request is taken
+with every queued request that can share its engine call: same model version and the same number
+of passes T, and none of adaptive sampling, intervals or raw samples (those run alone). The
+merged call stops growing at ``max_rows`` input rows. A call that is not full yet waits for
+company while an earlier merged call of the same kind still runs (requests pile up meanwhile, so
+the next call takes them all: one large call costs far less than many small ones running side by
+side on the same cores), and waits up to ``max_wait`` while other work runs. On an idle server a
+request starts at once, so batching adds no latency when there is nothing to merge.
+
+Requests are grouped by T rather than padded to the largest T: a request's answer is taken from
+exactly its own passes, and no request pays for another's extra passes. Each request keeps its
+own seed: :meth:`~mcdropout.engine.MCDropoutPredictor.predict_many` draws every row's masks from
+its own request's seed, so each answer equals the one the request gets alone.
+
+Everything here runs on the server's event loop; only the engine calls run on worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcdropout import CancelledError
+from mcdropout_server.admission import Admission
+from mcdropout_server.calls import Answer, DeadlineExceededError, ShuttingDownError
+from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.registry import PreparedCall
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When requests are merged.
+
+    Attributes:
+        enabled: False runs every request on its own.
+        max_rows: Most input rows in one merged engine call (a larger request runs alone).
+        max_wait: Seconds a request may wait for others to merge with while a worker is busy.
+    """
+
+    enabled: bool = True
+    max_rows: int = 64
+    max_wait: float = 0.002
+
+    def key(self, prepared: PreparedCall) -> Hashable | None:
+        """What a request must share with others to be merged with them; None: it runs alone."""
+        call = prepared.call
+        samples = call.samples or prepared.model.predictor.default_samples
+        if (not self.enabled or call.tolerance is not None or call.interval_levels
+                or "samples" in prepared.outputs or call.rows >= self.max_rows):
+            return None
+        return (id(prepared.model), samples)
+
+
+DEFAULT_POLICY = BatchPolicy()
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request on its way through the queue.
+
+    Attributes:
+        prepared: The checked call.
+        key: Its batch key (see :meth:`BatchPolicy.key`), or None to run alone.
+        deadline: ``time.monotonic()`` after which its caller stops waiting, or None.
+        future: Resolved with the :class:`Answer` (or the exception) on the event loop.
+        stop: Set when the caller gives up; the engine stops at its next chunk.
+        enqueued: When it joined the queue (``time.monotonic()``).
+    """
+
+    prepared: PreparedCall
+    key: Hashable | None
+    deadline: float | None
+    future: asyncio.Future[Answer]
+    stop: threading.Event = field(default_factory=threading.Event)
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows(self) -> int:
+        return self.prepared.call.rows
+
+    @property
+    def row_passes(self) -> int:
+        call = self.prepared.call
+        return call.rows * (call.samples or self.prepared.model.predictor.default_samples)
+
+    @property
+    def model(self) -> Any:
+        return self.prepared.model
+
+    def gave_up(self) -> bool:
+        """Whether the caller is gone: cancelled, or past its deadline (safe from any thread)."""
+        return self.stop.is_set() or (self.deadline is not None
+                                      and time.monotonic() >= self.deadline)
+
+
+# run_one(job) answers one request; run_many(jobs) answers a merged batch, in order. Both block.
+RunOne = Callable[[Job], Answer]
+RunMany = Callable[[Sequence[Job]], list[Answer]]
+
+
+class Scheduler:
+    """The queue in front of the workers: admission, merging, dispatch.
+
+    Args:
+        executor: The worker threads.
+        workers: Engine calls that may run at once.
+        policy: When to merge.
+        admission: Queue bound and deadline checks.
+        run_one, run_many: Run the engine (on a worker thread).
+        metrics: Where queue time and batch sizes are recorded.
+    """
+
+    def __init__(self, executor: Executor, workers: int, policy: BatchPolicy,
+                 admission: Admission, run_one: RunOne, run_many: RunMany,
+                 metrics: ServerMetrics | None = None) -> None:
+        self._executor = executor
+        self._workers = workers
+        self.policy = policy
+        self.admission = admission
+        self._run_one, self._run_many = run_one, run_many
+        self._metrics = metrics
+        self._pending: list[Job] = []
+        self._running = 0
+        self._running_keys: dict[Hashable, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker now."""
+        return len(self._pending)
+
+    async def submit(self, prepared: PreparedCall, deadline: float | None) -> Answer:
+        """Queue a request and wait for its answer.
+
+        Raises:
+            QueueFullError, DeadlineExceededError: refused by admission control, at once.
+            DeadlineExceededError: the deadline passed while it waited or ran.
+            asyncio.CancelledError: the caller went away; its work is dropped or stopped.
+        """
+        if self._closed:
+            raise ShuttingDownError("server is shutting down; retry on another replica")
+        remaining = None if deadline is None else deadline - time.monotonic()
+        self._drop_dead()  # so that requests already given up do not count against the bound
+        try:
+            self.admission.admit([(id(j.model), j.row_passes) for j in self._pending], remaining)
+        except Exception as exc:
+            if self._metrics is not None:
+                self._metrics.observe_rejection(type(exc).__name__)
+            raise
+        job = Job(prepared, self.policy.key(prepared), deadline,
+                  asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self._pump()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.stop.set()
+            if job in self._pending:
+                self._pending.remove(job)
+                self._pump()
+            raise
+
+    def close(self) -> None:
+        """Take no new work; requests still queued are refused (callable from any thread)."""
+        self._closed = True
+
+    # -- dispatch ----------------------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Start as much queued work as free workers allow (called on every change).
+
+        Queued requests are considered oldest first; one that waits for company does not hold
+        up requests of other kinds behind it.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._drop_dead()
+        if self._closed:
+            for job in self._pending:
+                _settle(job, ShuttingDownError("server is shutting down; retry on another "
+                                               "replica"))
+            self._pending.clear()
+        waiting: set[Hashable] = set()
+        wake: float | None = None
+        i = 0
+        while self._running < self._workers and i < len(self._pending):
+            head = self._pending[i]
+            if head.key is not None and head.key in waiting:
+                i += 1
+                continue
+            group = self._group(head)
+            wait = self._wait_for_company(head, group)
+            if wait is None:
+                for job in group:
+                    self._pending.remove(job)
+                self._start(group)
+                continue
+            waiting.add(head.key)
+            if wait > 0:  # else a running call of the same kind pumps again when it ends
+                wake = wait if wake is None else min(wake, wait)
+            i += 1
+        if wake is not None:
+            self._timer = asyncio.get_running_loop().call_later(wake, self._pump)
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(len(self._pending))
+
+    def _drop_dead(self) -> None:
+        """Drop requests whose caller went away or whose deadline passed while queued."""
+        alive = []
+        for job in self._pending:
+            if job.future.done() or job.gave_up():
+                _settle(job, DeadlineExceededError(
+                    "the request's deadline passed while it waited in the queue; it was not run"))
+            else:
+                alive.append(job)
+        self._pending = alive
+
+    def _wait_for_company(self, head: Job, group: list[Job]) -> float | None:
+        """None to start ``group`` now; else seconds to wait for more (0: until a call ends)."""
+        if head.key is None or sum(j.rows for j in group) >= self.policy.max_rows:
+            return None
+        if self._running_keys.get(head.key, 0):
+            return 0.0
+        waited = time.monotonic() - head.enqueued
+        if self._running == 0 or waited >= self.policy.max_wait:
+            return None
+        return self.policy.max_wait - waited
+
+    def _group(self, head: Job) -> list[Job]:
+        if head.key is None:
+            return [head]
+        group, rows = [head], head.rows
+        for job in self._pending:
+            if job is not head and job.key == head.key and rows + job.rows <= self.policy.max_rows:
+                group.append(job)
+                rows += job.rows
+        return group
+
+    def _start(self, group: list[Job]) -> None:
+        self._running += 1
+        key = group[0].key
+        self._running_keys[key] = self._running_keys.get(key, 0) + 1
+        running, started = self._running, time.monotonic()
+        if self._metrics is not None:
+            label = group[0].model.name
+            for job in group:
+                self._metrics.queue_seconds.labels(self._metrics.model_label(label)).observe(
+                    started - job.enqueued)
+            self._metrics.observe_engine_call(label, len(group), sum(j.rows for j in group))
+        loop = asyncio.get_running_loop()
+        call: Callable[[], list[Answer]] = (
+            (lambda: [self._run_one(group[0])]) if len(group) == 1
+            else (lambda: self._run_many(group)))
+        try:
+            work = loop.run_in_executor(self._executor, call)
+        except RuntimeError:  # the pool shut down between close() and this dispatch
+            work = loop.create_future()
+            work.set_exception(ShuttingDownError("server is shutting down; retry on another "
+                                                 "replica"))
+        work.add_done_callback(lambda done: self._finished(group, done, started, running))
+
+    def _finished(self, group: list[Job], done: asyncio.Future[list[Answer]], started: float,
+                  running: int) -> None:
+        self._running -= 1
+        key = group[0].key
+        self._running_keys[key] -= 1
+        if not self._running_keys[key]:
+            del self._running_keys[key]
+        try:
+            answers = done.result()
+        except CancelledError as exc:
+            for job in group:
+                _settle(job, _stopped(job, exc))
+        except BaseException as exc:  # an engine failure fails the requests it served
+            for job in group:
+                _settle(job, exc)
+        else:
+            row_passes = sum(j.rows * a.prediction.samples
+                             for j, a in zip(group, answers, strict=True))
+            self.admission.rate.observe(id(group[0].model), row_passes,
+                                        time.monotonic() - started, running)
+            for job, answer in zip(group, answers, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answer)
+        self._pump()
+
+
+def _stopped(job: Job, exc: BaseException) -> BaseException:
+    if job.deadline is not None and time.monotonic() >= job.deadline:
+        return DeadlineExceededError("the request's deadline passed while its passes ran; the "
+                                     "work was stopped")
+    return exc
+
+
+def _settle(job: Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)
