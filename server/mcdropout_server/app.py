@@ -23,12 +23,15 @@ from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
 from mcdropout import ModelStore
+from mcdropout_server.batching import BatchPolicy
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
 from mcdropout_server.registry import Limits, ModelRegistry
+from mcdropout_server.reload import ModelReloader, ReloadLoop, ReloadReport
 from mcdropout_server.runner import PredictionRunner
+from mcdropout_server.security import auth_interceptor, refresh_tokens, server_credentials
 from mcdropout_server.servicers import PredictionServicer
 from mcdropout_server.settings import ServerSettings
 
@@ -53,7 +56,8 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
         limits=Limits(max_rows=settings.max_rows, max_row_samples=settings.max_row_samples),
         memory_budget_bytes=settings.memory_budget_mb * 2**20,
         max_samples=settings.max_samples,
-        max_raw_sample_values=settings.max_raw_sample_values)
+        max_raw_sample_values=settings.max_raw_sample_values,
+        safe_mode=not settings.allow_unsafe_models)
 
 
 class ServerApp:
@@ -75,6 +79,10 @@ class ServerApp:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
+        # Read here so that a bad certificate or token file fails before anything is bound.
+        self.credentials = server_credentials(settings)
+        self.auth = auth_interceptor(settings)
+        self.reloads: ReloadLoop | None = None
 
     async def start(self) -> None:
         """Bind, start serving, and mark every health name SERVING.
@@ -84,8 +92,11 @@ class ServerApp:
         """
         s = self.settings
         self.gate = DrainGate()
-        self.runner = PredictionRunner(self.registry, s.workers)
+        self.runner = PredictionRunner(
+            self.registry, s.workers, max_queue=s.max_queue, metrics=self.metrics,
+            batching=BatchPolicy(s.batching, s.batch_max_rows, s.batch_max_wait_ms / 1000))
         self._server = grpc.aio.server(
+            interceptors=[self.auth] if self.auth else None,
             options=[("grpc.max_receive_message_length", s.max_message_bytes),
                      ("grpc.max_send_message_length", s.max_message_bytes),
                      ("grpc.so_reuseport", 0)],  # a port already in use fails loudly
@@ -100,7 +111,9 @@ class ServerApp:
             (SERVICE_NAME, oip_service, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         host = f"[{s.host}]" if ":" in s.host else s.host
         try:
-            self.port = self._server.add_insecure_port(f"{host}:{s.port}")
+            address = f"{host}:{s.port}"
+            self.port = (self._server.add_secure_port(address, self.credentials) if self.credentials
+                         else self._server.add_insecure_port(address))
             await self._server.start()
             if s.metrics_port:
                 self.metrics_port = self.metrics.start_http(s.host, s.metrics_port)
@@ -110,6 +123,11 @@ class ServerApp:
             raise
         for name in ("", SERVICE_NAME, *self.registry.names()):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._model_names = set(self.registry.names())
+        if self.registry.source is not None:  # a store to watch for new versions
+            self.reloads = ReloadLoop(self._reloader(), s.reload_interval_seconds,
+                                      self._models_changed)
+            self.reloads.start()
         models = ", ".join(f"{name} (v{', v'.join(map(str, self.registry.versions(name)))})"
                            for name in self.registry.names())
         metrics = f"metrics on :{self.metrics_port}" if self.metrics_port else "metrics off"
@@ -125,6 +143,8 @@ class ServerApp:
         """
         grace = self.settings.grace_seconds if grace is None else grace
         ends = time.monotonic() + grace
+        if self.reloads is not None:
+            await self.reloads.stop()
         await self.health.enter_graceful_shutdown()
         self.gate.close()
         log.info("draining", extra=fields(in_flight=self.gate.in_flight, grace_seconds=grace))
@@ -134,6 +154,28 @@ class ServerApp:
         self.metrics.stop_http()
         log.info("stopped", extra=fields(drained=drained))
 
+    def request_reload(self) -> None:
+        """Re-read the model store and the token file now (on SIGHUP; call on the event loop)."""
+        log.info("reload requested")
+        if self.reloads is not None:
+            self.reloads.trigger()
+        if self.auth is not None:
+            refresh_tokens(self.auth, self.settings)
+
+    async def _models_changed(self, report: ReloadReport) -> None:
+        names = set(self.registry.names())
+        for name in names - self._model_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for name in self._model_names - names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._model_names = names
+
+    def _reloader(self) -> ModelReloader:
+        # New versions get the same warm-up as those loaded at start, merged batches included.
+        rows = self.settings.batch_max_rows if self.settings.batching else 0
+        return ModelReloader(self.registry,
+                             prepare=lambda served: served.predictor.warmup(batch_rows=rows))
+
 
 def serve(settings: ServerSettings) -> int:
     """Load the models, serve until SIGTERM or SIGINT, drain, and return the exit code (0)."""
@@ -142,12 +184,15 @@ def serve(settings: ServerSettings) -> int:
 
 async def _serve(settings: ServerSettings) -> int:
     log.info("settings: " + settings.describe())
+    # SIGHUP's default action ends the process; while the models load it is ignored instead.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)
     app = ServerApp(settings, load_registry(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     await stop.wait()
     log.info("shutdown signal received")
     await app.stop()

@@ -1,7 +1,10 @@
 """The served models: every version of every model in the store, loaded and warmed up at start.
 
 :meth:`ModelRegistry.predict` is the one call from the transport into the engine; a later layer
-(dynamic batching) can sit in front of it without the servicers changing.
+(dynamic batching) can sit in front of it without the servicers changing. The set of served
+versions can be swapped at run time (:meth:`ModelRegistry.replace`, used by
+:mod:`mcdropout_server.reload`); a call holds on to the version it resolved, so calls in flight
+finish on it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,62 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LoadOptions:
+    """How model versions are turned into predictors (the same at start and on reload).
+
+    Attributes:
+        memory_budget_bytes: Memory one request's passes may use at once, bytes.
+        max_samples: Ceiling on passes per request; a model's own lower limit wins.
+        max_raw_sample_values: Largest passes x rows x outputs returned as raw samples.
+        safe_mode: Keras safe mode; False loads model files that run arbitrary code.
+        warmup: Trace the model graphs at load rather than on the first request.
+    """
+
+    memory_budget_bytes: int = 256 * 2**20
+    max_samples: int = 10_000
+    max_raw_sample_values: int = 10_000_000
+    safe_mode: bool = True
+    warmup: bool = True
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a registry's models came from, so that the store can be read again on reload."""
+
+    store: ModelStore
+    options: LoadOptions
+
+
+def load_version(store: ModelStore, name: str, version: int, options: LoadOptions) -> ServedModel:
+    """Load one stored version, build its predictor and (by default) warm it up.
+
+    Raises:
+        ModelLoadError: the version cannot be loaded or served (the message names it), including
+            a model file that needs arbitrary code while ``options.safe_mode`` is on.
+    """
+    started = time.monotonic()
+    try:
+        info = store.read_info(name, version)
+        predictor = MCDropoutPredictor.from_info(
+            store.load_model(name, version, safe_mode=options.safe_mode), info,
+            memory_budget_bytes=options.memory_budget_bytes,
+            max_samples=min(info.max_samples, options.max_samples),
+            default_samples=min(info.default_samples, options.max_samples),
+            max_raw_sample_values=options.max_raw_sample_values)
+        if options.warmup:
+            predictor.warmup()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"model {name!r} version {version} cannot be served: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    log.info("loaded model", extra=fields(
+        model=name, version=version, task=info.task,
+        seconds=round(time.monotonic() - started, 3)))
+    return ServedModel(info, predictor)
+
+
+@dataclass(frozen=True)
 class PreparedCall:
     """A call checked against its model, ready to run."""
 
@@ -66,18 +125,28 @@ class ModelRegistry:
     Args:
         models: The loaded model versions (any order).
         limits: Request size limits applied before any work starts.
+        source: The store and options the models were loaded with; None when the registry was
+            built from models directly (it cannot be reloaded then).
     """
 
-    def __init__(self, models: Iterable[ServedModel], limits: Limits = Limits()) -> None:
+    def __init__(self, models: Iterable[ServedModel], limits: Limits = Limits(),
+                 source: ModelSource | None = None) -> None:
         self.limits = limits
-        self._models: dict[str, dict[int, ServedModel]] = {}
-        for served in models:
-            self._models.setdefault(served.name, {})[served.version] = served
+        self.source = source
+        self._models = _by_name(models)
+
+    def replace(self, models: Iterable[ServedModel]) -> None:
+        """Serve exactly ``models`` from now on, swapped in at once (one reference assignment).
+
+        Calls already prepared keep the :class:`ServedModel` they resolved and finish on it.
+        """
+        self._models = _by_name(models)
 
     @classmethod
     def load(cls, store: ModelStore, *, limits: Limits = Limits(),
              memory_budget_bytes: int = 256 * 2**20, max_samples: int = 10_000,
-             max_raw_sample_values: int = 10_000_000, warmup: bool = True) -> ModelRegistry:
+             max_raw_sample_values: int = 10_000_000, warmup: bool = True,
+             safe_mode: bool = True) -> ModelRegistry:
         """Load (and by default warm up) every version of every model in ``store``.
 
         Args:
@@ -85,42 +154,25 @@ class ModelRegistry:
             max_samples: Ceiling on passes per request; a model's own lower limit wins.
             max_raw_sample_values: Largest passes x rows x outputs returned as raw samples.
             warmup: Trace the model graphs now rather than on the first request.
+            safe_mode: Keras safe mode: refuse model files that need arbitrary code to load.
 
         Raises:
             ModelLoadError: the store holds no model, or a version cannot be loaded (the message
                 names it); the server should not start half-populated.
         """
-        served = []
-        for name in store.names():
-            for version in store.versions(name):
-                started = time.monotonic()
-                info = store.read_info(name, version)
-                try:
-                    predictor = MCDropoutPredictor.from_info(
-                        store.load_model(name, version), info,
-                        memory_budget_bytes=memory_budget_bytes,
-                        max_samples=min(info.max_samples, max_samples),
-                        default_samples=min(info.default_samples, max_samples),
-                        max_raw_sample_values=max_raw_sample_values)
-                    if warmup:
-                        predictor.warmup()
-                except ModelLoadError:
-                    raise
-                except Exception as exc:
-                    raise ModelLoadError(f"model {name!r} version {version} cannot be served: "
-                                         f"{type(exc).__name__}: {exc}") from exc
-                log.info("loaded model", extra=fields(
-                    model=name, version=version, task=info.task,
-                    seconds=round(time.monotonic() - started, 3)))
-                served.append(ServedModel(info, predictor))
+        options = LoadOptions(memory_budget_bytes, max_samples, max_raw_sample_values, safe_mode,
+                              warmup)
+        served = [load_version(store, name, version, options)
+                  for name in store.names() for version in store.versions(name)]
         if not served:
             raise ModelLoadError(f"no models found in model store {store.root}; expected "
                                  "<root>/<name>/<version>/{model.keras,metadata.json}")
-        return cls(served, limits)
+        return cls(served, limits, ModelSource(store, options))
 
     def models(self) -> list[ServedModel]:
         """Every served model version, by name then version (to build another registry)."""
-        return [self._models[name][v] for name in self.names() for v in self.versions(name)]
+        current = self._models
+        return [current[name][v] for name in sorted(current) for v in sorted(current[name])]
 
     def names(self) -> list[str]:
         """Served model names, sorted."""
@@ -202,7 +254,14 @@ class ModelRegistry:
     def _versions(self, name: str) -> dict[int, ServedModel]:
         if not name:
             raise InvalidArgumentError(f"model_name is required; served models: {self.names()}")
-        versions = self._models.get(name)
+        versions = self._models.get(name)  # one read: a concurrent replace() swaps the whole map
         if versions is None:
             raise NotFoundError(f"model {name!r} not found; served models: {self.names()}")
         return versions
+
+
+def _by_name(models: Iterable[ServedModel]) -> dict[str, dict[int, ServedModel]]:
+    by_name: dict[str, dict[int, ServedModel]] = {}
+    for served in models:
+        by_name.setdefault(served.name, {})[served.version] = served
+    return by_name

@@ -20,6 +20,8 @@ from typing import Any
 ENV_PREFIX = "MCDROPOUT_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "keyvalue")
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}
 
 
 def _meta(help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
@@ -48,6 +50,19 @@ class ServerSettings:
         "pass itself).", minimum=1))
     max_concurrent_rpcs: int = field(default=64, metadata=_meta(
         "RPCs handled at once; more get RESOURCE_EXHAUSTED (bounds the queue).", minimum=1))
+    max_queue: int = field(default=32, metadata=_meta(
+        "Predict requests that may wait for a worker; beyond it new ones get RESOURCE_EXHAUSTED "
+        "at once (running work is never dropped). Requests whose deadline is sooner than the "
+        "expected queue wait get DEADLINE_EXCEEDED at once.", minimum=1))
+    batching: bool = field(default=True, metadata=_meta(
+        "Dynamic batching: merge queued Predict requests for the same model version and sample "
+        "count into one engine call (each keeps its own seed and gets the answer it would get "
+        "alone). Adaptive sampling, intervals and raw samples always run alone."))
+    batch_max_rows: int = field(default=64, metadata=_meta(
+        "Most input rows in one merged engine call.", minimum=1))
+    batch_max_wait_ms: float = field(default=2.0, metadata=_meta(
+        "While workers are busy, how long a request may wait for others to merge with, ms "
+        "(on an idle server requests start at once).", minimum=0))
     max_message_bytes: int = field(default=64 * 2**20, metadata=_meta(
         "Largest request or response message, bytes.", minimum=1024))
     max_rows: int = field(default=10_000, metadata=_meta(
@@ -69,6 +84,25 @@ class ServerSettings:
         "Log level (DEBUG logs one line per request).", choices=LOG_LEVELS))
     log_format: str = field(default="json", metadata=_meta(
         "Log line format.", choices=LOG_FORMATS))
+    tls_cert_file: Path | None = field(default=None, metadata=_meta(
+        "PEM server certificate chain; with tls_key_file, the gRPC port speaks TLS only."))
+    tls_key_file: Path | None = field(default=None, metadata=_meta(
+        "PEM private key of tls_cert_file."))
+    tls_client_ca_file: Path | None = field(default=None, metadata=_meta(
+        "PEM CA certificates; when set, clients must present a certificate they signed "
+        "(mutual TLS). Needs tls_cert_file."))
+    auth_tokens_file: Path | None = field(default=None, metadata=_meta(
+        "Bearer tokens, one per line (# comments and blank lines ignored); when set, every RPC "
+        "but health checks needs 'authorization: Bearer <token>'. Re-read on SIGHUP."))
+    auth_tokens: str = field(default="", metadata=_meta(
+        "Comma-separated bearer tokens, accepted beside those of auth_tokens_file.",
+        secret=True))
+    allow_unsafe_models: bool = field(default=False, metadata=_meta(
+        "UNSAFE: load model files that run arbitrary Python code when loaded (e.g. Keras Lambda "
+        "layers). Only for a model store whose every writer you trust."))
+    reload_interval_seconds: float = field(default=10.0, metadata=_meta(
+        "How often the model store is checked for new, changed or removed versions, seconds; "
+        "0 turns polling off (SIGHUP still reloads).", minimum=0))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -82,6 +116,12 @@ class ServerSettings:
         if self.port > 65535 or self.metrics_port > 65535:
             raise ValueError(f"ports must be in 0..65535, got port={self.port}, "
                              f"metrics_port={self.metrics_port}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("MCDROPOUT_TLS_CERT_FILE and MCDROPOUT_TLS_KEY_FILE go together, got "
+                             f"cert={self.tls_cert_file}, key={self.tls_key_file}")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("MCDROPOUT_TLS_CLIENT_CA_FILE (mutual TLS) needs "
+                             "MCDROPOUT_TLS_CERT_FILE and MCDROPOUT_TLS_KEY_FILE, got neither")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServerSettings:
@@ -153,6 +193,10 @@ def _parse(name: str, text: str, error: type[Exception] = ValueError) -> Any:
     kind = _kind(name)
     if kind is Path:
         return Path(text) if text else None
+    if kind is bool:
+        if text.lower() in _BOOLEANS:
+            return _BOOLEANS[text.lower()]
+        raise error(f"{env_name(name)} must be true or false, got {text!r}")
     if kind is str:
         choices = ServerSettings.__dataclass_fields__[name].metadata["choices"]
         # Case-insensitive choices: "debug" and "DEBUG" both mean DEBUG.

@@ -1,0 +1,353 @@
+"""Model updates with no downtime, and a drain on SIGTERM that loses no accepted request.
+
+Each test serves a private copy of the session store, so that it can drop versions into it, break
+them or delete them. The in-process servers reuse the session's loaded models; only the versions
+a test adds are loaded from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mcdropout_client import Client
+from mcdropout_client.errors import ClientError, NotFound
+from mcdropout_server.app import ServerThread
+from mcdropout_server.registry import LoadOptions, ModelRegistry, ModelSource
+from mcdropout_server.reload import ModelReloader
+from mcdropout_server.settings import ServerSettings
+from server_testkit import (
+    LIMITS,
+    REG_INFO,
+    load_options,
+    predictor,
+    reg_inputs,
+    regression,
+    settings,
+)
+from test_server_security import lambda_model
+
+from mcdropout import ModelStore
+
+MCDROPOUT = str(Path(sys.executable).parent / "mcdropout")
+POLL = 0.2  # seconds between store scans in the in-process servers
+
+
+@pytest.fixture
+def live_store(store_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "store"
+    shutil.copytree(store_root, root)
+    return root
+
+
+@pytest.fixture
+def reloadable(registry: ModelRegistry, live_store: Path) -> ModelRegistry:
+    """The session's loaded models, as if loaded from ``live_store`` (which holds the same)."""
+    source = ModelSource(ModelStore(live_store), LoadOptions(**load_options()))
+    return ModelRegistry(registry.models(), LIMITS, source)
+
+
+@pytest.fixture
+def watched(reloadable: ModelRegistry) -> Iterator[ServerThread]:
+    thread = ServerThread(settings(reload_interval_seconds=POLL), reloadable)
+    thread.start()
+    yield thread
+    thread.stop(grace=1.0)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> None:
+    ends = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < ends, "condition not met in time"
+        time.sleep(0.05)
+
+
+def latest(client: Client, model: str = "reg") -> int:
+    return client.metadata(model).version
+
+
+def drop_broken_version(root: Path, version: int) -> None:
+    """A version whose metadata is fine and whose model file is garbage, renamed into place."""
+    staging = root / "reg" / f".staging-{version}"
+    staging.mkdir()
+    (staging / "model.keras").write_bytes(b"PK\x03\x04 not really a zip file" * 10)
+    shutil.copy(root / "reg" / "2" / "metadata.json", staging / "metadata.json")
+    os.replace(staging, root / "reg" / str(version))
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in [root, *root.rglob("*")]}
+
+
+# -- swapping under load --------------------------------------------------------------------------
+def test_new_version_swaps_in_under_load_with_zero_failed_requests(
+        watched: ServerThread, live_store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = f"127.0.0.1:{watched.app.port}"
+    clients, stop = 4, threading.Event()
+    seen: list[list[int]] = [[] for _ in range(clients)]
+    failures: list[str] = []
+
+    def hammer(index: int) -> None:
+        with Client(target, retries=0, timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    seen[index].append(client.predict(reg_inputs(8, seed=index), model="reg",
+                                                      samples=20).version)
+                except ClientError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+
+    with caplog.at_level(logging.INFO, logger="mcdropout_server"), \
+            ThreadPoolExecutor(clients) as pool:
+        running = [pool.submit(hammer, i) for i in range(clients)]
+        wait_for(lambda: all(len(s) >= 3 for s in seen))
+        ModelStore(live_store).save(regression(3), REG_INFO)
+        wait_for(lambda: all(3 in s[-3:] for s in seen))  # every client answered by v3
+        counts = [len(s) for s in seen]
+        wait_for(lambda: all(len(s) >= c + 3 for s, c in zip(seen, counts, strict=True)))
+        stop.set()
+        for future in running:
+            future.result(timeout=60)
+
+    assert failures == []
+    for versions in seen:  # each client saw v2, then v3, and never v2 again after its first v3
+        first = versions.index(3)
+        assert set(versions[:first]) == {2} and set(versions[first:]) == {3}, versions
+    messages = [r.getMessage() for r in caplog.records]
+    # Loaded and warmed up first, swapped in after.
+    assert messages.index("loaded model") < messages.index("served model versions swapped")
+
+    with Client(target, retries=0) as client:
+        answer = client.predict(reg_inputs(5), model="reg", samples=30, seed=11)
+        assert [s.versions for s in client.models() if s.name == "reg"] == [(1, 2, 3)]
+        assert client.health("reg") == "SERVING"
+    expected = predictor(live_store, "reg", 3).predict(reg_inputs(5), 30, 11).mean
+    np.testing.assert_array_equal(answer.mean, expected)  # really the new weights
+
+
+def test_request_in_flight_finishes_on_the_old_version(
+        watched: ServerThread, reloadable: ModelRegistry, live_store: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    old = reloadable.get("reg", 2).predictor
+    entered, release = threading.Event(), threading.Event()
+
+    def held(real: Callable[..., Any]) -> Callable[..., Any]:
+        def wait_then_run(*args: Any, **kwargs: Any) -> Any:
+            entered.set()
+            assert release.wait(60)
+            return real(*args, **kwargs)
+        return wait_then_run
+
+    # Whichever engine entry the runner picks (alone or merged), the call waits inside v2.
+    for method in ("predict", "predict_many"):
+        monkeypatch.setattr(old, method, held(getattr(old, method)))
+    target = f"127.0.0.1:{watched.app.port}"
+    with Client(target, retries=0, timeout=60) as client, ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(client.predict, reg_inputs(4), model="reg", samples=25, seed=5)
+        assert entered.wait(30)
+        ModelStore(live_store).save(regression(3), REG_INFO)
+        wait_for(lambda: latest(client) == 3)
+        assert client.predict(reg_inputs(1), model="reg", samples=3).version == 3
+        assert not in_flight.done()
+        release.set()
+        answer = in_flight.result(timeout=60)
+    assert answer.version == 2
+    monkeypatch.undo()
+    np.testing.assert_array_equal(answer.mean, old.predict(reg_inputs(4), 25, 5).mean)
+
+
+def test_broken_new_versions_are_rejected_and_the_old_one_keeps_serving(
+        watched: ServerThread, live_store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = f"127.0.0.1:{watched.app.port}"
+    store = ModelStore(live_store)
+    with caplog.at_level(logging.INFO, logger="mcdropout_server"), \
+            Client(target, retries=0) as client:
+        drop_broken_version(live_store, 3)
+        store.save(lambda_model(), REG_INFO, version=4)  # needs arbitrary code: safe mode says no
+
+        def rejections() -> dict[int, str]:
+            return {r.fields["version"]: r.fields["error"]  # type: ignore[attr-defined]
+                    for r in caplog.records
+                    if r.getMessage() == "model version rejected; the served versions stay"}
+
+        wait_for(lambda: set(rejections()) == {3, 4})
+        assert "could not be loaded" in rejections()[3]
+        assert "needs arbitrary code to load" in rejections()[4]
+        assert latest(client) == 2
+        assert client.predict(reg_inputs(2), model="reg", samples=5).version == 2
+
+        time.sleep(5 * POLL)  # several more scans: a rejected version is not retried
+        assert sorted(r.fields["version"] for r in caplog.records  # type: ignore[attr-defined]
+                      if r.getMessage().startswith("model version rejected")) == [3, 4]
+
+        store.save(regression(5), REG_INFO, version=5)  # a good one is still picked up
+        wait_for(lambda: latest(client) == 5)
+        assert [s.versions for s in client.models() if s.name == "reg"] == [(1, 2, 5)]
+        with pytest.raises(NotFound, match="available versions: \\[1, 2, 5\\]"):
+            client.predict(reg_inputs(1), model="reg", version=3)
+
+
+# -- the reloader on its own -----------------------------------------------------------------------
+def test_reloader_drops_removed_versions_reloads_changed_ones_and_never_empties(
+        reloadable: ModelRegistry, live_store: Path) -> None:
+    reloader = ModelReloader(reloadable)
+    assert reloader.reload().changed is False  # nothing changed: nothing loaded
+
+    shutil.rmtree(live_store / "reg" / "1")
+    report = reloader.reload()
+    assert (report.loaded, report.removed) == ((), (("reg", 1),))
+    assert reloadable.versions("reg") == [2]
+
+    # Replacing a version's files in place (a new model under the same number) reloads it.
+    info_path = live_store / "cls" / "1" / "metadata.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "description": "retrained"}))
+    before = reloadable.get("cls")
+    assert reloader.reload().loaded == (("cls", 1),)
+    assert reloadable.get("cls") is not before
+    assert reloadable.get("cls").info.description == "retrained"
+
+    for name in ("reg", "cls"):
+        shutil.rmtree(live_store / name)
+    assert reloader.reload().changed is False  # an empty store never empties the registry
+    assert reloadable.names() == ["cls", "reg"]
+
+
+def test_registry_without_a_store_cannot_be_reloaded(registry: ModelRegistry) -> None:
+    with pytest.raises(ValueError, match="not loaded from a model store"):
+        ModelReloader(ModelRegistry(registry.models()))
+
+
+def test_the_model_root_is_never_written(live_store: Path) -> None:
+    before = snapshot(live_store)
+    loaded = ModelRegistry.load(ModelStore(live_store), limits=LIMITS,
+                                **{**load_options(), "warmup": True})
+    with ServerThread(settings(reload_interval_seconds=POLL), loaded) as app, \
+            Client(f"127.0.0.1:{app.port}", retries=0) as client:
+        client.predict(reg_inputs(3), model="reg", samples=10)
+        time.sleep(3 * POLL)  # a few scans
+        assert ModelReloader(loaded).reload().changed is False
+    assert snapshot(live_store) == before
+
+
+# -- real processes: SIGHUP and SIGTERM -----------------------------------------------------------
+def start_server(store: Path, *flags: str) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """`mcdropout serve` on a free loopback port; returns the process, its port, its log lines
+    (collected in the background until it exits)."""
+    command = [MCDROPOUT, "serve", "--model-root", str(store), "--port", "0", "--host",
+               "127.0.0.1", "--metrics-port", "0", *flags]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                started.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not started.wait(180):
+        process.kill()
+        raise AssertionError("the server did not start:\n" + "".join(lines[-20:]))
+    port = next(json.loads(line)["port"] for line in lines if "listening on" in line)
+    return process, port, lines
+
+
+def test_sighup_reloads_the_store_of_a_running_server(live_store: Path) -> None:
+    process, port, _ = start_server(live_store, "--reload-interval-seconds", "0")
+    try:
+        with Client(f"127.0.0.1:{port}", retries=0) as client:
+            assert latest(client) == 2
+            ModelStore(live_store).save(regression(3), REG_INFO)
+            time.sleep(1.0)
+            assert latest(client) == 2  # polling is off: nothing happens without the signal
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: latest(client) == 3)
+            assert client.predict(reg_inputs(2), model="reg", samples=4).version == 3
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_under_load_loses_no_accepted_request(live_store: Path) -> None:
+    process, port, lines = start_server(live_store, "--log-level", "DEBUG", "--workers", "2",
+                                        "--grace-seconds", "30")
+    clients, done = 6, threading.Event()
+    answered: list[str] = []  # request ids the clients got an answer for
+    failed: list[ClientError] = []
+
+    def hammer(index: int) -> None:
+        with Client(f"127.0.0.1:{port}", retries=0, timeout=30) as client:
+            for i in range(100_000):
+                if done.is_set():
+                    return
+                request_id = f"c{index}-{i}"
+                try:
+                    client.predict(reg_inputs(64, seed=i), model="reg", samples=200,
+                                   request_id=request_id)
+                    answered.append(request_id)
+                except ClientError as exc:
+                    failed.append(exc)
+                    time.sleep(0.01)
+
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            running = [pool.submit(hammer, i) for i in range(clients)]
+            wait_for(lambda: len(answered) >= 20)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=90) == 0
+            done.set()
+            for future in running:
+                future.result(timeout=60)
+    finally:
+        done.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    calls = [r for r in records if r.get("method") == "Predict" and "code" in r]
+    signalled = next(i for i, r in enumerate(records) if r["msg"] == "shutdown signal received")
+    served_after_signal = [r for r in records[signalled:] if r.get("code") == "OK"]
+    assert {r["code"] for r in calls} <= {"OK", "UNAVAILABLE"}
+    # Every request the server completed reached its client.
+    assert sorted(answered) == sorted(r["request_id"] for r in calls if r["code"] == "OK")
+    # Every request the server saw but refused was told to go elsewhere (it echoes the id)...
+    refused = [e for e in failed if e.request_id is not None]
+    assert {(e.code.name, "server is shutting down" in e.message) for e in refused} <= {
+        ("UNAVAILABLE", True)}
+    # ...and the rest never reached a handler: nothing listening any more (UNAVAILABLE), or,
+    # in the last instant, a call gRPC had received but not dispatched when the server stopped
+    # (CANCELLED, with no request id: it never ran, so it is safe to retry).
+    unseen = Counter(e.code.name for e in failed if e.request_id is None)
+    assert set(unseen) <= {"UNAVAILABLE", "CANCELLED"}, unseen
+    assert served_after_signal, "no request was in flight at SIGTERM; the test proves nothing"
+    assert next(r for r in records if r["msg"] == "stopped")["drained"] is True
+
+
+def test_reload_interval_setting() -> None:
+    assert ServerSettings().reload_interval_seconds == 10.0
+    assert ServerSettings.from_env({"MCDROPOUT_RELOAD_INTERVAL_SECONDS": "0"}
+                                   ).reload_interval_seconds == 0
+    with pytest.raises(ValueError, match="MCDROPOUT_RELOAD_INTERVAL_SECONDS must be >= 0"):
+        ServerSettings.from_env({"MCDROPOUT_RELOAD_INTERVAL_SECONDS": "-1"})
