@@ -90,7 +90,7 @@ def coverage_curve(y: np.ndarray, intervals: Sequence[tuple[np.ndarray, np.ndarr
 
 
 def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | Path, *,
-                       metric: str, title: str = "") -> Path:
+                       metric: str, title: str = "", best: int | None = None) -> Path:
     """Draw a validation metric against the dropout rate, one line per other setting.
 
     Args:
@@ -98,6 +98,7 @@ def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | P
         path: The PNG file to write.
         metric: The metric's name for the axis, e.g. "validation log-likelihood".
         title: Figure title.
+        best: Index in ``points`` of the chosen setting, marked with a star.
 
     Returns:
         ``path``.
@@ -110,13 +111,16 @@ def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | P
         series = sorted((p, v) for p, lab, v in points if lab == label)
         ax.plot([p for p, _ in series], [v for _, v in series], marker="o",
                 label=label or None)
+    if best is not None:
+        ax.plot(points[best][0], points[best][2], marker="*", markersize=16, color="gold",
+                markeredgecolor="k", linestyle="none", label="chosen")
     rates = sorted({p for p, _, _ in points})
     if len(rates) > 1 and rates[0] > 0 and rates[-1] / rates[0] >= 10:
         ax.set_xscale("log")
     ax.set_xlabel("dropout rate p")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} against dropout rate")
-    if any(labels):
+    if any(labels) or best is not None:
         ax.legend()
     ax.grid(alpha=0.3)
     figure.savefig(Path(path), dpi=DPI)
@@ -239,22 +243,10 @@ def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
 # -- helpers ---------------------------------------------------------------------------------------
 def _predict(predictor: Any, x: np.ndarray, samples: int | None, seed: int | None,
              levels: Sequence[float]) -> dict[str, Any]:
-    """Predict in row blocks that keep the raw passes within the predictor's limit."""
-    passes = samples or predictor.default_samples
-    block = max(1, predictor.max_raw_sample_values // (passes * max(1, predictor.output_dim)))
-    parts = [predictor.predict(x[i:i + block], passes, seed, interval_levels=levels)
-             for i in range(0, len(x), block)]
-
-    def joined(name: str) -> np.ndarray | None:
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else np.concatenate(values)
-
-    intervals = [(np.concatenate([p.intervals[k].lower for p in parts]),
-                  np.concatenate([p.intervals[k].upper for p in parts]))
-                 for k in range(len(levels))]
-    return {"mean": joined("mean"), "std": joined("std"),
-            "predictive_std": joined("predictive_std"),
-            "mutual_information": joined("mutual_information"), "intervals": intervals}
+    p = metrics.predict_chunked(predictor, x, samples, seed, interval_levels=levels)
+    return {"mean": p.mean, "std": p.std, "predictive_std": p.predictive_std,
+            "mutual_information": p.mutual_information,
+            "intervals": [(i.lower, i.upper) for i in p.intervals]}
 
 
 def _figure() -> tuple[Any, Any]:

@@ -165,7 +165,7 @@ def write_outputs(result: TuningResult, directory: str | Path, title: str = "") 
     series = [(p.dropout, _series_label(p, result.axis), p.score) for p in result.points]
     label = "validation MC log-likelihood" if result.higher_is_better else "validation NLL"
     plot = report.plot_dropout_sweep(series, folder / "dropout_sweep.png", metric=label,
-                                     title=title)
+                                     title=title, best=result.best)
     return [folder / "grid.csv", folder / "grid.json", plot]
 
 
@@ -273,8 +273,10 @@ def _main(args: argparse.Namespace) -> int:
         weight_decays=args.weight_decays, description=args.description, on_point=show)
     version = ModelStore(args.model_root).save(model, info)
     print(format_table(result))
-    print(f"best: p={result.points[result.best].dropout:g} by validation {result.metric}; "
-          f"saved {args.name} version {version} in {args.model_root}")
+    best = result.points[result.best]
+    tau = "" if best.tau is None else f" tau={best.tau:.4g}"
+    print(f"best by validation {result.metric}: p={best.dropout:g}{tau} weight decay "
+          f"{best.weight_decay:.3g}; saved {args.name} version {version} in {args.model_root}")
     if args.output:
         files = write_outputs(result, args.output, title=f"{args.name} on {args.data.name}")
         print("wrote " + ", ".join(str(f) for f in files))

@@ -12,20 +12,16 @@ those units. Results are the mean and standard error over the splits.
 
 This module reads the benchmark's files (it downloads nothing), runs the protocol with
 :mod:`mcdropout.gridfit` for training and the production :class:`~mcdropout.MCDropoutPredictor`
-for the test passes, and writes JSON and CSV reports; :func:`register` adds the
+for the test passes. :mod:`mcdropout.uci_cli` writes the reports and adds the
 ``mcdropout benchmark uci`` command.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import math
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +42,7 @@ PUBLISHED_2016: dict[str, tuple[float, float, float, float]] = {
 }
 # Sampled values (networks x passes x rows) held at once while scoring the validation grid.
 _VALIDATION_VALUES_PER_CHUNK = 25_000_000
-_INTERVAL_LEVEL = 0.95
+INTERVAL_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -227,7 +223,8 @@ def run(dataset: UCIDataset, protocol: Protocol,
         progress: Called with a line of text at each stage and with each split's result.
 
     Raises:
-        InvalidArgumentError: a protocol setting is out of range.
+        InvalidArgumentError: a protocol setting is out of range, or the training splits differ
+            in size.
     """
     from mcdropout.engine import MCDropoutPredictor
 
@@ -235,6 +232,11 @@ def run(dataset: UCIDataset, protocol: Protocol,
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     splits = [dataset.split(i) for i in range(count)]
+    sizes = sorted({len(train) for train, _ in splits})
+    if len(sizes) > 1:  # the networks of all splits are trained as one stack
+        raise InvalidArgumentError(
+            f"the training splits of {dataset.name} must all have the same number of rows, "
+            f"got sizes {sizes}")
     settings = [(p, tau) for p in dataset.dropout_rates for tau in dataset.tau_values]
     grid_seed, final_seed = (int(s) for s in np.random.SeedSequence(protocol.seed).generate_state(2))
     epochs = dataset.n_epochs * protocol.epochs_multiplier
@@ -268,7 +270,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
             default_samples=protocol.samples)
         scores = metrics.evaluate(predictor, dataset.x[test], dataset.y[test],
                                   samples=protocol.samples, seed=_seed(protocol, i),
-                                  level=_INTERVAL_LEVEL)
+                                  level=INTERVAL_LEVEL)
         results.append(SplitResult(
             split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=scores["rmse"],
             test_ll=scores["mc_log_likelihood"], picp=scores["picp"],
@@ -344,55 +346,6 @@ def _seed(protocol: Protocol, split: int) -> int:
     return int(np.random.SeedSequence([protocol.seed, split]).generate_state(1)[0])
 
 
-def write_results(result: BenchmarkResult, directory: str | Path) -> tuple[Path, Path]:
-    """Write ``<dataset>.json`` (protocol, summary, every split and grid) and ``<dataset>.csv``.
-
-    Returns:
-        (the JSON path, the CSV path).
-    """
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = {k: {"mean": m, "se": se} for k, (m, se) in result.summary().items()}
-    published = PUBLISHED_2016.get(result.dataset)
-    document = {
-        "dataset": result.dataset, "protocol": asdict(result.protocol), "epochs": result.epochs,
-        "n_hidden": result.n_hidden, "splits_run": len(result.splits),
-        "seconds": result.seconds, "stage_seconds": result.stage_seconds,
-        "interval_level": _INTERVAL_LEVEL, "summary": summary,
-        "published_2016": None if published is None else {
-            "rmse": {"mean": published[0], "se": published[1]},
-            "test_ll": {"mean": published[2], "se": published[3]}},
-        "splits": [asdict(s) for s in result.splits],
-    }
-    json_path = folder / f"{result.dataset}.json"
-    json_path.write_text(json.dumps(document, indent=2, allow_nan=True))
-    csv_path = folder / f"{result.dataset}.csv"
-    columns = ["split", "dropout", "tau", "rmse", "test_ll", "picp", "interval_width"]
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for s in result.splits:
-            writer.writerow([getattr(s, c) for c in columns])
-    return json_path, csv_path
-
-
-def format_summary(result: BenchmarkResult) -> str:
-    """Human-readable lines: mean ± SE of each metric, and the 2016 paper's figures if known."""
-    summary = result.summary()
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items())
-    lines = [f"{result.dataset}: {len(result.splits)} splits, {result.epochs} epochs, "
-             f"T = {result.protocol.samples}, {result.seconds:.0f} s ({stages})"]
-    for name, label in (("rmse", "RMSE"), ("test_ll", "test LL"),
-                        ("picp", "95% interval coverage"), ("interval_width", "95% width")):
-        mean, se = summary[name]
-        lines.append(f"  {label:<22} {mean:8.3f} ± {se:.3f}")
-    if result.dataset in PUBLISHED_2016:
-        rmse, rmse_se, ll, ll_se = PUBLISHED_2016[result.dataset]
-        lines.append(f"  Gal & Ghahramani 2016: RMSE {rmse:.2f} ± {rmse_se:.2f}, "
-                     f"test LL {ll:.2f} ± {ll_se:.2f}")
-    return "\n".join(lines)
-
-
 def _check(dataset: UCIDataset, protocol: Protocol) -> int:
     for name in ("epochs_multiplier", "samples", "batch_size"):
         value = getattr(protocol, name)
@@ -426,51 +379,3 @@ def _integers(path: Path) -> np.ndarray:
     if not np.all(values == np.round(values)) or values.min() < 0:
         raise InvalidArgumentError(f"{path} must hold non-negative integers")
     return values.astype(np.int64)
-
-
-# -- command line ----------------------------------------------------------------------------------
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``mcdropout benchmark uci`` (entry point of the ``mcdropout.commands`` group)."""
-    benchmark = subparsers.add_parser(
-        "benchmark", help="run published benchmarks (the UCI regression protocol of MC dropout)",
-        description="Run published benchmarks on data you have on disk (nothing is downloaded).")
-    kinds = benchmark.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    p = kinds.add_parser(
-        "uci", help="the UCI regression protocol of Gal & Ghahramani (2016)",
-        description="Per split: standardise with training statistics; grid-search the dropout "
-                    "rate and tau (dropout_rates.txt x tau_values.txt) by validation MC "
-                    "log-likelihood on the last 20% of the training split; retrain on the whole "
-                    "split (weight decay l^2 (1-p) / (2 N tau), Adam, batch 128); score the test "
-                    "rows with T passes (RMSE, MC-mixture log-likelihood, 95% coverage) in "
-                    "original units. Prints mean ± standard error over the splits and writes "
-                    "<output>/<dataset>.json and .csv.")
-    p.add_argument("--data-dir", required=True, type=Path,
-                   help="folder with one sub-folder per data set (data.txt, index_*.txt, ...)")
-    p.add_argument("--dataset", required=True, nargs="+", metavar="NAME",
-                   help="data set folder name(s), e.g. yacht bostonHousing")
-    p.add_argument("--splits", type=int, help="run the first N splits; default all on file (20)")
-    p.add_argument("--epochs-multiplier", type=int, default=10,
-                   help="epochs = n_epochs.txt x this; the published runs use 10 or 100; "
-                        "default %(default)s")
-    p.add_argument("--samples", type=int, default=10_000,
-                   help="test-time MC passes T; default %(default)s as published")
-    p.add_argument("--validation-samples", type=int,
-                   help="passes for scoring the grid; default the same as --samples (published)")
-    p.add_argument("--seed", type=int, default=0, help="default %(default)s")
-    p.add_argument("--output", type=Path, default=Path("uci-results"),
-                   help="folder for the JSON and CSV reports; default %(default)s")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    protocol = Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
-                        validation_samples=args.validation_samples, splits=args.splits,
-                        seed=args.seed)
-    datasets = [load_dataset(args.data_dir, name) for name in args.dataset]  # fail early
-    for dataset in datasets:
-        result = run(dataset, protocol,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-        json_path, csv_path = write_results(result, args.output)
-        print(format_summary(result))
-        print(f"  wrote {json_path} and {csv_path}")
-    return 0

@@ -1,0 +1,173 @@
+"""The UCI benchmark: its file layout, the stacked trainer it runs on, and the protocol end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcdropout import cli, gridfit, uci
+from mcdropout.engine import MCDropoutPredictor
+from mcdropout.errors import InvalidArgumentError, NotFoundError
+
+UCI_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
+
+
+def write_layout(root: Path, name: str = "tiny", rows: int = 40) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 3))
+    table = np.column_stack([x, x @ [1.0, -2.0, 0.5] + 0.1 * rng.normal(size=rows)])
+    np.savetxt(folder / "data.txt", table)
+    (folder / "index_features.txt").write_text("0\n1\n2\n")
+    (folder / "index_target.txt").write_text("3")  # no trailing newline, as on file
+    order = rng.permutation(rows)
+    for i in range(2):
+        order = np.roll(order, rows // 2)
+        np.savetxt(folder / f"index_train_{i}.txt", order[: rows * 9 // 10], fmt="%d")
+        np.savetxt(folder / f"index_test_{i}.txt", order[rows * 9 // 10:], fmt="%d")
+    for file, text in (("n_splits", "2"), ("n_hidden", "8"), ("n_epochs", "4"),
+                       ("dropout_rates", "0.01 0.1"), ("tau_values", "1.0\n10.0\n")):
+        (folder / f"{file}.txt").write_text(text)
+    return folder
+
+
+def test_layout_is_read_as_published(tmp_path: Path) -> None:
+    folder = write_layout(tmp_path)
+    ds = uci.load_dataset(tmp_path, "tiny")
+    table = np.loadtxt(folder / "data.txt")
+    np.testing.assert_array_equal(ds.x, table[:, :3])
+    np.testing.assert_array_equal(ds.y, table[:, [3]])
+    assert (ds.n_splits, ds.n_hidden, ds.n_epochs) == (2, 8, 4)
+    assert ds.dropout_rates == (0.01, 0.1) and ds.tau_values == (1.0, 10.0)
+    train, test = ds.split(1)
+    np.testing.assert_array_equal(train, np.loadtxt(folder / "index_train_1.txt"))
+    assert len(train) == 36 and len(test) == 4 and not set(train) & set(test)
+    assert uci.available_datasets(tmp_path) == ["tiny"]
+    with pytest.raises(InvalidArgumentError, match=r"split must be in 0\.\.1 for tiny, got 2"):
+        ds.split(2)
+
+
+def test_unknown_data_set_lists_those_present(tmp_path: Path) -> None:
+    write_layout(tmp_path)
+    with pytest.raises(NotFoundError, match=r"no data set 'boston'.*found: \['tiny'\]"):
+        uci.load_dataset(tmp_path, "boston")
+
+
+def test_malformed_files_are_named(tmp_path: Path) -> None:
+    folder = write_layout(tmp_path)
+    (folder / "index_target.txt").write_text("7")
+    with pytest.raises(InvalidArgumentError, match=r"index_target\.txt must name one column"):
+        uci.load_dataset(tmp_path, "tiny")
+    (folder / "index_target.txt").write_text("3")
+    (folder / "n_hidden.txt").write_text("fifty")
+    with pytest.raises(InvalidArgumentError, match=r"cannot read .*n_hidden\.txt"):
+        uci.load_dataset(tmp_path, "tiny")
+
+
+def test_protocol_settings_are_checked(tmp_path: Path) -> None:
+    write_layout(tmp_path)
+    ds = uci.load_dataset(tmp_path, "tiny")
+    with pytest.raises(InvalidArgumentError, match=r"splits must be in 1\.\.2 for tiny, got 3"):
+        uci.run(ds, uci.Protocol(splits=3))
+    with pytest.raises(InvalidArgumentError, match="samples must be an integer >= 1, got 0"):
+        uci.run(ds, uci.Protocol(samples=0))
+    train = np.loadtxt(tmp_path / "tiny" / "index_train_1.txt", dtype=int)
+    np.savetxt(tmp_path / "tiny" / "index_train_1.txt", train[:-1], fmt="%d")
+    with pytest.raises(InvalidArgumentError, match=r"same number of rows, got sizes \[35, 36\]"):
+        uci.run(ds, uci.Protocol())
+
+
+# -- the stacked trainer ---------------------------------------------------------------------------
+def test_stacked_networks_become_the_keras_model_they_describe() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    stack = gridfit.fit_mlps(x, x[:, :1], [0.1, 0.3], [1e-4, 0.0], hidden=(8, 6), epochs=2)
+    for i in range(2):
+        model = stack.to_keras(i)
+        h = x
+        for layer, (kernel, bias) in enumerate(zip(stack.kernels, stack.biases, strict=True)):
+            h = h @ kernel[i] + bias[i]
+            h = np.maximum(h, 0) if layer < 2 else h
+        np.testing.assert_allclose(model(x, training=False).numpy(), h, rtol=1e-5, atol=1e-6)
+        assert model.get_layer("input_dropout").rate == stack.dropout[i]
+
+
+def test_each_network_learns_its_own_data_with_its_own_decay() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 256, 2)).astype(np.float32)
+    y = np.stack([x[0, :, 0], -x[1, :, 1], x[2, :, 0] + x[2, :, 1]])  # a target per network
+    stack = gridfit.fit_mlps(x, y, [0.01, 0.01, 0.01], [0.0, 0.0, 1.0], hidden=(16,),
+                             epochs=150, batch_size=32, seed=3)
+    means = stack.mc_samples(x, 200, seed=4).mean(axis=1)[..., 0]  # (3, rows)
+    for i in range(2):  # no decay: a close fit of its own target, not of another's
+        assert np.sqrt(np.mean((means[i] - y[i]) ** 2)) < 0.1 * y[i].std()
+        assert np.sqrt(np.mean((means[i] - y[1 - i]) ** 2)) > 0.5 * y[1 - i].std()
+    # a decay of 1 on sum(w^2) shrinks the weights far below those of its neighbours
+    norm = [float(np.sum(stack.kernels[0][i] ** 2)) for i in range(3)]
+    assert norm[2] < 0.1 * min(norm[:2])
+
+
+def test_stack_sampling_agrees_with_the_engine() -> None:
+    """Two implementations of MC dropout on the same weights: means agree within 5 SE."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(32, 3)).astype(np.float32)
+    stack = gridfit.fit_mlps(x, np.sin(x[:, 0]), [0.3], [1e-3], hidden=(16,), epochs=20)
+    passes = 4000
+    ours = stack.mc_samples(x, passes, seed=6)[0, :, :, 0].astype(np.float64)
+    engine = MCDropoutPredictor(stack.to_keras(0)).predict(x, passes, seed=7)
+    se = np.sqrt(ours.var(axis=0) / passes + engine.std[:, 0] ** 2 / passes)
+    assert np.all(np.abs(ours.mean(axis=0) - engine.mean[:, 0]) < 5 * se)
+    # and the spread: a sample variance has relative SE sqrt((kurtosis - 1) / T)
+    var = ours.var(axis=0)
+    kurtosis = np.mean((ours - ours.mean(axis=0)) ** 4, axis=0) / var**2
+    rel_se = np.sqrt(2 * (kurtosis - 1) / passes)  # of the difference of two estimates
+    assert np.all(np.abs(engine.std[:, 0] ** 2 - var) < 5 * rel_se * var)
+
+
+def test_trainer_rejects_bad_arguments() -> None:
+    x = np.zeros((4, 2))
+    with pytest.raises(InvalidArgumentError, match="equally long"):
+        gridfit.fit_mlps(x, np.zeros(4), [0.1, 0.2], [0.0], epochs=1)
+    with pytest.raises(InvalidArgumentError, match=r"dropout rates must be in \(0, 1\)"):
+        gridfit.fit_mlps(x, np.zeros(4), [1.0], [0.0], epochs=1)
+    with pytest.raises(InvalidArgumentError, match=r"same .* number of rows"):
+        gridfit.fit_mlps(x, np.zeros(5), [0.1], [0.0], epochs=1)
+
+
+# -- the protocol end to end -----------------------------------------------------------------------
+@pytest.mark.skipif(not (UCI_DIR / "yacht" / "data.txt").is_file(),
+                    reason=f"UCI benchmark data not present at {UCI_DIR}")
+def test_benchmark_command_runs_the_protocol_on_two_splits_of_yacht(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["benchmark", "uci", "--data-dir", str(UCI_DIR), "--dataset", "yacht",
+                       "--splits", "2", "--epochs-multiplier", "2", "--samples", "500",
+                       "--output", str(tmp_path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "yacht: 2 splits, 80 epochs, T = 500" in out and "RMSE" in out
+    report = json.loads((tmp_path / "yacht.json").read_text())
+    ds = uci.load_dataset(UCI_DIR, "yacht")
+    assert report["splits_run"] == 2 and report["epochs"] == 80
+    assert report["protocol"]["samples"] == 500
+    for split in report["splits"]:
+        grid = split["grid"]
+        assert len(grid) == len(ds.dropout_rates) * len(ds.tau_values) == 12
+        best = max(grid, key=lambda g: g["validation_ll"])
+        assert (split["dropout"], split["tau"]) == (best["dropout"], best["tau"])
+        # a fitted network beats predicting the test mean; every metric is finite
+        test_y = ds.y[ds.split(split["split"])[1]]
+        assert split["rmse"] < test_y.std()
+        assert math.isfinite(split["test_ll"]) and 0.0 <= split["picp"] <= 1.0
+    mean, se = report["summary"]["rmse"]["mean"], report["summary"]["rmse"]["se"]
+    rmse = [s["rmse"] for s in report["splits"]]
+    assert mean == pytest.approx(np.mean(rmse))
+    assert se == pytest.approx(np.std(rmse, ddof=1) / math.sqrt(2))
+    with open(tmp_path / "yacht.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["rmse"]) for r in rows] == pytest.approx(rmse)
