@@ -397,7 +397,8 @@ class MCDropoutPredictor:
             The standardised rows in the model's input dtype.
 
         Raises:
-            InvalidArgumentError: wrong shape, no rows, a non-numeric dtype, NaN or Inf.
+            InvalidArgumentError: wrong shape, no rows, a non-numeric dtype, NaN or Inf, or a value
+                out of the model's input dtype's range.
         """
         arr = np.asarray(x)
         want = "(rows, " + ", ".join(map(str, self.input_shape)) + ")"
@@ -416,7 +417,17 @@ class MCDropoutPredictor:
             out = out - self._feature_mean
         if self._feature_std is not None:
             out = out / self._feature_std
-        return out.astype(self.input_dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = out.astype(self.input_dtype)
+        if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+            # Finite float64 values beyond the model's float range would turn into Inf here.
+            row = int(np.argwhere(~np.isfinite(cast.reshape(cast.shape[0], -1)))[0][0])
+            limit = float(np.finfo(cast.dtype).max)
+            raise InvalidArgumentError(
+                f"inputs hold a value (first in row {row}) that is out of range for the model's "
+                f"input dtype {cast.dtype} after standardisation; allowed magnitude is at most "
+                f"{limit:.3g}")
+        return cast
 
     def _check_samples(self, samples: int | None) -> int:
         samples = self.default_samples if samples is None else samples

@@ -13,11 +13,22 @@ import numpy as np
 from mcdropout import CancelledError, InvalidArgumentError, MCDropoutError, Prediction, Task
 
 MAX_INTERVAL_LEVELS = 16
+MAX_REQUEST_ID_CHARS = 128
 
 COMMON_OUTPUTS = ("mean", "std", "standard_error", "intervals", "samples")
 REGRESSION_OUTPUTS = ("predictive_std",)
 CLASSIFICATION_OUTPUTS = ("predicted_class", "predictive_entropy", "expected_entropy",
                           "mutual_information", "variation_ratio")
+
+
+def is_valid_request_id(request_id: str) -> bool:
+    """Whether a caller's request id can be used as given: 1..128 printable ASCII characters.
+
+    The id is echoed in the ``x-request-id`` trailer, and gRPC fails the whole call with INTERNAL
+    when a metadata value holds anything else.
+    """
+    return (0 < len(request_id) <= MAX_REQUEST_ID_CHARS and request_id.isascii()
+            and request_id.isprintable())
 
 
 class ShuttingDownError(MCDropoutError):

@@ -14,10 +14,9 @@ from mcdropout_client import tensors
 from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
-from mcdropout_server.calls import Answer, PredictCall
+from mcdropout_server.calls import MAX_REQUEST_ID_CHARS, Answer, PredictCall, is_valid_request_id
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
-MAX_REQUEST_ID_CHARS = 128
 _TASKS = {"regression": pb.REGRESSION, "classification": pb.CLASSIFICATION}
 # Output name -> (Prediction attribute, wire dtype); intervals and samples are handled apart.
 _STATISTICS = {
@@ -41,11 +40,13 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
 
     Raises:
         InvalidArgumentError: missing or malformed inputs, a negative or NaN tolerance, an
-            unknown output enum value, an over-long request id.
+            unknown output enum value, a request id that is over-long or not printable ASCII.
     """
-    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidArgumentError(f"request_id must be at most {MAX_REQUEST_ID_CHARS} characters,"
-                                   f" got {len(request.request_id)}")
+    if request.request_id and not is_valid_request_id(request.request_id):
+        raise InvalidArgumentError(
+            f"request_id must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters (it is "
+            f"echoed in the x-request-id trailer), got {len(request.request_id)} characters: "
+            f"{request.request_id[:40]!r}")
     if not request.HasField("inputs"):
         raise InvalidArgumentError("inputs is required: a Tensor of shape (rows, *input_shape)")
     try:

@@ -24,7 +24,7 @@ from mcdropout import (
     NotFoundError,
     ResourceLimitError,
 )
-from mcdropout_server.calls import DeadlineExceededError, ShuttingDownError
+from mcdropout_server.calls import DeadlineExceededError, ShuttingDownError, is_valid_request_id
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
@@ -85,7 +85,8 @@ def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any
         @functools.wraps(method)
         async def handler(self: Guarded, request: Any, context: Any) -> Any:
             wanted = getattr(request, "request_id", "")
-            record = RpcRecord(name, wanted if 0 < len(wanted) <= 128 else uuid.uuid4().hex,
+            # An id that cannot travel in the trailer is replaced here and refused by the codec.
+            record = RpcRecord(name, wanted if is_valid_request_id(wanted) else uuid.uuid4().hex,
                                model=getattr(request, "model_name", ""))
             context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
             started = time.perf_counter()

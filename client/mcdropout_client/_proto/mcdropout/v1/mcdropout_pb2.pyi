@@ -212,7 +212,10 @@ class PredictRequest(_message.Message):
     every mean is <= tolerance (in output units) or `samples` passes have run. Must be >= 0.
     """
     request_id: _builtins.str
-    """Optional caller-chosen id echoed in logs and the response; the server makes one when empty."""
+    """Optional caller-chosen id echoed in logs, the response and the `x-request-id` trailer:
+    1..128 printable ASCII characters (others are refused with INVALID_ARGUMENT). The server
+    makes one when empty.
+    """
     @_builtins.property
     def inputs(self) -> Global___Tensor:
         """Input rows: shape (rows, *input_shape), rows >= 1. NaN and Inf are rejected."""
