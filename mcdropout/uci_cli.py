@@ -9,10 +9,11 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from mcdropout import uci
+from mcdropout.errors import InvalidArgumentError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="test-time MC passes T; default %(default)s as published")
     p.add_argument("--validation-samples", type=int,
                    help="passes for scoring the grid; default the same as --samples (published)")
+    p.add_argument("--dropout-rates", type=float, nargs="+", metavar="P",
+                   help="grid of dropout rates, each in [0, 1), instead of dropout_rates.txt")
+    p.add_argument("--tau-values", type=float, nargs="+", metavar="TAU",
+                   help="grid of noise precisions tau (> 0, in the target's units) instead of "
+                        "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
     p.add_argument("--seed", type=int, default=0, help="default %(default)s")
     p.add_argument("--output", type=Path, default=Path("uci-results"),
                    help="folder for the JSON and CSV reports; default %(default)s")
@@ -52,7 +58,8 @@ def _main(args: argparse.Namespace) -> int:
     protocol = uci.Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
                             validation_samples=args.validation_samples, splits=args.splits,
                             seed=args.seed)
-    datasets = [uci.load_dataset(args.data_dir, name) for name in args.dataset]  # fail early
+    datasets = [_with_grids(uci.load_dataset(args.data_dir, name), args)
+                for name in args.dataset]  # fail early
     for dataset in datasets:
         result = uci.run(dataset, protocol,
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
@@ -60,6 +67,21 @@ def _main(args: argparse.Namespace) -> int:
         print(format_summary(result))
         print(f"  wrote {json_path} and {csv_path}")
     return 0
+
+
+def _with_grids(dataset: uci.UCIDataset, args: argparse.Namespace) -> uci.UCIDataset:
+    """The data set with the grids given on the command line in place of its files' grids."""
+    if args.dropout_rates:
+        bad = [p for p in args.dropout_rates if not 0 <= p < 1]
+        if bad:
+            raise InvalidArgumentError(f"--dropout-rates must each be in [0, 1), got {bad}")
+        dataset = replace(dataset, dropout_rates=tuple(args.dropout_rates))
+    if args.tau_values:
+        bad = [t for t in args.tau_values if not t > 0]
+        if bad:
+            raise InvalidArgumentError(f"--tau-values must each be > 0, got {bad}")
+        dataset = replace(dataset, tau_values=tuple(args.tau_values))
+    return dataset
 
 
 def write_results(result: uci.BenchmarkResult, directory: str | Path) -> tuple[Path, Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,26 @@ def test_protocol_settings_are_checked(tmp_path: Path) -> None:
     np.savetxt(tmp_path / "tiny" / "index_train_1.txt", train[:-1], fmt="%d")
     with pytest.raises(InvalidArgumentError, match=r"same number of rows, got sizes \[35, 36\]"):
         uci.run(ds, uci.Protocol())
+
+
+def test_grids_on_the_command_line_replace_the_files_grids(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_layout(tmp_path)
+    out = tmp_path / "out"
+    status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                       "--epochs-multiplier", "1", "--samples", "20", "--splits", "1",
+                       "--dropout-rates", "0.05", "--tau-values", "2", "20", "200",
+                       "--output", str(out)])
+    assert status == 0
+    (split,) = json.loads((out / "tiny.json").read_text())["splits"]
+    assert [(g["dropout"], g["tau"]) for g in split["grid"]] == [(0.05, 2.0), (0.05, 20.0),
+                                                                 (0.05, 200.0)]
+    for bad, message in ((["--tau-values", "0"], r"--tau-values must each be > 0, got \[0\.0\]"),
+                         (["--dropout-rates", "1"], r"--dropout-rates must each be in \[0, 1\)")):
+        capsys.readouterr()
+        assert cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                         *bad]) == 1
+        assert re.search(message, capsys.readouterr().err)
 
 
 # -- the stacked trainer ---------------------------------------------------------------------------
