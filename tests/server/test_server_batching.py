@@ -82,6 +82,19 @@ def assert_alone(result: Any, engine: MCDropoutPredictor, request: dict[str, Any
                                       err_msg=name)
 
 
+def release(registry: ModelRegistry, blocker: Future[Any], model: str = "reg") -> None:
+    """Open the model's gate again and let the blocking request finish."""
+    gated(registry, model).gate.set()
+    blocker.result(timeout=30)
+
+
+def assert_all_alone(requests: list[dict[str, Any]], futures: list[Future[Any]],
+                     engine: MCDropoutPredictor, names: tuple[str, ...]) -> None:
+    """Every queued request got exactly the answer it gets alone."""
+    for request, future in zip(requests, futures, strict=True):
+        assert_alone(future.result(timeout=30), engine, request, names)
+
+
 def test_queued_requests_merge_and_each_answer_is_unchanged(registry, alone, pool) -> None:
     with running(registry, workers=1, batch_max_wait_ms=0.0) as app, \
             Client(f"127.0.0.1:{app.port}", retries=0) as client:
@@ -89,10 +102,8 @@ def test_queued_requests_merge_and_each_answer_is_unchanged(registry, alone, poo
                      "seed": 1000 + i} for i, rows in enumerate([1, 3, 1, 2, 1, 1, 4, 1])]
         blocker = hold_worker(registry, client, pool)
         futures = queue(app, pool, client, requests)
-        gated(registry, "reg").gate.set()
-        blocker.result(timeout=30)
-        for request, future in zip(requests, futures, strict=True):
-            assert_alone(future.result(timeout=30), alone["reg"], request, REG_STATS)
+        release(registry, blocker)
+        assert_all_alone(requests, futures, alone["reg"], REG_STATS)
         # The blocker ran alone; the eight queued requests (14 rows) in one engine call.
         assert engine_calls(app, "reg") == (2.0, 9.0, 15.0)
 
@@ -105,10 +116,8 @@ def test_classifier_answers_are_unchanged_too(registry, alone, pool) -> None:
                     for i, rows in enumerate([1, 2, 1, 1])]
         blocker = hold_worker(registry, client, pool, "cls")
         futures = queue(app, pool, client, requests)
-        gated(registry, "cls").gate.set()
-        blocker.result(timeout=30)
-        for request, future in zip(requests, futures, strict=True):
-            assert_alone(future.result(timeout=30), alone["cls"], request, CLS_STATS)
+        release(registry, blocker, "cls")
+        assert_all_alone(requests, futures, alone["cls"], CLS_STATS)
         assert engine_calls(app, "cls")[:2] == (2.0, 5.0)
 
 
@@ -119,10 +128,8 @@ def test_the_row_budget_splits_a_queue_into_several_calls(registry, alone, pool)
                     for i in range(8)]
         blocker = hold_worker(registry, client, pool)
         futures = queue(app, pool, client, requests)
-        gated(registry, "reg").gate.set()
-        blocker.result(timeout=30)
-        for request, future in zip(requests, futures, strict=True):
-            assert_alone(future.result(timeout=30), alone["reg"], request, REG_STATS)
+        release(registry, blocker)
+        assert_all_alone(requests, futures, alone["reg"], REG_STATS)
         assert engine_calls(app, "reg") == (3.0, 9.0, 9.0)  # blocker, then 4 + 4
 
 
@@ -140,10 +147,8 @@ def test_only_compatible_requests_merge(registry, alone, pool) -> None:
                     "outputs": ["mean", "samples"]}]
         blocker = hold_worker(registry, client, pool)
         futures = queue(app, pool, client, plain + special)
-        gated(registry, "reg").gate.set()
-        blocker.result(timeout=30)
-        for request, future in zip(plain, futures[:len(plain)], strict=True):
-            assert_alone(future.result(timeout=30), alone["reg"], request, REG_STATS)
+        release(registry, blocker)
+        assert_all_alone(plain, futures[:len(plain)], alone["reg"], REG_STATS)
         assert futures[-1].result(timeout=30).raw_samples.shape == (50, 1, 1)
         assert futures[-2].result(timeout=30).intervals
         # blocker; T=50 x3 merged; T=20 x2 merged; the three special requests one by one.
@@ -157,10 +162,8 @@ def test_batching_can_be_turned_off(registry, alone, pool) -> None:
                     for i in range(4)]
         blocker = hold_worker(registry, client, pool)
         futures = queue(app, pool, client, requests)
-        gated(registry, "reg").gate.set()
-        blocker.result(timeout=30)
-        for request, future in zip(requests, futures, strict=True):
-            assert_alone(future.result(timeout=30), alone["reg"], request, REG_STATS)
+        release(registry, blocker)
+        assert_all_alone(requests, futures, alone["reg"], REG_STATS)
         assert engine_calls(app, "reg")[:2] == (5.0, 5.0)
 
 
@@ -175,10 +178,8 @@ def test_an_expired_request_leaves_its_batch_unharmed(registry, alone, pool) -> 
                                             "seed": 9, "timeout": 0.3}])[0]
         with pytest.raises(DeadlineExceeded):
             doomed.result(timeout=30)
-        gated(registry, "reg").gate.set()
-        blocker.result(timeout=30)
-        for request, future in zip(requests, futures, strict=True):
-            assert_alone(future.result(timeout=30), alone["reg"], request, REG_STATS)
+        release(registry, blocker)
+        assert_all_alone(requests, futures, alone["reg"], REG_STATS)
         assert engine_calls(app, "reg")[:2] == (2.0, 4.0)
 
 
