@@ -13,7 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mcdropout_client import Client
+from mcdropout_client import Client, tensors
+from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc
 from mcdropout_server.app import ServerApp, ServerThread
 from mcdropout_server.registry import ModelRegistry
@@ -23,6 +24,7 @@ from server_testkit import (
     REG_INFO,
     classifier,
     load_options,
+    reg_inputs,
     regression,
     settings,
 )
@@ -74,3 +76,12 @@ def stub(channel: grpc.Channel) -> mcdropout_pb2_grpc.PredictionServiceStub:
 def client(target: str) -> Iterator[Client]:
     with Client(target, timeout=30.0, retries=0) as c:
         yield c
+
+
+@pytest.fixture
+def server_keeps_serving(stub: mcdropout_pb2_grpc.PredictionServiceStub) -> Iterator[None]:
+    """After the test, the session server still answers a good request."""
+    yield
+    ok = stub.Predict(pb.PredictRequest(model_name="reg", inputs=tensors.to_proto(reg_inputs(1)),
+                                        samples=2), timeout=10)
+    assert ok.samples_used == 2
