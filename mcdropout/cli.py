@@ -123,10 +123,13 @@ def _add_predict(sub: Any) -> None:
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate", help="score a stored model on labelled data (RMSE, NLL, test LL, ECE...)",
-        description="Regression: RMSE, Gaussian NLL, MC-mixture test log-likelihood, 95%% "
+        description="Regression: RMSE, Gaussian NLL, MC-mixture test log-likelihood, 95% "
                     "interval coverage (PICP) and width, in the target's units. "
                     "Classification: accuracy, NLL, expected calibration error (15 bins), "
-                    "Brier score.")
+                    "Brier score. With --report, also plots: a calibration curve, error "
+                    "against predicted std and (one input) the mean with +-2 std bands for "
+                    "regression; a reliability diagram and mutual-information histograms of "
+                    "right and wrong predictions for classification.")
     _store_args(p, required=False)
     p.add_argument("--data", required=True, type=Path,
                    help="CSV with a header (the columns the model was trained on) or NPZ x/y")
@@ -134,6 +137,9 @@ def _add_evaluate(sub: Any) -> None:
                    help="CSV target column(s); default those the model was trained on")
     _sampling_args(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="also write the plots as PNG files and an index.html showing them with "
+                        "the metrics into DIR")
     p.set_defaults(func=_evaluate)
 
 
@@ -255,6 +261,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = metrics.evaluate(predictor, table.x, y, samples=args.samples, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else
           f"{info.name} v{info.version} on {args.data}: " + _format_metrics(result))
+    if args.report is not None:
+        from mcdropout import report
+
+        index = report.write_report(args.report, predictor, table.x, y, samples=args.samples,
+                                    seed=args.seed, metrics_table=result,
+                                    title=f"{info.name} v{info.version} on {args.data.name}")
+        print(f"wrote {index} and its plots", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

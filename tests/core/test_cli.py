@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -126,6 +127,22 @@ def test_evaluate_regression_and_classification(
     assert out.startswith(f"cls v1 on {trained['cls']}: rows 150")
     for key in ("accuracy", "nll", "ece", "brier"):
         assert key in out
+
+
+def test_evaluate_report_writes_the_plots_and_a_page(
+        trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, pictures in (("reg", ["calibration.png", "error_vs_std.png"]),
+                           ("cls", ["reliability.png", "mutual_information.png"])):
+        folder = tmp_path / name
+        code, out, _ = run(capsys, "evaluate", "--model-root", trained["root"], "--name", name,
+                           "--data", trained[name], "--samples", "20", "--report", folder)
+        assert code == 0 and f"wrote {folder / 'index.html'}" in out
+        page = (folder / "index.html").read_text()
+        shown = re.findall(r'<img src="([^"]+)"', page)
+        assert shown == pictures, shown
+        for picture in shown:
+            assert (folder / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<td>rows</td><td>150</td>" in page and "<td>samples</td><td>20</td>" in page
 
 
 def test_info_lists_models_and_their_stochastic_layers(
