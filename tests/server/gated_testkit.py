@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from mcdropout_server.app import ServerApp, ServerThread
 from mcdropout_server.registry import ModelRegistry, ServedModel
 from prometheus_client.parser import text_string_to_metric_families
-from server_testkit import LIMITS, load_options, settings
+from server_testkit import LIMITS, cls_inputs, load_options, reg_inputs, settings
 
 from mcdropout import ModelStore
 from mcdropout.engine import MCDropoutPredictor
@@ -81,6 +82,21 @@ def running(registry: ModelRegistry, **changes: Any) -> Iterator[ServerApp]:
             if gate is not None:
                 gate.set()
         thread.stop(grace=5.0)
+
+
+def hold_worker(registry: ModelRegistry, client: Any, pool: ThreadPoolExecutor,
+                model: str = "reg", *, samples: int = 5, seed: int = 0) -> Future[Any]:
+    """Shut the model's gate and send one request that occupies the only worker there.
+
+    Returns once that request has reached the engine; its future resolves when the gate opens.
+    """
+    gate = gated(registry, model)
+    gate.gate.clear()
+    before = gate.started
+    x = reg_inputs(1) if model == "reg" else cls_inputs(1)
+    blocker = pool.submit(client.predict, x, model=model, samples=samples, seed=seed)
+    wait_until(lambda: gate.started > before, what="the blocking request to reach the engine")
+    return blocker
 
 
 def wait_until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:

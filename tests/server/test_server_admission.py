@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from gated_testkit import gated, gated_registry, running, scrape, wait_until
+from gated_testkit import gated, gated_registry, hold_worker, running, scrape, wait_until
 from mcdropout_client import Client
 from mcdropout_client.errors import DeadlineExceeded, ResourceExhausted
 from mcdropout_server.registry import ModelRegistry
@@ -48,10 +48,8 @@ def test_a_full_queue_refuses_at_once_and_drops_nothing(registry, pool) -> None:
     with running(registry, workers=1, max_queue=2, batching=False) as app, \
             Client(f"127.0.0.1:{app.port}", retries=0, timeout=30.0) as client:
         model = gated(registry, "reg")
-        model.gate.clear()
-        started = model.started + 1
-        running_call = pool.submit(client.predict, reg_inputs(1), model="reg", samples=5, seed=1)
-        wait_until(lambda: model.started == started, what="the first request to reach the engine")
+        running_call = hold_worker(registry, client, pool, seed=1)
+        started = model.started
         queued = [pool.submit(client.predict, reg_inputs(2), model="reg", samples=5, seed=s)
                   for s in (2, 3)]
         wait_until(lambda: app.runner.scheduler.queued == 2, what="two requests to queue")
@@ -80,11 +78,7 @@ def test_a_deadline_shorter_than_the_expected_wait_fails_fast(registry, pool, sl
         for seed in range(3):
             client.predict(reg_inputs(1), model="reg", samples=SAMPLES, seed=seed)
         model = gated(registry, "reg")
-        model.gate.clear()
-        started = model.started + 1
-        running_call = pool.submit(client.predict, reg_inputs(1), model="reg", samples=SAMPLES,
-                                   seed=10)
-        wait_until(lambda: model.started == started, what="a request to hold the worker")
+        running_call = hold_worker(registry, client, pool, samples=SAMPLES, seed=10)
         queued = [pool.submit(client.predict, reg_inputs(1), model="reg", samples=SAMPLES,
                               seed=s) for s in (11, 12, 13, 14)]
         wait_until(lambda: app.runner.scheduler.queued == 4, what="four requests to queue")
@@ -112,10 +106,8 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_never_run(registry, poo
     with running(registry, workers=1, batching=False) as app, \
             Client(f"127.0.0.1:{app.port}", retries=0, timeout=30.0) as client:
         model = gated(registry, "reg")
-        model.gate.clear()
-        started = model.started + 1
-        running_call = pool.submit(client.predict, reg_inputs(1), model="reg", samples=5, seed=1)
-        wait_until(lambda: model.started == started, what="the first request to reach the engine")
+        running_call = hold_worker(registry, client, pool, seed=1)
+        started = model.started
         with pytest.raises(DeadlineExceeded):
             client.predict(reg_inputs(1), model="reg", samples=5, seed=2, timeout=0.2)
         model.gate.set()

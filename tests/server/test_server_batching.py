@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gated_testkit import gated, gated_registry, running, scrape, wait_until
+from gated_testkit import gated, gated_registry, hold_worker, running, scrape, wait_until
 from mcdropout_client import Client
 from mcdropout_client.errors import DeadlineExceeded
 from mcdropout_server.registry import ModelRegistry
@@ -50,18 +50,6 @@ def engine_calls(app: Any, model: str) -> tuple[float, float, float]:
     return (samples.get(("mcdropout_engine_call_requests_count", label), 0.0),
             samples.get(("mcdropout_engine_call_requests_sum", label), 0.0),
             samples.get(("mcdropout_engine_call_rows_sum", label), 0.0))
-
-
-def hold_worker(registry: ModelRegistry, client: Client, pool: ThreadPoolExecutor,
-                model: str = "reg") -> Future[Any]:
-    """Shut the model's gate and send one request that occupies the only worker there."""
-    gate = gated(registry, model)
-    gate.gate.clear()
-    before = gate.started
-    x = reg_inputs(1) if model == "reg" else cls_inputs(1)
-    blocker = pool.submit(client.predict, x, model=model, samples=5, seed=0)
-    wait_until(lambda: gate.started > before, what="the blocking request to reach the engine")
-    return blocker
 
 
 def queue(app: Any, pool: ThreadPoolExecutor, client: Client, requests: list[dict[str, Any]]
