@@ -286,16 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     costs = pass_costs()
     print("load tests ...", file=sys.stderr, flush=True)
     served = under_load(args.seconds)
-    load_after = os.getloadavg()[0]
     table, verdicts = report(costs, served)
-    block = "\n\n".join([common.header_line(info, load_after), table, "\n".join(verdicts)])
-    print(block)
-    path = common.write_results("batching", {
-        "machine": info, "load_average_1min_after": load_after, "pass_costs_s": costs,
-        "served": served})
-    print(f"raw figures: {path}", file=sys.stderr)
-    if args.update_readme:
-        common.update_readme("batching", block)
+    common.publish("batching", info, [table, "\n".join(verdicts)],
+                   {"pass_costs_s": costs, "served": served}, args.update_readme)
     return 0
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -215,6 +216,19 @@ def update_readme(name: str, block: str, readme: Path = README) -> None:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     readme.write_text(f"{head}{begin}\n{block.strip()}\n{end}{tail}")
+
+
+def publish(name: str, info: dict[str, Any], parts: Sequence[str], data: dict[str, Any],
+            update: bool) -> None:
+    """Print a benchmark's block (header line, then ``parts``), save ``data`` with the machine
+    and load average, and with ``update`` write the block into bench/README.md."""
+    load_after = os.getloadavg()[0]
+    block = "\n\n".join([header_line(info, load_after), *parts])
+    print(block)
+    path = write_results(name, {"machine": info, "load_average_1min_after": load_after, **data})
+    print(f"raw figures: {path}", file=sys.stderr)
+    if update:
+        update_readme(name, block)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:

@@ -20,7 +20,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -240,18 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(measure_b() if w.key == "b" else measure(w))
             ceilings.append(common.matmul_ceiling())
     ceiling = max(ceilings)
-    load_after = os.getloadavg()[0]
-    table = render(rows, ceiling)
-    block = "\n\n".join([common.header_line(info, load_after), table,
-                         "\n".join(verdicts(rows, ceiling))])
-    print(block)
-    path = common.write_results("core", {
-        "machine": info, "load_average_1min_after": load_after,
-        "ceiling_gflops": {"measured": ceilings, "used": ceiling},
-        "rows": [r.to_json(ceiling) for r in rows]})
-    print(f"raw figures: {path}", file=sys.stderr)
-    if args.update_readme:
-        common.update_readme("core", block)
+    common.publish("core", info, [render(rows, ceiling), "\n".join(verdicts(rows, ceiling))],
+                   {"ceiling_gflops": {"measured": ceilings, "used": ceiling},
+                    "rows": [r.to_json(ceiling) for r in rows]}, args.update_readme)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import shutil
 import socket
 import subprocess
@@ -167,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
                         "runs_s": list(t.runs), "p50_s": t.median, "p99_s": t.percentile(99),
                         "overhead_vs_in_process": overhead}
                 raw[f"batch{batch}/identical_means"] = same
-    load_after = os.getloadavg()[0]
     table = common.markdown_table(
         ["request", "path", "p50 ms", "p99 ms", "requests / s", "row-passes / s",
          "overhead (p50)"], rows)
@@ -176,13 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"- gRPC overhead at batch 32 <= 15% of the in-process time: {100 * b32:+.1f}% - "
              f"{'met' if b32 <= 0.15 else 'MISSED'}",
              f"- client and in-process means identical for the same seed: {'yes' if same_all else 'NO'}"]
-    block = "\n\n".join([common.header_line(info, load_after), table, "\n".join(notes)])
-    print(block)
-    path = common.write_results("e2e", {"machine": info, "load_average_1min_after": load_after,
-                                        "samples": SAMPLES, "requests": args.requests, **raw})
-    print(f"raw figures: {path}", file=sys.stderr)
-    if args.update_readme:
-        common.update_readme("e2e", block)
+    common.publish("e2e", info, [table, "\n".join(notes)],
+                   {"samples": SAMPLES, "requests": args.requests, **raw}, args.update_readme)
     return 0
 
 
