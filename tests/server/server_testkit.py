@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
-from dataclasses import replace
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ MAX_SAMPLES = 5000
 LIMITS = Limits(max_rows=256, max_row_samples=1_000_000)
 MAX_MESSAGE_BYTES = 2**20
 MAX_RAW_SAMPLE_VALUES = 100_000
+MCDROPOUT = str(Path(sys.executable).parent / "mcdropout")
 
 
 def regression(seed: int) -> keras.Model:
@@ -89,3 +96,48 @@ def reg_inputs(rows: int, seed: int = 0) -> np.ndarray:
 
 def cls_inputs(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, CLS_FEATURES)).astype(np.float32)
+
+
+@dataclass
+class ServeProcess:
+    """A running ``mcdropout serve``: the process, its bound port, and its log lines so far."""
+
+    process: subprocess.Popen[str]
+    port: int
+    lines: list[str]
+    started: dict[str, Any]  # the JSON record of the "listening on" line
+
+
+@contextmanager
+def serve_process(store: Path, *flags: str) -> Iterator[ServeProcess]:
+    """Run ``mcdropout serve`` on a free loopback port until the block ends.
+
+    Log lines are collected in the background; once the block ends the process is killed if it
+    still runs, and ``lines`` holds everything it wrote.
+    """
+    command = [MCDROPOUT, "serve", "--model-root", str(store), "--port", "0", "--host",
+               "127.0.0.1", "--metrics-port", "0", *flags]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True)
+    lines: list[str] = []
+    listening = threading.Event()
+
+    def pump() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                listening.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        if not listening.wait(180):
+            raise AssertionError("the server did not start:\n" + "".join(lines[-20:]))
+        started = json.loads(next(line for line in lines if "listening on" in line))
+        yield ServeProcess(process, started["port"], lines, started)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        reader.join(timeout=10)  # the pipe is closed: every line is in once the reader ends

@@ -7,12 +7,9 @@ import dataclasses
 import io
 import json
 import logging
-import queue
 import re
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +21,10 @@ from mcdropout_server.cli import register, run
 from mcdropout_server.logs import configure_logging, fields
 from mcdropout_server.registry import ModelRegistry
 from mcdropout_server.settings import ServerSettings, _meta, env_name
-from server_testkit import cls_inputs, settings
+from server_testkit import MCDROPOUT, cls_inputs, serve_process, settings
 
 import mcdropout.defaults
 
-MCDROPOUT = str(Path(sys.executable).parent / "mcdropout")
 # The variables the deployment docs promise; the help must list each of them.
 DOCUMENTED = ("MCDROPOUT_MODEL_ROOT", "MCDROPOUT_HOST", "MCDROPOUT_PORT", "MCDROPOUT_METRICS_PORT",
               "MCDROPOUT_WORKERS", "MCDROPOUT_MAX_CONCURRENT_RPCS", "MCDROPOUT_MAX_MESSAGE_BYTES",
@@ -108,51 +104,19 @@ def test_port_in_use_fails_loudly(server: ServerApp, registry: ModelRegistry) ->
         ServerThread(settings(port=server.port), registry).start()
 
 
-def _lines(stream: object) -> tuple[queue.Queue[str], threading.Thread]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            lines.put(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    return lines, reader
-
-
 def test_serve_process_reports_its_port_and_exits_0_on_sigterm(store_root: Path) -> None:
-    command = [MCDROPOUT, "serve", "--model-root", str(store_root), "--port", "0",
-               "--host", "127.0.0.1", "--metrics-port", "0", "--grace-seconds", "5"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               text=True)
-    try:
-        lines, reader = _lines(process.stderr)
-        seen = []
-        while True:
-            line = lines.get(timeout=120)
-            seen.append(line)
-            if "listening on" in line:
-                break
-        started = json.loads(line)  # JSON lines by default
-        port = started["port"]
+    with serve_process(store_root, "--grace-seconds", "5") as served:
+        port, started = served.port, served.started  # JSON lines by default
         assert port > 0 and f"listening on 127.0.0.1:{port};" in started["msg"]
         assert "models: cls (v1), reg (v1, v2)" in started["msg"]
-        assert any("settings: " in s and "max_rows=" in s for s in seen)
+        assert any("settings: " in s and "max_rows=" in s for s in served.lines)
 
         with Client(f"127.0.0.1:{port}", retries=0) as client:
             assert client.health() == "SERVING"
             assert client.predict(cls_inputs(2), model="cls", samples=5).samples_used == 5
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    reader.join(timeout=10)  # the pipe is closed: every line is queued once the reader ends
-    rest = []
-    while not lines.empty():
-        rest.append(lines.get())
-    assert any('"msg": "stopped"' in line for line in rest), rest
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) == 0
+    assert any('"msg": "stopped"' in line for line in served.lines), served.lines[-5:]
 
 
 @pytest.fixture

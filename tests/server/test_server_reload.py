@@ -12,8 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,13 +35,13 @@ from server_testkit import (
     predictor,
     reg_inputs,
     regression,
+    serve_process,
     settings,
 )
 from test_server_security import lambda_model
 
 from mcdropout import ModelStore
 
-MCDROPOUT = str(Path(sys.executable).parent / "mcdropout")
 POLL = 0.2  # seconds between store scans in the in-process servers
 
 
@@ -245,58 +243,26 @@ def test_the_model_root_is_never_written(live_store: Path) -> None:
 
 
 # -- real processes: SIGHUP and SIGTERM -----------------------------------------------------------
-def start_server(store: Path, *flags: str) -> tuple[subprocess.Popen[str], int, list[str]]:
-    """`mcdropout serve` on a free loopback port; returns the process, its port, its log lines
-    (collected in the background until it exits)."""
-    command = [MCDROPOUT, "serve", "--model-root", str(store), "--port", "0", "--host",
-               "127.0.0.1", "--metrics-port", "0", *flags]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               text=True)
-    lines: list[str] = []
-    started = threading.Event()
-
-    def pump() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            lines.append(line)
-            if "listening on" in line:
-                started.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    if not started.wait(180):
-        process.kill()
-        raise AssertionError("the server did not start:\n" + "".join(lines[-20:]))
-    port = next(json.loads(line)["port"] for line in lines if "listening on" in line)
-    return process, port, lines
-
-
 def test_sighup_reloads_the_store_of_a_running_server(live_store: Path) -> None:
-    process, port, _ = start_server(live_store, "--reload-interval-seconds", "0")
-    try:
-        with Client(f"127.0.0.1:{port}", retries=0) as client:
-            assert latest(client) == 2
-            ModelStore(live_store).save(regression(3), REG_INFO)
-            time.sleep(1.0)
-            assert latest(client) == 2  # polling is off: nothing happens without the signal
-            process.send_signal(signal.SIGHUP)
-            wait_for(lambda: latest(client) == 3)
-            assert client.predict(reg_inputs(2), model="reg", samples=4).version == 3
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with serve_process(live_store, "--reload-interval-seconds", "0") as served, \
+            Client(f"127.0.0.1:{served.port}", retries=0) as client:
+        assert latest(client) == 2
+        ModelStore(live_store).save(regression(3), REG_INFO)
+        time.sleep(1.0)
+        assert latest(client) == 2  # polling is off: nothing happens without the signal
+        served.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: latest(client) == 3)
+        assert client.predict(reg_inputs(2), model="reg", samples=4).version == 3
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) == 0
 
 
 def test_sigterm_under_load_loses_no_accepted_request(live_store: Path) -> None:
-    process, port, lines = start_server(live_store, "--log-level", "DEBUG", "--workers", "2",
-                                        "--grace-seconds", "30")
     clients, done = 6, threading.Event()
     answered: list[str] = []  # request ids the clients got an answer for
     failed: list[ClientError] = []
 
-    def hammer(index: int) -> None:
+    def hammer(index: int, port: int) -> None:
         with Client(f"127.0.0.1:{port}", retries=0, timeout=30) as client:
             for i in range(100_000):
                 if done.is_set():
@@ -310,20 +276,20 @@ def test_sigterm_under_load_loses_no_accepted_request(live_store: Path) -> None:
                     failed.append(exc)
                     time.sleep(0.01)
 
-    try:
-        with ThreadPoolExecutor(clients) as pool:
-            running = [pool.submit(hammer, i) for i in range(clients)]
-            wait_for(lambda: len(answered) >= 20)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=90) == 0
+    with serve_process(live_store, "--log-level", "DEBUG", "--workers", "2",
+                       "--grace-seconds", "30") as served:
+        try:
+            with ThreadPoolExecutor(clients) as pool:
+                running = [pool.submit(hammer, i, served.port) for i in range(clients)]
+                wait_for(lambda: len(answered) >= 20)
+                served.process.send_signal(signal.SIGTERM)
+                assert served.process.wait(timeout=90) == 0
+                done.set()
+                for future in running:
+                    future.result(timeout=60)
+        finally:
             done.set()
-            for future in running:
-                future.result(timeout=60)
-    finally:
-        done.set()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    lines = served.lines
 
     records = [json.loads(line) for line in lines if line.startswith("{")]
     calls = [r for r in records if r.get("method") == "Predict" and "code" in r]
