@@ -357,6 +357,14 @@ def _check(dataset: UCIDataset, protocol: Protocol) -> int:
     if not 0.0 < protocol.validation_fraction < 1.0:
         raise InvalidArgumentError(
             f"validation_fraction must be in (0, 1), got {protocol.validation_fraction!r}")
+    bad_rates = [p for p in dataset.dropout_rates if not 0 <= p < 1]
+    if not dataset.dropout_rates or bad_rates:
+        raise InvalidArgumentError(f"{dataset.name}: dropout rates must be one or more values "
+                                   f"in [0, 1), got {list(dataset.dropout_rates)}")
+    bad_taus = [t for t in dataset.tau_values if not t > 0]
+    if not dataset.tau_values or bad_taus:
+        raise InvalidArgumentError(f"{dataset.name}: tau values must be one or more values > 0, "
+                                   f"got {list(dataset.tau_values)}")
     count = dataset.n_splits if protocol.splits is None else protocol.splits
     if not 1 <= count <= dataset.n_splits:
         raise InvalidArgumentError(

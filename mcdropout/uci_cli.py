@@ -13,7 +13,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mcdropout import uci
-from mcdropout.errors import InvalidArgumentError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -72,14 +71,8 @@ def _main(args: argparse.Namespace) -> int:
 def _with_grids(dataset: uci.UCIDataset, args: argparse.Namespace) -> uci.UCIDataset:
     """The data set with the grids given on the command line in place of its files' grids."""
     if args.dropout_rates:
-        bad = [p for p in args.dropout_rates if not 0 <= p < 1]
-        if bad:
-            raise InvalidArgumentError(f"--dropout-rates must each be in [0, 1), got {bad}")
         dataset = replace(dataset, dropout_rates=tuple(args.dropout_rates))
     if args.tau_values:
-        bad = [t for t in args.tau_values if not t > 0]
-        if bad:
-            raise InvalidArgumentError(f"--tau-values must each be > 0, got {bad}")
         dataset = replace(dataset, tau_values=tuple(args.tau_values))
     return dataset
 

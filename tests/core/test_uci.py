@@ -84,6 +84,14 @@ def test_protocol_settings_are_checked(tmp_path: Path) -> None:
         uci.run(ds, uci.Protocol())
 
 
+def test_grids_on_file_are_checked_before_any_training(tmp_path: Path) -> None:
+    folder = write_layout(tmp_path)
+    (folder / "tau_values.txt").write_text("1.0\n-2.0\n")
+    with pytest.raises(InvalidArgumentError,
+                       match=r"tiny: tau values must be one or more values > 0, got \[1\.0, -2\.0\]"):
+        uci.run(uci.load_dataset(tmp_path, "tiny"), uci.Protocol())
+
+
 def test_grids_on_the_command_line_replace_the_files_grids(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_layout(tmp_path)
@@ -96,8 +104,10 @@ def test_grids_on_the_command_line_replace_the_files_grids(
     (split,) = json.loads((out / "tiny.json").read_text())["splits"]
     assert [(g["dropout"], g["tau"]) for g in split["grid"]] == [(0.05, 2.0), (0.05, 20.0),
                                                                  (0.05, 200.0)]
-    for bad, message in ((["--tau-values", "0"], r"--tau-values must each be > 0, got \[0\.0\]"),
-                         (["--dropout-rates", "1"], r"--dropout-rates must each be in \[0, 1\)")):
+    for bad, message in ((["--tau-values", "0"], r"tiny: tau values must be one or more values "
+                                                 r"> 0, got \[0\.0\]"),
+                         (["--dropout-rates", "1"], r"tiny: dropout rates must be one or more "
+                                                    r"values in \[0, 1\), got \[1\.0\]")):
         capsys.readouterr()
         assert cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
                          *bad]) == 1
