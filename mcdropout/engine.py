@@ -263,6 +263,8 @@ class MCDropoutPredictor:
         """
         zeros = np.zeros((1, *self.input_shape), self.input_dtype)
         self.predict(zeros, samples=2, seed=0)
+        # Mask kernels compile once per power-of-two class of passes: make the default's now.
+        self.predict(zeros, samples=self.default_samples, seed=0)
         frontier = self._frontier(zeros)  # the graphs of requests that run in several chunks
         self._call(frontier, np.zeros(2, np.uint32), None, 0, 2)
         if batch_rows >= 2:

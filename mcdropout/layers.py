@@ -136,12 +136,12 @@ def _mask_rows(window: PassWindow, stream: int) -> tuple[tf.Tensor, tf.Tensor, A
 
 def _noise(window: PassWindow, stream: int, tail: list[Any], draw: Callable[..., tf.Tensor]
            ) -> tf.Tensor:
-    """Noise of shape (passes, 1 or rows, *tail) drawn by ``draw(keys, passes, units, fused)``."""
+    """Noise of shape (passes, 1 or rows, *tail) drawn by ``draw(keys, passes, units)``."""
     units = 1
     for dim in tail:
         units = units * dim
     keys, passes, rows = _mask_rows(window, stream)
-    flat = draw(keys, passes, units, window.segments is not None)
+    flat = draw(keys, passes, units)
     return tf.reshape(flat, tf.concat([[window.count, rows], tf.stack(tail)], axis=0))
 
 
@@ -185,10 +185,14 @@ def _keep_scale(rate: float, dtype: tf.DType) -> tf.Tensor:
 
 
 def _bernoulli(rate: float, scale: tf.Tensor) -> Callable[..., tf.Tensor]:
-    """A ``draw`` giving ``scale`` for kept units and 0 for dropped ones."""
+    """A ``draw`` giving ``scale`` for kept units and 0 for dropped ones.
 
-    def draw(keys: tf.Tensor, passes: tf.Tensor, units: Any, fused: bool) -> tf.Tensor:
-        return rng.row_keep(keys, passes, units, rate, scale, fused=fused)
+    The hash always runs as one XLA-fused kernel: TensorFlow's own integer kernels (its
+    RightShift above all) cost a third of workload (a)'s request even for one mask per pass.
+    """
+
+    def draw(keys: tf.Tensor, passes: tf.Tensor, units: Any) -> tf.Tensor:
+        return rng.row_keep(keys, passes, units, rate, scale, fused=True)
 
     return draw
 
@@ -202,7 +206,7 @@ def _dropout_call(layer: Any, stream: int) -> Callable[..., tf.Tensor]:
         tail = _noise_tail(layer, x)
 
         if isinstance(layer, keras.layers.GaussianDropout):
-            def normal(keys: tf.Tensor, passes: tf.Tensor, units: Any, fused: bool) -> tf.Tensor:
+            def normal(keys: tf.Tensor, passes: tf.Tensor, units: Any) -> tf.Tensor:
                 return rng.row_normal(keys, passes, units, x.dtype)
 
             z = _noise(window, stream, tail, normal)
