@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import secrets
 from collections.abc import Callable, Sequence
@@ -42,25 +41,15 @@ from mcdropout.layers import (
 from mcdropout.prediction import Prediction, Task
 from mcdropout.store import ModelInfo, as_array
 from mcdropout.summary import OutputSpace
+from mcdropout.tracing import expect_retracing
 
 MAX_INTERVAL_LEVELS = 16
 _SEED_LIMIT = 2**64
 
 
-class _OneTracePerPredictor(logging.Filter):
-    """Drop TensorFlow's "frequent retracing" warning about our graphs.
-
-    Each predictor traces its two graphs once, with fixed signatures; TensorFlow counts traces of
-    the same method across *instances* and warns once a process has built five predictors (a
-    server with several models, a grid search), which reads like a per-request retrace.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("triggered tf.function retracing" in text and "MCDropoutPredictor" in text)
-
-
-logging.getLogger("tensorflow").addFilter(_OneTracePerPredictor())
+# Each predictor traces its graphs once, with fixed signatures, but TensorFlow counts traces of
+# the same method across instances: a server with several models or a grid search would warn.
+expect_retracing("MCDropoutPredictor")
 
 
 def _output_layer(model: Any) -> Any:

@@ -28,6 +28,10 @@ import numpy as np
 
 from mcdropout import builders
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.tracing import expect_retracing
+
+# Each mc_samples call compiles its own sampler around that stack's weights, on purpose.
+expect_retracing("MLPStack.mc_samples")
 
 # Keras's Adam defaults, which build_mlp compiles with.
 _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-7
