@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -116,32 +117,43 @@ class PassWindow:
     count: tf.Tensor
     segments: tf.Tensor | None = None
 
+    @functools.cached_property
+    def padded_passes(self) -> tf.Tensor:
+        """uint32 pass indices first, first+1, ... padded to an :func:`rng.bucket` size.
+
+        Made once per traced chunk and shared by its layers' mask kernels.
+        """
+        return tf.cast(self.first + tf.range(rng.bucket(self.count)), tf.uint32)
+
 
 _WINDOW: contextvars.ContextVar[PassWindow] = contextvars.ContextVar("mcdropout_window")
 _PATCH_LOCK = threading.RLock()
 
 
-def _mask_rows(window: PassWindow, stream: int) -> tuple[tf.Tensor, tf.Tensor, Any]:
-    """Key and pass of each mask row, and the mask rows per pass (1 when rows share masks)."""
+def _mask_rows(window: PassWindow, stream: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Key and pass of each mask row: one per pass, or one per (pass, row) with segments."""
     keys = rng.stream_key(window.seed, stream)
     pass_ids = tf.cast(window.first + tf.range(window.count), tf.uint32)
     if window.segments is None:
-        return tf.fill([window.count], keys), pass_ids, 1
+        return tf.fill([window.count], keys), pass_ids
     rows = tf.size(window.segments)
     row_keys = tf.gather(keys, window.segments)
     # Mask rows in (pass, row) order, the order of the activations with passes folded in.
     return (tf.reshape(tf.tile(row_keys[None, :], [window.count, 1]), [-1]),
-            tf.repeat(pass_ids, rows), rows)
+            tf.repeat(pass_ids, rows))
 
 
-def _noise(window: PassWindow, stream: int, tail: list[Any], draw: Callable[..., tf.Tensor]
-           ) -> tf.Tensor:
-    """Noise of shape (passes, 1 or rows, *tail) drawn by ``draw(keys, passes, units)``."""
+# draw(window, stream, units) -> (mask rows, units): the noise of a window's mask rows.
+Draw = Callable[[PassWindow, int, Any], tf.Tensor]
+
+
+def _noise(window: PassWindow, stream: int, tail: list[Any], draw: Draw) -> tf.Tensor:
+    """Noise of shape (passes, 1 or rows, *tail) drawn by ``draw``."""
     units = 1
     for dim in tail:
         units = units * dim
-    keys, passes, rows = _mask_rows(window, stream)
-    flat = draw(keys, passes, units)
+    rows = 1 if window.segments is None else tf.size(window.segments)
+    flat = draw(window, stream, units)
     return tf.reshape(flat, tf.concat([[window.count, rows], tf.stack(tail)], axis=0))
 
 
@@ -184,14 +196,18 @@ def _keep_scale(rate: float, dtype: tf.DType) -> tf.Tensor:
     return tf.constant(1.0 / (1.0 - rate), dtype=dtype)
 
 
-def _bernoulli(rate: float, scale: tf.Tensor) -> Callable[..., tf.Tensor]:
-    """A ``draw`` giving ``scale`` for kept units and 0 for dropped ones.
+def _bernoulli(rate: float, scale: tf.Tensor) -> Draw:
+    """A draw giving ``scale`` for kept units and 0 for dropped ones.
 
     The hash always runs as one XLA-fused kernel: TensorFlow's own integer kernels (its
     RightShift above all) cost a third of workload (a)'s request even for one mask per pass.
     """
 
-    def draw(keys: tf.Tensor, passes: tf.Tensor, units: Any) -> tf.Tensor:
+    def draw(window: PassWindow, stream: int, units: Any) -> tf.Tensor:
+        if window.segments is None:
+            return rng.pass_keep(window.seed, stream, window.padded_passes, window.count,
+                                 units, rate, scale)
+        keys, passes = _mask_rows(window, stream)
         return rng.row_keep(keys, passes, units, rate, scale, fused=True)
 
     return draw
@@ -206,7 +222,8 @@ def _dropout_call(layer: Any, stream: int) -> Callable[..., tf.Tensor]:
         tail = _noise_tail(layer, x)
 
         if isinstance(layer, keras.layers.GaussianDropout):
-            def normal(keys: tf.Tensor, passes: tf.Tensor, units: Any) -> tf.Tensor:
+            def normal(window: PassWindow, stream: int, units: Any) -> tf.Tensor:
+                keys, passes = _mask_rows(window, stream)
                 return rng.row_normal(keys, passes, units, x.dtype)
 
             z = _noise(window, stream, tail, normal)

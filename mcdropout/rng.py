@@ -41,6 +41,25 @@ def mix32(x: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
 
 
+def _mix32_int(x: int) -> int:
+    """:func:`mix32` of one Python integer (for constants, computed once on the host)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * _M1) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * _M2) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _stream_salt(stream: int) -> int:
+    return _mix32_int(stream * _GOLDEN + 1)
+
+
+def _salted_key(seed: tf.Tensor, salt: tf.Tensor) -> tf.Tensor:
+    low = mix32(tf.bitwise.bitwise_xor(seed[..., 0], salt)) + _u32(_GOLDEN)
+    return mix32(tf.bitwise.bitwise_xor(low, seed[..., 1]))
+
+
 def stream_key(seed: tf.Tensor, stream: int) -> tf.Tensor:
     """Derive uint32 keys for one random stream (a layer, a mask role) from seeds.
 
@@ -51,9 +70,7 @@ def stream_key(seed: tf.Tensor, stream: int) -> tf.Tensor:
     Returns:
         uint32 keys of shape (...): a scalar for one seed, (S,) for S seeds.
     """
-    salt = mix32(_u32(stream * _GOLDEN + 1))
-    low = mix32(tf.bitwise.bitwise_xor(seed[..., 0], salt)) + _u32(_GOLDEN)
-    return mix32(tf.bitwise.bitwise_xor(low, seed[..., 1]))
+    return _salted_key(seed, _u32(_stream_salt(stream)))
 
 
 def row_words(keys: tf.Tensor, passes: tf.Tensor, units: int) -> tf.Tensor:
@@ -106,8 +123,21 @@ def _keep_values(keys: tf.Tensor, passes: tf.Tensor, threshold: tf.Tensor, scale
 _fused_keep_values = tf.function(_keep_values, jit_compile=True, reduce_retracing=True)
 
 
-def _bucket(n: tf.Tensor) -> tf.Tensor:
-    """The smallest power of two >= n (and >= _MIN_FUSED_ROWS), for int32 n >= 1."""
+def _pass_keep_values(seed: tf.Tensor, salt: tf.Tensor, passes: tf.Tensor, threshold: tf.Tensor,
+                      scale: tf.Tensor, units: int) -> tf.Tensor:
+    keys = tf.fill(tf.shape(passes), _salted_key(seed, salt))
+    return _keep_values(keys, passes, threshold, scale, units)
+
+
+_fused_pass_keep_values = tf.function(_pass_keep_values, jit_compile=True, reduce_retracing=True)
+
+
+def bucket(n: tf.Tensor) -> tf.Tensor:
+    """The smallest power of two >= n (and >= _MIN_FUSED_ROWS), for int32 n >= 1.
+
+    Fused kernels compile once per row count; rounding row counts up to these sizes keeps the
+    number of compiled shapes to a handful.
+    """
     v = tf.maximum(n, _MIN_FUSED_ROWS) - 1
     for shift in (1, 2, 4, 8, 16):
         v = tf.bitwise.bitwise_or(v, tf.bitwise.right_shift(v, shift))
@@ -130,9 +160,30 @@ def row_keep(keys: tf.Tensor, passes: tf.Tensor, units: int, rate: float, scale:
     if not fused:
         return _keep_values(keys, passes, threshold, scale, units)
     rows = tf.shape(keys)[0]
-    pad = [[0, _bucket(rows) - rows]]
+    pad = [[0, bucket(rows) - rows]]
     values = _fused_keep_values(tf.pad(keys, pad), tf.pad(passes, pad), threshold, scale, units)
     return values[:rows]  # a leading-dimension slice: TensorFlow shares the buffer, no copy
+
+
+def pass_keep(seed: tf.Tensor, stream: int, passes: tf.Tensor, count: tf.Tensor, units: int,
+              rate: float, scale: tf.Tensor) -> tf.Tensor:
+    """Keep values of shape (count, units) for one seed's passes: :func:`row_keep` of one key.
+
+    The words are those of ``row_keep(fill(stream_key(seed, stream)), passes[:count], ...)``,
+    but the key is derived inside the one XLA kernel, which saves a score of small TensorFlow
+    ops per layer and request.
+
+    Args:
+        seed: uint32 (2,), one request's seed.
+        stream: The layer's stream, as for :func:`stream_key`.
+        passes: uint32 (rows,), the pass indices, padded to a :func:`bucket` size; rows past
+            ``count`` are computed and dropped.
+        count: The rows wanted, at most ``len(passes)``.
+        units, rate, scale: As for :func:`row_keep`.
+    """
+    values = _fused_pass_keep_values(seed, _u32(_stream_salt(stream)), passes,
+                                     _u32(_threshold(rate)), scale, units)
+    return values[:count]  # a leading-dimension slice: no copy
 
 
 def row_normal(keys: tf.Tensor, passes: tf.Tensor, units: int,

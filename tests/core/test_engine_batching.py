@@ -177,3 +177,15 @@ def test_fused_mask_kernel_gives_the_plain_hash_bits(rows, rate) -> None:
     np.testing.assert_array_equal(plain, fused)
     kept = (plain > 0).mean()
     assert abs(kept - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / plain.size) + 1e-9
+
+
+@pytest.mark.parametrize("first, count", [(0, 1), (0, 64), (5, 65), (100, 1000)])
+def test_one_seed_mask_kernel_gives_the_words_of_its_stream_key(first, count) -> None:
+    seed, stream, rate = rng.split_seed(0x1234_5678_9ABC), 48, 0.3
+    scale = tf.constant(1 / (1 - rate), tf.float32)
+    passes = tf.constant(np.arange(first, first + count), tf.uint32)
+    keys = tf.fill([count], rng.stream_key(seed, stream))
+    plain = rng.row_keep(keys, passes, 17, rate, scale).numpy()
+    padded = tf.constant(np.arange(first, first + int(rng.bucket(tf.constant(count)))), tf.uint32)
+    one_seed = rng.pass_keep(seed, stream, padded, tf.constant(count), 17, rate, scale).numpy()
+    np.testing.assert_array_equal(plain, one_seed)
