@@ -70,6 +70,10 @@ class _Graph:
         return self._concrete(*args)
 
 
+def _first_non_finite_row(rows: np.ndarray) -> int:
+    return int(np.argwhere(~np.isfinite(rows.reshape(rows.shape[0], -1)))[0][0])
+
+
 def _int32(value: int) -> tf.Tensor:
     return tf.constant(value, tf.int32)
 
@@ -421,9 +425,9 @@ class MCDropoutPredictor:
         if arr.shape[0] == 0:
             raise InvalidArgumentError(f"inputs must hold at least one row of shape {want}, got 0")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            row = int(np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)))[0][0])
             raise InvalidArgumentError(
-                f"inputs contain NaN or Inf (first in row {row}); only finite values are allowed")
+                f"inputs contain NaN or Inf (first in row {_first_non_finite_row(arr)}); only "
+                "finite values are allowed")
         out = arr.astype(np.float64)
         if self._feature_mean is not None:
             out = out - self._feature_mean
@@ -433,10 +437,10 @@ class MCDropoutPredictor:
             cast = out.astype(self.input_dtype)
         if cast.dtype.kind == "f" and not np.isfinite(cast).all():
             # Finite float64 values beyond the model's float range would turn into Inf here.
-            row = int(np.argwhere(~np.isfinite(cast.reshape(cast.shape[0], -1)))[0][0])
             limit = float(np.finfo(cast.dtype).max)
             raise InvalidArgumentError(
-                f"inputs hold a value (first in row {row}) that is out of range for the model's "
+                f"inputs hold a value (first in row {_first_non_finite_row(cast)}) that is out of "
+                "range for the model's "
                 f"input dtype {cast.dtype} after standardisation; allowed magnitude is at most "
                 f"{limit:.3g}")
         return cast
