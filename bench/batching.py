@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import functools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
-from bench.e2e import MODEL, free_port, make_store, running_server
+from bench.e2e import MODEL, make_store, running_server
 from bench.workloads import mlp_a
 
 SAMPLES = 100
@@ -118,12 +117,31 @@ async def _load(target: str, clients: int, seconds: float, warmup: float) -> dic
 
     async with AsyncClient(target, retries=0, timeout=600.0) as client:
         tasks = [asyncio.create_task(one_client(k, client)) for k in range(clients)]
+        await asyncio.sleep(measure_from - time.perf_counter())
+        cpu_before = _cpu_seconds()
         await asyncio.sleep(stop_at - time.perf_counter())
+        cpu_after = _cpu_seconds()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return {"latencies_s": latencies, "seconds": seconds,
-            "requests_per_s": len(latencies) / seconds}
+    out: dict[str, Any] = {"latencies_s": latencies, "seconds": seconds,
+                           "requests_per_s": len(latencies) / seconds}
+    if cpu_before is not None and cpu_after is not None and latencies:
+        out["cpu_s_per_request"] = (cpu_after[0] - cpu_before[0]) / len(latencies)
+        out["load_generator_cpu_s_per_request"] = (cpu_after[1] - cpu_before[1]) / len(latencies)
+    return out
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the machine has spent running anything, CPU seconds of this process), or
+    None where /proc/stat is missing (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(ticks[:3]) + sum(ticks[5:7])  # user, nice, system, irq, softirq: not steal
+    return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
 
 
 def load(target: str, clients: int, seconds: float, warmup: float = 2.0) -> dict[str, Any]:
@@ -176,23 +194,6 @@ def baseline_server(port: int, root: Path) -> int:
     return 0
 
 
-@contextmanager
-def running_baseline(root: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.batching", "--baseline-server", str(port), str(root)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        cwd=common.BENCH_DIR.parent)
-    try:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != "serving":
-            raise RuntimeError(f"the baseline server exited with code {process.wait()}")
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def single_latency(target: str, requests: int = 200) -> list[float]:
     """One client, one request at a time: batch 1, T=100, after 20 warm-up requests."""
     from mcdropout_client import Client
@@ -215,7 +216,7 @@ def under_load(seconds: float) -> dict[str, Any]:
             out["batching on"] = load(target, CLIENTS, seconds)
         with environment(MCDROPOUT_BATCHING="false"), running_server(root) as target:
             out["batching off"] = load(target, CLIENTS, seconds)
-        with running_baseline(root) as target:
+        with common.module_server("bench.batching", "--baseline-server", root) as target:
             # About one call a second finishes here: a longer window for a count worth having.
             out["plain grpcio loop"] = load(target, CLIENTS, max(seconds, BASELINE_SECONDS),
                                             warmup=BASELINE_SECONDS / 2)
@@ -247,7 +248,6 @@ def report(costs: dict[str, float], served: dict[str, Any]) -> tuple[str, list[s
                      f"{load_timing.median * 1e3:.1f} ms, p99 "
                      f"{load_timing.percentile(99) * 1e3:.1f} ms",
                      f"{served[name]['requests_per_s'] / base_rate:,.1f}x the plain loop"])
-    table = common.markdown_table(["measurement", "method", "figure", "ratio"], rows)
 
     engine_ratio = costs["engine (prefix caching)"] / det
     on, off = served["batching on"], served["batching off"]
@@ -255,6 +255,15 @@ def report(costs: dict[str, float], served: dict[str, Any]) -> tuple[str, list[s
     p99 = common.Timing(tuple(on["latencies_s"])).percentile(99)
     vs_single = p99 / single.median
     vs_plain = on["requests_per_s"] / base_rate
+    cores = os.cpu_count() or 1
+    for name in ("batching on", "batching off"):
+        if "cpu_s_per_request" in served[name]:
+            cpu = served[name]["cpu_s_per_request"]
+            rows.append([f"2. batch 1, T=100, {CLIENTS} clients", f"mcdropout serve, {name}",
+                         f"{cpu * 1e3:.2f} CPU-ms / request, all processes (load generator "
+                         f"{served[name]['load_generator_cpu_s_per_request'] * 1e3:.2f})",
+                         f"at most {cores / cpu:,.0f} req/s on {cores} cores"])
+    table = common.markdown_table(["measurement", "method", "figure", "ratio"], rows)
     verdicts = [
         f"- 1. MC pass / deterministic pass <= 1.25: {engine_ratio:.2f} (Keras dropout "
         f"{costs['Keras Dropout, training=True'] / det:.2f}) - "
@@ -267,6 +276,17 @@ def report(costs: dict[str, float], served: dict[str, Any]) -> tuple[str, list[s
         f"- 3. >= 30x a plain grpcio loop of model(x, training=True): {vs_plain:.0f}x - "
         f"{'met' if vs_plain >= 30 else 'MISSED'}",
     ]
+    if "cpu_s_per_request" in on:
+        # Little's law: 16 requests always in flight at X req/s wait 16 / X on average, and the
+        # cores cap X at cores / (CPU per request); p99 is at least that mean.
+        bound = CLIENTS * on["cpu_s_per_request"] / cores
+        verdicts.append(
+            f"- bound on 2. from the CPU per request: {CLIENTS} clients in flight on {cores} "
+            f"cores wait at least {CLIENTS} x {on['cpu_s_per_request'] * 1e3:.2f} ms / {cores} = "
+            f"{bound * 1e3:.1f} ms on average (Little's law), against a p99 target of "
+            f"{2 * single.median * 1e3:.1f} ms; throughput with batching is at most "
+            f"{cores / on['cpu_s_per_request']:,.0f} req/s = "
+            f"{cores / on['cpu_s_per_request'] / off['requests_per_s']:.1f}x the rate without")
     return table, verdicts
 
 

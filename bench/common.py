@@ -13,10 +13,13 @@ import json
 import math
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,3 +239,32 @@ def fmt(value: float | None, digits: int = 1) -> str:
     if value is None or not math.isfinite(value):
         return "-"
     return f"{value:,.{digits}f}"
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def module_server(module: str, flag: str, root: Path) -> Iterator[str]:
+    """Run ``python -m <module> <flag> PORT ROOT`` (a comparison server a benchmark defines);
+    yield its loopback target once it prints "serving", and stop it when the block ends.
+
+    Raises:
+        RuntimeError: the server exited before it was serving.
+    """
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", module, flag, str(port), str(root)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               cwd=BENCH_DIR.parent)
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "serving":
+            raise RuntimeError(f"`python -m {module} {flag}` exited with code {process.wait()}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

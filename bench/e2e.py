@@ -1,6 +1,6 @@
 """End-to-end latency through gRPC against the in-process engine, on workload (a)'s MLP.
 
-Run from the repository root (about a minute)::
+Run from the repository root (about a minute and a half)::
 
     .venv/bin/python -m bench.e2e [--update-readme] [--requests 400]
 
@@ -11,6 +11,12 @@ The same stored model, loaded here into an :class:`MCDropoutPredictor` the way t
 it, answers the same inputs and seeds in-process. The two are timed in alternating rounds so that
 other load on a shared machine falls on both alike. gRPC overhead is the difference of the
 medians, relative to the in-process median.
+
+A third path shows the floor under that overhead on this machine: a bare ``grpc.aio`` server
+(also a subprocess) whose Predict only decodes the inputs, runs the same engine on a worker thread
+and encodes the same five outputs, with none of the service's checks, queue, metrics or logs.
+What it costs over the in-process engine is what grpcio, the loopback connection and one hop to a
+worker thread and back cost before any serving code of ours runs.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,12 +58,6 @@ def make_store(root: Path) -> ModelStore:
     return store
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve_command() -> list[str]:
     script = Path(sys.executable).parent / "mcdropout"
     found = str(script) if script.exists() else shutil.which("mcdropout")
@@ -75,7 +74,7 @@ def running_server(root: Path, timeout: float = 180.0) -> Iterator[str]:
     Raises:
         RuntimeError: the server exited or did not report SERVING within ``timeout`` seconds.
     """
-    port = free_port()
+    port = common.free_port()
     command = [*_serve_command(), "--model-root", str(root), "--host", "127.0.0.1",
                "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING"]
     with tempfile.TemporaryFile("w+") as log:
@@ -91,6 +90,47 @@ def running_server(root: Path, timeout: float = 180.0) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
+
+
+def bare_server(port: int, root: Path) -> int:
+    """The floor: a ``grpc.aio`` server that runs the engine on a worker thread and nothing else."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from mcdropout_client import tensors
+    from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+    from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
+
+    store = ModelStore(root)
+    stored = store.read_info(MODEL)
+    engine = MCDropoutPredictor.from_info(store.load_model(MODEL, stored.version), stored)
+    engine.warmup()
+    pool = ThreadPoolExecutor(2)
+
+    def run(request: Any) -> Any:
+        p = engine.predict(tensors.from_proto(request.inputs), request.samples, request.seed)
+        return pb.PredictResponse(
+            model_name=MODEL, model_version=stored.version, samples_used=p.samples, seed=p.seed,
+            mean=tensors.to_proto(p.mean), std=tensors.to_proto(p.std),
+            predicted_class=tensors.to_proto(p.predicted_class),
+            predictive_entropy=tensors.to_proto(p.predictive_entropy),
+            mutual_information=tensors.to_proto(p.mutual_information))
+
+    class Bare(pb_grpc.PredictionServiceServicer):
+        async def Predict(self, request: Any, context: Any) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(pool, run, request)
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pb_grpc.add_PredictionServiceServicer_to_server(Bare(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        print("serving", flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+    return 0
 
 
 def _wait_serving(server: subprocess.Popen[bytes], target: str, timeout: float, log: Any) -> None:
@@ -109,7 +149,11 @@ def _wait_serving(server: subprocess.Popen[bytes], target: str, timeout: float, 
     raise RuntimeError(f"the server at {target} did not report SERVING within {timeout:.0f} s")
 
 
-def _calls(engine: MCDropoutPredictor, client: Client, x: np.ndarray
+SERVED = "gRPC client, mcdropout serve"
+BARE = "gRPC client, bare grpc.aio server (floor)"
+
+
+def _calls(engine: MCDropoutPredictor, client: Client, bare: Client, x: np.ndarray
            ) -> dict[str, Callable[[], Any]]:
     seeds = itertools.count()  # a fresh seed per request, as real traffic would send
 
@@ -119,13 +163,16 @@ def _calls(engine: MCDropoutPredictor, client: Client, x: np.ndarray
     def through_grpc() -> Any:
         return client.predict(x, model=MODEL, samples=SAMPLES, seed=next(seeds))
 
-    return {"in-process engine": in_process, "gRPC client": through_grpc}
+    def through_bare() -> Any:
+        return bare.predict(x, model=MODEL, samples=SAMPLES, seed=next(seeds))
+
+    return {"in-process engine": in_process, SERVED: through_grpc, BARE: through_bare}
 
 
-def compare(engine: MCDropoutPredictor, client: Client, x: np.ndarray, requests: int
-            ) -> dict[str, common.Timing]:
-    """Warm both paths up, then time them in alternating rounds."""
-    calls = _calls(engine, client, x)
+def compare(engine: MCDropoutPredictor, client: Client, bare: Client, x: np.ndarray,
+            requests: int) -> dict[str, common.Timing]:
+    """Warm every path up, then time them in alternating rounds."""
+    calls = _calls(engine, client, bare, x)
     for fn in calls.values():
         for _ in range(WARMUP):
             fn()
@@ -139,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="write the table into bench/README.md between the e2e markers")
     parser.add_argument("--requests", type=int, default=400,
                         help="timed requests per method and batch size (default 400)")
+    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "ROOT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bare_server:
+        return bare_server(int(args.bare_server[0]), Path(args.bare_server[1]))
     info = common.machine_info()
     rows: list[list[str]] = []
     raw: dict[str, Any] = {}
@@ -148,12 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         stored = store.read_info(MODEL)
         engine = MCDropoutPredictor.from_info(store.load_model(MODEL, stored.version), stored)
         engine.warmup()
-        with running_server(Path(tmp)) as target, Client(target, timeout=60.0, retries=0) as client:
+        with running_server(Path(tmp)) as target, \
+                common.module_server("bench.e2e", "--bare-server", Path(tmp)) as bare_target, \
+                Client(target, timeout=60.0, retries=0) as client, \
+                Client(bare_target, timeout=60.0, retries=0) as bare:
             for batch in BATCHES:
                 x = np.random.default_rng(batch).standard_normal((batch, 64)).astype(np.float32)
                 same = np.array_equal(engine.predict(x, samples=SAMPLES, seed=7).mean,
                                       client.predict(x, model=MODEL, samples=SAMPLES, seed=7).mean)
-                timings = compare(engine, client, x, args.requests)
+                timings = compare(engine, client, bare, x, args.requests)
                 base = timings["in-process engine"].median
                 for name, t in timings.items():
                     overhead = (t.median - base) / base
@@ -169,10 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     table = common.markdown_table(
         ["request", "path", "p50 ms", "p99 ms", "requests / s", "row-passes / s",
          "overhead (p50)"], rows)
-    b32 = raw["batch32/gRPC client"]["overhead_vs_in_process"]
+    b32 = raw[f"batch32/{SERVED}"]["overhead_vs_in_process"]
+    floor = raw[f"batch32/{BARE}"]["overhead_vs_in_process"]
+    ours = (raw[f"batch32/{SERVED}"]["p50_s"] - raw[f"batch32/{BARE}"]["p50_s"]) * 1e3
     same_all = all(raw[f"batch{b}/identical_means"] for b in BATCHES)
     notes = [f"- gRPC overhead at batch 32 <= 15% of the in-process time: {100 * b32:+.1f}% - "
              f"{'met' if b32 <= 0.15 else 'MISSED'}",
+             f"- the floor on this machine (bare grpc.aio server, same engine, one worker hop): "
+             f"{100 * floor:+.1f}%; mcdropout serve adds {ours:+.2f} ms (p50) over it",
              f"- client and in-process means identical for the same seed: {'yes' if same_all else 'NO'}"]
     common.publish("e2e", info, [table, "\n".join(notes)],
                    {"samples": SAMPLES, "requests": args.requests, **raw}, args.update_readme)

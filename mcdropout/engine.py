@@ -417,17 +417,21 @@ class MCDropoutPredictor:
                 out of the model's input dtype's range.
         """
         arr = np.asarray(x)
-        want = "(rows, " + ", ".join(map(str, self.input_shape)) + ")"
         if arr.dtype.kind not in "biuf":
             raise InvalidArgumentError(f"inputs must be numeric, got dtype {arr.dtype}")
-        if arr.ndim != 1 + len(self.input_shape) or tuple(arr.shape[1:]) != self.input_shape:
-            raise InvalidArgumentError(f"inputs must have shape {want}, got {tuple(arr.shape)}")
+        if arr.shape[1:] != self.input_shape or arr.ndim != 1 + len(self.input_shape):
+            raise InvalidArgumentError(f"inputs must have shape {self._rows_shape()}, got "
+                                       f"{tuple(arr.shape)}")
         if arr.shape[0] == 0:
-            raise InvalidArgumentError(f"inputs must hold at least one row of shape {want}, got 0")
+            raise InvalidArgumentError(f"inputs must hold at least one row of shape "
+                                       f"{self._rows_shape()}, got 0")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InvalidArgumentError(
                 f"inputs contain NaN or Inf (first in row {_first_non_finite_row(arr)}); only "
                 "finite values are allowed")
+        if arr.dtype == self.input_dtype and self._feature_mean is None \
+                and self._feature_std is None:
+            return arr  # the float64 round trip below would give back these very values
         out = arr.astype(np.float64)
         if self._feature_mean is not None:
             out = out - self._feature_mean
@@ -444,6 +448,9 @@ class MCDropoutPredictor:
                 f"input dtype {cast.dtype} after standardisation; allowed magnitude is at most "
                 f"{limit:.3g}")
         return cast
+
+    def _rows_shape(self) -> str:
+        return "(rows, " + ", ".join(map(str, self.input_shape)) + ")"
 
     def _check_samples(self, samples: int | None) -> int:
         samples = self.default_samples if samples is None else samples

@@ -100,9 +100,10 @@ class Job:
                                       and time.monotonic() >= self.deadline)
 
 
-# run_one(job) answers one request; run_many(jobs) answers a merged batch, in order. Both block.
+# run_one(job) answers one request; run_many(jobs) answers a merged batch, in order, with an
+# exception in place of the answer of a request refused on its own. Both block.
 RunOne = Callable[[Job], Answer]
-RunMany = Callable[[Sequence[Job]], list[Answer]]
+RunMany = Callable[[Sequence[Job]], Sequence[Answer | Exception]]
 
 
 class Scheduler:
@@ -256,7 +257,7 @@ class Scheduler:
                     started - job.enqueued)
             self._metrics.observe_engine_call(label, len(group), sum(j.rows for j in group))
         loop = asyncio.get_running_loop()
-        call: Callable[[], list[Answer]] = (
+        call: Callable[[], Sequence[Answer | Exception]] = (
             (lambda: [self._run_one(group[0])]) if len(group) == 1
             else (lambda: self._run_many(group)))
         try:
@@ -267,8 +268,8 @@ class Scheduler:
                                                  "replica"))
         work.add_done_callback(lambda done: self._finished(group, done, started, running))
 
-    def _finished(self, group: list[Job], done: asyncio.Future[list[Answer]], started: float,
-                  running: int) -> None:
+    def _finished(self, group: list[Job], done: asyncio.Future[Sequence[Answer | Exception]],
+                  started: float, running: int) -> None:
         self._running -= 1
         key = group[0].key
         self._running_keys[key] -= 1
@@ -284,11 +285,14 @@ class Scheduler:
                 _settle(job, exc)
         else:
             row_passes = sum(j.rows * a.prediction.samples
-                             for j, a in zip(group, answers, strict=True))
+                             for j, a in zip(group, answers, strict=True)
+                             if isinstance(a, Answer))
             self.admission.rate.observe(id(group[0].model), row_passes,
                                         time.monotonic() - started, running)
             for job, answer in zip(group, answers, strict=True):
-                if not job.future.done():
+                if isinstance(answer, Exception):
+                    _settle(job, answer)
+                elif not job.future.done():
                     job.future.set_result(answer)
         self._pump()
 

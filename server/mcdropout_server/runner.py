@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from mcdropout import CancelledError
+from mcdropout import CancelledError, InvalidArgumentError
 from mcdropout_server.admission import Admission
 from mcdropout_server.batching import DEFAULT_POLICY, BatchPolicy, Job, Scheduler
 from mcdropout_server.calls import Answer, DeadlineExceededError, PredictCall
@@ -22,7 +22,7 @@ from mcdropout_server.registry import ModelRegistry
 
 
 class PredictionRunner:
-    """Checks calls on the event loop, queues them, runs their passes on ``workers`` threads.
+    """Checks calls against their models, queues them, runs their passes on ``workers`` threads.
 
     Args:
         registry: The served models.
@@ -51,8 +51,10 @@ class PredictionRunner:
             deadline: ``time.monotonic()`` value after which the caller no longer waits, or None.
 
         Raises:
-            InvalidArgumentError, NotFoundError, ResourceLimitError: a bad request, refused
-                before it is queued.
+            InvalidArgumentError, NotFoundError, ResourceLimitError: a bad request: unknown
+                model, outputs, samples or sizes are refused before it is queued; the input
+                values themselves (NaN, Inf, out of range) are checked on the worker, so that a
+                bad one fails alone rather than the batch it was merged into.
             QueueFullError: too many calls are waiting already (RESOURCE_EXHAUSTED).
             DeadlineExceededError: the deadline passed before or while the call waited or ran,
                 or is sooner than the queue ahead is expected to take; a call whose deadline
@@ -60,9 +62,6 @@ class PredictionRunner:
             asyncio.CancelledError: the RPC was cancelled; the passes are stopped.
         """
         prepared = self.registry.prepare(call)
-        if self.scheduler.policy.key(prepared) is not None:
-            # Checked now so that one bad request cannot fail the batch it would be merged into.
-            prepared.model.predictor.check_inputs(call.x)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceededError("the request's deadline passed before the prediction "
                                         "was queued")
@@ -84,11 +83,22 @@ class PredictionRunner:
             raise
 
     @staticmethod
-    def _run_many(jobs: Sequence[Job]) -> list[Answer]:
+    def _run_many(jobs: Sequence[Job]) -> list[Answer | InvalidArgumentError]:
         first = jobs[0].prepared
-        predictions = first.model.predictor.predict_many(
-            [j.prepared.call.x for j in jobs], first.call.samples,
-            [j.prepared.call.seed for j in jobs],
-            should_stop=lambda: all(j.gave_up() for j in jobs))
-        return [Answer(j.model.name, j.model.version, p, j.prepared.outputs)
-                for j, p in zip(jobs, predictions, strict=True)]
+        predictor = first.model.predictor
+        # Inputs are checked here, on the worker, rather than on the event loop for every
+        # request: a bad one fails alone instead of the merged call it is part of.
+        failures: dict[int, InvalidArgumentError] = {}
+        for i, job in enumerate(jobs):
+            try:
+                predictor.check_inputs(job.prepared.call.x)
+            except InvalidArgumentError as exc:
+                failures[i] = exc
+        good = [j for i, j in enumerate(jobs) if i not in failures]
+        predictions = iter(predictor.predict_many(
+            [j.prepared.call.x for j in good], first.call.samples,
+            [j.prepared.call.seed for j in good],
+            should_stop=lambda: all(j.gave_up() for j in good)) if good else ())
+        return [failures[i] if i in failures else
+                Answer(j.model.name, j.model.version, next(predictions), j.prepared.outputs)
+                for i, j in enumerate(jobs)]

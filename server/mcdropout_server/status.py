@@ -126,6 +126,8 @@ def _record(metrics: ServerMetrics, record: RpcRecord, code: grpc.StatusCode, st
     seconds = time.perf_counter() - started
     metrics.in_flight.dec()
     metrics.observe_rpc(record.model, record.method, code.name, seconds)
+    if code == grpc.StatusCode.OK and not log.isEnabledFor(logging.DEBUG):
+        return  # the common case: no line to write, so no fields to build
     extra = fields(request_id=record.request_id, method=record.method, model=record.model,
                    version=record.version, rows=record.rows, samples=record.samples,
                    seed=record.seed, code=code.name, ms=round(seconds * 1000, 2))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gated_testkit import gated, gated_registry, hold_worker, running, scrape, wait_until
 from mcdropout_client import Client
-from mcdropout_client.errors import DeadlineExceeded
+from mcdropout_client.errors import DeadlineExceeded, InvalidArgument
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import cls_inputs, predictor, reg_inputs
 
@@ -169,6 +169,24 @@ def test_an_expired_request_leaves_its_batch_unharmed(registry, alone, pool) -> 
         release(registry, blocker)
         assert_all_alone(requests, futures, alone["reg"], REG_STATS)
         assert engine_calls(app, "reg")[:2] == (2.0, 4.0)
+
+
+def test_a_bad_input_fails_alone_and_the_batch_it_was_merged_into_is_answered(
+        registry, alone, pool) -> None:
+    with running(registry, workers=1, batch_max_wait_ms=0.0) as app, \
+            Client(f"127.0.0.1:{app.port}", retries=0) as client:
+        good = [{"x": reg_inputs(rows, seed=i), "model": "reg", "samples": 40, "seed": i}
+                for i, rows in enumerate([2, 1, 3])]
+        nan = reg_inputs(2, seed=9)
+        nan[1, 0] = np.nan
+        bad = {"x": nan, "model": "reg", "samples": 40, "seed": 9}
+        blocker = hold_worker(registry, client, pool)
+        futures = queue(app, pool, client, [good[0], bad, good[1], good[2]])
+        release(registry, blocker)
+        with pytest.raises(InvalidArgument, match=r"NaN or Inf \(first in row 1\)"):
+            futures[1].result(timeout=30)
+        assert_all_alone(good, [futures[0], *futures[2:]], alone["reg"], REG_STATS)
+        assert engine_calls(app, "reg")[:2] == (2.0, 5.0)  # the four queued ones were merged
 
 
 def test_an_idle_server_starts_a_lone_request_at_once(registry) -> None:
