@@ -419,7 +419,7 @@ class MCDropoutPredictor:
         arr = np.asarray(x)
         if arr.dtype.kind not in "biuf":
             raise InvalidArgumentError(f"inputs must be numeric, got dtype {arr.dtype}")
-        if arr.shape[1:] != self.input_shape or arr.ndim != 1 + len(self.input_shape):
+        if arr.ndim == 0 or arr.shape[1:] != self.input_shape:
             raise InvalidArgumentError(f"inputs must have shape {self._rows_shape()}, got "
                                        f"{tuple(arr.shape)}")
         if arr.shape[0] == 0:

@@ -84,21 +84,32 @@ class PredictionRunner:
 
     @staticmethod
     def _run_many(jobs: Sequence[Job]) -> list[Answer | InvalidArgumentError]:
-        first = jobs[0].prepared
-        predictor = first.model.predictor
-        # Inputs are checked here, on the worker, rather than on the event loop for every
-        # request: a bad one fails alone instead of the merged call it is part of.
-        failures: dict[int, InvalidArgumentError] = {}
-        for i, job in enumerate(jobs):
-            try:
-                predictor.check_inputs(job.prepared.call.x)
-            except InvalidArgumentError as exc:
-                failures[i] = exc
-        good = [j for i, j in enumerate(jobs) if i not in failures]
-        predictions = iter(predictor.predict_many(
-            [j.prepared.call.x for j in good], first.call.samples,
-            [j.prepared.call.seed for j in good],
-            should_stop=lambda: all(j.gave_up() for j in good)) if good else ())
-        return [failures[i] if i in failures else
-                Answer(j.model.name, j.model.version, next(predictions), j.prepared.outputs)
-                for i, j in enumerate(jobs)]
+        try:
+            return list(_merged(jobs))
+        except InvalidArgumentError:
+            # The engine checks every input before any pass and refuses the whole merged call
+            # for one bad input: find the bad ones (rarely any) and answer the rest without them.
+            predictor = jobs[0].prepared.model.predictor
+            failures: dict[int, InvalidArgumentError] = {}
+            for i, job in enumerate(jobs):
+                try:
+                    predictor.check_inputs(job.prepared.call.x)
+                except InvalidArgumentError as exc:
+                    failures[i] = exc
+            if not failures:
+                raise  # not an input: samples or a seed, the same for every request
+            answers = iter(_merged([j for i, j in enumerate(jobs) if i not in failures]))
+            return [failures[i] if i in failures else next(answers) for i in range(len(jobs))]
+
+
+def _merged(jobs: Sequence[Job]) -> list[Answer]:
+    """Answer ``jobs`` with one merged engine call (none when there are none)."""
+    if not jobs:
+        return []
+    first = jobs[0].prepared
+    predictions = first.model.predictor.predict_many(
+        [j.prepared.call.x for j in jobs], first.call.samples,
+        [j.prepared.call.seed for j in jobs],
+        should_stop=lambda: all(j.gave_up() for j in jobs))
+    return [Answer(j.model.name, j.model.version, p, j.prepared.outputs)
+            for j, p in zip(jobs, predictions, strict=True)]
