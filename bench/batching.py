@@ -169,8 +169,8 @@ def baseline_server(port: int, root: Path) -> int:
 
     import grpc
     from mcdropout_client import tensors
-    from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
-    from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
+    from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+    from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
     from mcdropout import ModelStore
 

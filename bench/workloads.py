@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from bench.common import model_flops
-from mcdropout.layers import contains_stochastic
+from mcdropout.engine.layers import contains_stochastic
 
 
 def mlp_a() -> keras.Sequential:

@@ -4,8 +4,7 @@ The public API: build or load a Keras model with dropout, wrap it in an
 :class:`MCDropoutPredictor`, and call ``predict`` to get a :class:`Prediction`.
 """
 
-from mcdropout.builders import build_mlp
-from mcdropout.defaults import ensure_default_store
+from mcdropout.engine.prediction import Interval, Prediction, Task
 from mcdropout.errors import (
     CancelledError,
     InvalidArgumentError,
@@ -15,17 +14,18 @@ from mcdropout.errors import (
     NotFoundError,
     ResourceLimitError,
 )
-from mcdropout.prediction import Interval, Prediction, Task
+from mcdropout.modeling.builders import build_mlp
+from mcdropout.modeling.defaults import ensure_default_store
+from mcdropout.modeling.training import TrainConfig, train
 from mcdropout.store import ModelInfo, ModelStore
-from mcdropout.training import TrainConfig, train
 
 
 def __getattr__(name: str) -> object:
     # The engine pulls in TensorFlow; load it on first use so light imports (store, errors) stay fast.
     if name in ("MCDropoutPredictor", "StochasticLayer", "find_stochastic_layers"):
-        from mcdropout import engine, layers
+        from mcdropout.engine import layers, predictor
 
-        return getattr(engine if name == "MCDropoutPredictor" else layers, name)
+        return getattr(predictor if name == "MCDropoutPredictor" else layers, name)
     raise AttributeError(f"module 'mcdropout' has no attribute {name!r}")
 
 

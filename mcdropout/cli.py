@@ -206,7 +206,7 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 # -- handlers ------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from mcdropout import training
+    from mcdropout.modeling import training
 
     config = training.TrainConfig(
         task=args.task, hidden=tuple(args.hidden), activation=args.activation,
@@ -227,13 +227,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from mcdropout import data, metrics
+    from mcdropout.evaluation import scores
+    from mcdropout.modeling import tables
 
     predictor, info = _open(args.model_root, args.name, args.version)
-    x = data.load_inputs(args.input, feature_names=info.provenance.get("data", {})
+    x = tables.load_inputs(args.input, feature_names=info.provenance.get("data", {})
                          .get("features", ()), n_features=int(np.prod(info.input_shape)))
     levels = (args.interval,) if info.task == "regression" else ()
-    prediction = metrics.predict_chunked(predictor, x, args.samples, args.seed,
+    prediction = scores.predict_chunked(predictor, x, args.samples, args.seed,
                                          interval_levels=levels)
     if args.json:
         print(json.dumps(_prediction_json(prediction, info)))
@@ -244,25 +245,26 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mcdropout import data, metrics
+    from mcdropout.evaluation import scores
+    from mcdropout.modeling import tables
 
     predictor, info = _open(args.model_root, args.name, args.version)
     # By default the columns the model was trained on, where the file has them.
     recorded = info.provenance.get("data", {})
-    header = set(data.csv_header(args.data)) if args.data.suffix.lower() == ".csv" else set()
+    header = set(tables.csv_header(args.data)) if args.data.suffix.lower() == ".csv" else set()
 
     def present(names: list[str] | None) -> list[str] | None:
         return list(names) if names and set(names) <= header else None
 
     target = args.target or present(recorded.get("target"))
     features = None if args.target else present(recorded.get("features"))
-    table = data.load_table(args.data, task=info.task, target=target, features=features)
-    y = data.encode_labels(table.y, info.labels)[0] if info.task == "classification" else table.y
-    result = metrics.evaluate(predictor, table.x, y, samples=args.samples, seed=args.seed)
+    table = tables.load_table(args.data, task=info.task, target=target, features=features)
+    y = tables.encode_labels(table.y, info.labels)[0] if info.task == "classification" else table.y
+    result = scores.evaluate(predictor, table.x, y, samples=args.samples, seed=args.seed)
     print(json.dumps(result, indent=2) if args.json else
           f"{info.name} v{info.version} on {args.data}: " + _format_metrics(result))
     if args.report is not None:
-        from mcdropout import report
+        from mcdropout.evaluation import report
 
         index = report.write_report(args.report, predictor, table.x, y, samples=args.samples,
                                     seed=args.seed, metrics_table=result,
@@ -280,7 +282,7 @@ def _info(args: argparse.Namespace) -> int:
             print(f"{name}: versions {store.versions(name)}")
         return 0
     info = store.read_info(args.name, args.version)
-    from mcdropout.layers import find_stochastic_layers
+    from mcdropout.engine.layers import find_stochastic_layers
 
     layers = find_stochastic_layers(store.load_model(info.name, info.version))
     print(f"{info.name} v{info.version} ({info.task}, input {info.input_shape} "
@@ -291,7 +293,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _make_defaults(args: argparse.Namespace) -> int:
-    from mcdropout.defaults import ensure_default_store
+    from mcdropout.modeling.defaults import ensure_default_store
     from mcdropout.store import ModelStore
 
     _show_progress()
@@ -306,7 +308,7 @@ def _make_defaults(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mcdropout import defaults
+    from mcdropout.modeling import defaults
 
     _show_progress()
     result = defaults.demo(args.model_root, model=args.model, rows=args.rows,
@@ -392,7 +394,7 @@ def _open(root: Path | None, name: str, version: int | None) -> tuple[Any, Any]:
 def _root(root: Path | None) -> Path:
     if root is not None:
         return root
-    from mcdropout.defaults import ensure_default_store
+    from mcdropout.modeling.defaults import ensure_default_store
 
     _show_progress()
     return ensure_default_store()
@@ -400,7 +402,7 @@ def _root(root: Path | None) -> Path:
 
 def _show_progress() -> None:
     # Only our own logger: the root logger belongs to whoever runs us (the server sets its own).
-    logger = logging.getLogger("mcdropout.defaults")
+    logger = logging.getLogger("mcdropout.modeling.defaults")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError, ModelLoadError, NotFoundError
-from mcdropout.prediction import Task
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"

@@ -8,7 +8,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from mcdropout_client import tensors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2
 from mcdropout_client.results import (
     DropoutLayer,
     ModelDescription,

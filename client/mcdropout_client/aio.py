@@ -11,9 +11,9 @@ from grpc_health.v1 import health_pb2_grpc
 
 from mcdropout_client import _messages
 from mcdropout_client._base import ClientBase, Metadata, Timeout
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
 from mcdropout_client._retry import Attempts
 from mcdropout_client.errors import NotFound, raise_for
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
 from mcdropout_client.results import ModelDescription, ModelSummary, PredictResult
 
 _Response = TypeVar("_Response")

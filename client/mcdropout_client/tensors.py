@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2
 
 # Little-endian on purpose: the wire format is little-endian whatever the host is.
 _BY_ENUM: dict[mcdropout_pb2.DataType.ValueType, np.dtype[Any]] = {

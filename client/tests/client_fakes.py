@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from mcdropout_client import tensors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
 
 pb = mcdropout_pb2
 FEATURES = 3

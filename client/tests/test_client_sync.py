@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from client_fakes import DEFAULT_SAMPLES, LABELS, FakeServer
 from mcdropout_client import OUTPUT_NAMES, Client, errors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 X = np.array([[0.1, 0.2, 0.3], [1.0, -1.0, 2.0], [0.0, 0.0, 0.0]], dtype=np.float32)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mcdropout_client import tensors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 SHAPES = [(), (0,), (4,), (2, 3), (0, 3), (2, 3, 4)]
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from client_fakes import FakePredictionService
 from mcdropout_client import Client, errors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

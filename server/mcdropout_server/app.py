@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
 from mcdropout import ModelStore
 from mcdropout_server.batching import BatchPolicy
@@ -48,7 +48,7 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
     """
     root = settings.model_root
     if root is None:
-        from mcdropout.defaults import ensure_default_store  # deferred: may train on first use
+        from mcdropout.modeling.defaults import ensure_default_store  # deferred: may train on first use
 
         root = ensure_default_store()
     return ModelRegistry.load(

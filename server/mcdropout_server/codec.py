@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from mcdropout_client import tensors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
 from mcdropout_server.calls import MAX_REQUEST_ID_CHARS, Answer, PredictCall, is_valid_request_id

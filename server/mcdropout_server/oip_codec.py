@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 from mcdropout_client import tensors
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
 from mcdropout_server.calls import Answer, PredictCall, allowed_outputs, default_outputs

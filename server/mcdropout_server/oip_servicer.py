@@ -14,8 +14,8 @@ from importlib import metadata
 from typing import Any
 
 import grpc
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
 from mcdropout import MCDropoutError
 from mcdropout_server import oip_codec

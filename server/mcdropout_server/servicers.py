@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
 from mcdropout_server import codec
 from mcdropout_server.drain import DrainGate

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from mcdropout.builders import build_mlp, weight_decay
+from mcdropout.engine.layers import find_stochastic_layers
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.layers import find_stochastic_layers
+from mcdropout.modeling.builders import build_mlp, weight_decay
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdropout import cli, defaults
+from mcdropout import cli
+from mcdropout.modeling import defaults
 from mcdropout.store import ModelStore
 
 

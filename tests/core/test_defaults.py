@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdropout import defaults
-from mcdropout.builders import build_mlp
 from mcdropout.errors import NotFoundError
+from mcdropout.modeling import defaults
+from mcdropout.modeling.builders import build_mlp
 from mcdropout.store import ModelInfo, ModelStore
 
 # The real recipes with a couple of epochs: same data, same code path, a fraction of the time.

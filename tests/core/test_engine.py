@@ -16,7 +16,7 @@ from mcdropout import (
     NoStochasticLayersError,
     ResourceLimitError,
 )
-from mcdropout.stats import RunningMoments
+from mcdropout.engine.stats import RunningMoments
 
 
 def _mlp(inputs: int = 8, hidden: int = 32, outputs: int = 1, rate: float = 0.2,
@@ -399,7 +399,7 @@ def test_every_mask_element_is_random_across_seeds() -> None:
     """No (pass, unit) coordinate may be fixed: e.g. pass 0 of unit 0 dropped for every seed."""
     import tensorflow as tf
 
-    from mcdropout import rng
+    from mcdropout.engine import rng
 
     seeds = range(400)
     kept = np.stack([rng.keep_mask(rng.stream_key(rng.split_seed(s), 0), tf.constant(0),

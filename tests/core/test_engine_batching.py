@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mcdropout import CancelledError, InvalidArgumentError, rng
-from mcdropout.engine import MCDropoutPredictor
+from mcdropout import CancelledError, InvalidArgumentError
+from mcdropout.engine import MCDropoutPredictor, rng
 
 FIELDS = ("mean", "std", "standard_error", "predictive_std", "predicted_class",
           "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcdropout import report
-from mcdropout.builders import build_mlp
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.evaluation import report
+from mcdropout.modeling.builders import build_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WIDTH, HEIGHT = (round(v * report.DPI) for v in report.FIGURE_INCHES)

@@ -12,22 +12,22 @@ import keras
 import numpy as np
 import pytest
 
-from mcdropout import data, training
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.modeling import tables, training
 from mcdropout.store import ModelStore
 
 FAST = training.TrainConfig(epochs=40, batch_size=32, learning_rate=1e-2, patience=40, seed=0,
                             validation_samples=50)
 
 
-def _table(x: np.ndarray, y: np.ndarray, *, classes: bool = False) -> data.Table:
+def _table(x: np.ndarray, y: np.ndarray, *, classes: bool = False) -> tables.Table:
     y = np.asarray(y, dtype=object) if classes else np.asarray(y, float).reshape(len(y), -1)
-    return data.Table(np.asarray(x, float), y, tuple(f"f{i}" for i in range(x.shape[1])),
+    return tables.Table(np.asarray(x, float), y, tuple(f"f{i}" for i in range(x.shape[1])),
                       ("target",), "synthetic", "0" * 64)
 
 
-def _sine(rows: int = 400, noise: float = 0.1, seed: int = 0) -> data.Table:
+def _sine(rows: int = 400, noise: float = 0.1, seed: int = 0) -> tables.Table:
     rng = np.random.default_rng(seed)
     x = rng.uniform(-2, 2, size=(rows, 2))
     y = 50 + 10 * (np.sin(2 * x[:, 0]) + 0.5 * x[:, 1]) + 10 * noise * rng.normal(size=rows)
@@ -35,7 +35,7 @@ def _sine(rows: int = 400, noise: float = 0.1, seed: int = 0) -> data.Table:
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[data.Table, keras.Model, training.ModelInfo]:
+def trained() -> tuple[tables.Table, keras.Model, training.ModelInfo]:
     table = _sine()
     model, info = training.train(table, FAST, "sine")
     return table, model, info
@@ -47,7 +47,7 @@ def test_loss_decreases_and_the_model_beats_a_constant_predictor(trained) -> Non
     assert run["epochs_run"] == len(run["loss"]) == len(run["val_loss"]) == 40
     assert run["loss"][-1] < 0.3 * run["loss"][0]
     val = info.provenance["validation_metrics"]
-    _, val_idx = data.split_indices(table.rows, FAST.validation_fraction, 0)
+    _, val_idx = tables.split_indices(table.rows, FAST.validation_fraction, 0)
     train_idx = np.setdiff1d(np.arange(table.rows), val_idx)
     constant_rmse = float(np.sqrt(np.mean((table.y[val_idx] - table.y[train_idx].mean()) ** 2)))
     assert val["rmse"] < 0.4 * constant_rmse
@@ -58,7 +58,7 @@ def test_metadata_describes_the_model(trained) -> None:
     table, _, info = trained
     assert info.task == "regression" and info.input_shape == (2,)
     assert info.labels == ("target",)
-    train_idx, _ = data.split_indices(table.rows, 0.2, 0)
+    train_idx, _ = tables.split_indices(table.rows, 0.2, 0)
     np.testing.assert_allclose(info.feature_mean, table.x[train_idx].mean(axis=0))
     np.testing.assert_allclose(info.feature_std, table.x[train_idx].std(axis=0))
     np.testing.assert_allclose(info.target_mean, table.y[train_idx].mean(axis=0))
@@ -76,7 +76,7 @@ def test_estimated_tau_is_the_validation_residual_variance_left_after_the_mc_spr
     # mean MC variance (kept >= 1% of the residual), on the validation rows, with the passes
     # and seed training used.
     table, model, info = trained
-    _, val_idx = data.split_indices(table.rows, FAST.validation_fraction, 0)
+    _, val_idx = tables.split_indices(table.rows, FAST.validation_fraction, 0)
     predictor = MCDropoutPredictor.from_info(model, info)
     p = predictor.predict(table.x[val_idx], 50, 0)
     assert predictor.tau is not None and info.tau is not None and info.target_std is not None
@@ -170,7 +170,7 @@ def test_train_file_saves_a_version_whose_metadata_round_trips(tmp_path: Path) -
     assert version == info.version == 1
     store = ModelStore(store_root)
     assert store.read_info("sine") == info
-    assert info.provenance["data"]["sha256"] == data.sha256_file(csv)
+    assert info.provenance["data"]["sha256"] == tables.sha256_file(csv)
     assert info.provenance["data"]["path"] == str(csv.resolve())
     assert info.provenance["data"]["features"] == ["a", "b"]
     loaded = MCDropoutPredictor.from_info(store.load_model("sine"), info)
@@ -207,58 +207,58 @@ def test_one_class_cannot_be_learned() -> None:
 def test_csv_table_and_its_errors(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("x1,x2,label\n1,2,10\n3,4,2\n5,6,10\n")
-    table = data.load_table(path, task="classification")
+    table = tables.load_table(path, task="classification")
     assert table.feature_names == ("x1", "x2") and table.target_names == ("label",)
     np.testing.assert_array_equal(table.x, [[1, 2], [3, 4], [5, 6]])
     # numeric labels sort as numbers, not as text
-    assert data.encode_labels(table.y) == (pytest.approx([1, 0, 1]), ("2", "10"))
-    reg = data.load_table(path, task="regression", target=["x1"], features=["label"])
+    assert tables.encode_labels(table.y) == (pytest.approx([1, 0, 1]), ("2", "10"))
+    reg = tables.load_table(path, task="regression", target=["x1"], features=["label"])
     np.testing.assert_array_equal(reg.y, [[1], [3], [5]])
     with pytest.raises(InvalidArgumentError, match=r"has no column 'nope'; its columns: "):
-        data.load_table(path, task="regression", target=["nope"])
+        tables.load_table(path, task="regression", target=["nope"])
     path.write_text("x1,x2,y\n1,2,3\n1,oops,3\n")
     with pytest.raises(InvalidArgumentError,
                        match=r"line 3 column 'x2': expected a finite number, got 'oops'"):
-        data.load_table(path, task="regression")
+        tables.load_table(path, task="regression")
     path.write_text("1,2,3\n4,5,6\n")
     with pytest.raises(InvalidArgumentError, match="must start with a header line"):
-        data.load_table(path, task="regression")
+        tables.load_table(path, task="regression")
     with pytest.raises(InvalidArgumentError, match=r"must end in .csv or .npz, got"):
-        data.load_table(tmp_path / "d.txt", task="regression")
+        tables.load_table(tmp_path / "d.txt", task="regression")
 
 
 def test_npz_table(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, x=np.arange(6.0).reshape(3, 2), y=np.array([2, 0, 2]))
-    table = data.load_table(path, task="classification")
-    assert data.encode_labels(table.y)[1] == ("0", "2")
-    assert data.load_table(path, task="regression").y.shape == (3, 1)
+    table = tables.load_table(path, task="classification")
+    assert tables.encode_labels(table.y)[1] == ("0", "2")
+    assert tables.load_table(path, task="regression").y.shape == (3, 1)
     np.savez(path, x=np.zeros((3, 2)))
     with pytest.raises(InvalidArgumentError, match=r"has no array 'y'; it holds \['x'\]"):
-        data.load_table(path, task="regression")
+        tables.load_table(path, task="regression")
 
 
 def test_inputs_from_labelled_or_bare_files(tmp_path: Path) -> None:
     labelled = tmp_path / "l.csv"
     labelled.write_text("b,y,a\n1,9,2\n3,9,4\n")
     np.testing.assert_array_equal(
-        data.load_inputs(labelled, feature_names=["a", "b"], n_features=2), [[2, 1], [4, 3]])
+        tables.load_inputs(labelled, feature_names=["a", "b"], n_features=2), [[2, 1], [4, 3]])
     bare = tmp_path / "b.csv"
     bare.write_text("1,2\n3,4\n")
-    np.testing.assert_array_equal(data.load_inputs(bare, n_features=2), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(tables.load_inputs(bare, n_features=2), [[1, 2], [3, 4]])
     with pytest.raises(InvalidArgumentError, match="has 2 columns; the model takes 3"):
-        data.load_inputs(bare, n_features=3)
+        tables.load_inputs(bare, n_features=3)
     np.save(tmp_path / "x.npy", np.ones((2, 3), "float32"))
-    assert data.load_inputs(tmp_path / "x.npy").dtype == np.float32
+    assert tables.load_inputs(tmp_path / "x.npy").dtype == np.float32
 
 
 def test_standardization_and_split() -> None:
     values = np.array([[1.0, 5.0], [3.0, 5.0]])
-    mean, std = data.standardization(values)
+    mean, std = tables.standardization(values)
     np.testing.assert_array_equal(mean, [2.0, 5.0])
     np.testing.assert_array_equal(std, [1.0, 1.0])  # the constant column keeps std 1
-    train, val = data.split_indices(10, 0.2, seed=3)
+    train, val = tables.split_indices(10, 0.2, seed=3)
     assert len(val) == 2 and sorted([*train, *val]) == list(range(10))
-    np.testing.assert_array_equal(val, data.split_indices(10, 0.2, seed=3)[1])
+    np.testing.assert_array_equal(val, tables.split_indices(10, 0.2, seed=3)[1])
     with pytest.raises(InvalidArgumentError, match="need at least 2 training rows"):
-        data.split_indices(2, 0.5, seed=0)
+        tables.split_indices(2, 0.5, seed=0)

@@ -10,22 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdropout import cli, data, tuning
+from mcdropout import cli
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.modeling import tables, tuning
+from mcdropout.modeling.training import TrainConfig
 from mcdropout.store import ModelStore
-from mcdropout.training import TrainConfig
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NOISE = 0.5
 
 
-def linear_table(tmp_path: Path, rows: int = 300) -> tuple[Path, data.Table]:
+def linear_table(tmp_path: Path, rows: int = 300) -> tuple[Path, tables.Table]:
     rng = np.random.default_rng(0)
     x = rng.uniform(-2, 2, size=rows)
     y = x + rng.normal(0, NOISE, size=rows)
     path = tmp_path / "linear.csv"
     np.savetxt(path, np.column_stack([x, y]), delimiter=",", header="x,y", comments="")
-    return path, data.load_table(path, task="regression")
+    return path, tables.load_table(path, task="regression")
 
 
 def test_regression_grid_picks_the_true_noise_precision(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_classification_grid_picks_the_weight_decay_that_lets_it_learn(tmp_path:
     x = rng.normal(size=(200, 2)) + 3.0 * labels[:, None]
     path = tmp_path / "blobs.npz"
     np.savez(path, x=x, y=labels)
-    table = data.load_table(path, task="classification")
+    table = tables.load_table(path, task="classification")
     config = TrainConfig(task="classification", epochs=10, batch_size=64, learning_rate=0.01,
                          patience=10, seed=3, validation_samples=30)
     _, info, result = tuning.grid_search(table, config, "blobs", dropout_rates=[0.1, 0.2],

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcdropout import cli, gridfit, uci
+from mcdropout import cli
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError, NotFoundError
+from mcdropout.evaluation import uci
+from mcdropout.modeling import gridfit
 
 UCI_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 
 SERVER_TESTS = Path(__file__).resolve().parent.parent / "server"
 sys.path.insert(0, str(SERVER_TESTS))  # server_testkit, imported by the fixtures below

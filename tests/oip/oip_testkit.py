@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 from mcdropout_client import tensors
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_server.oip_codec import DATATYPES
 
 DATATYPE_OF = {tensors.enum_to_dtype(enum): name for name, (enum, _) in DATATYPES.items()}

@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 from mcdropout_client import tensors as wire
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from oip_testkit import infer_request
 from server_testkit import LIMITS, MAX_SAMPLES, reg_inputs
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mcdropout_client import Client
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import InferenceServicer

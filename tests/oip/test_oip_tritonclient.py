@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 from mcdropout_client import Client
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.errors import ClientError
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from server_testkit import MAX_SAMPLES, cls_inputs, reg_inputs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from mcdropout_client import Client, tensors
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc
 from mcdropout_server.app import ServerApp, ServerThread
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import (

@@ -23,7 +23,7 @@ from mcdropout_server.registry import ModelRegistry
 from mcdropout_server.settings import ServerSettings, _meta, env_name
 from server_testkit import MCDROPOUT, cls_inputs, serve_process, settings
 
-import mcdropout.defaults
+import mcdropout.modeling.defaults
 
 # The variables the deployment docs promise; the help must list each of them.
 DOCUMENTED = ("MCDROPOUT_MODEL_ROOT", "MCDROPOUT_HOST", "MCDROPOUT_PORT", "MCDROPOUT_METRICS_PORT",
@@ -94,7 +94,7 @@ def test_describe_prints_every_setting_and_masks_secrets() -> None:
 
 def test_no_model_root_serves_the_default_store(store_root: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mcdropout.defaults, "ensure_default_store", lambda root=None: store_root)
+    monkeypatch.setattr(mcdropout.modeling.defaults, "ensure_default_store", lambda root=None: store_root)
     loaded = load_registry(settings(model_root=None))
     assert loaded.names() == ["cls", "reg"] and loaded.versions("reg") == [1, 2]
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from mcdropout_client import Client
 from mcdropout_client import tensors as wire
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.errors import InvalidArgument, NotFound, ResourceExhausted
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import LIMITS, MAX_MESSAGE_BYTES, MAX_SAMPLES, cls_inputs, reg_inputs
 

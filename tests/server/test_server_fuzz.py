@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from mcdropout_client import tensors as wire
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_server import codec
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import CLS_FEATURES, REG_FEATURES, reg_inputs

@@ -17,9 +17,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mcdropout_client import Client
 from mcdropout_client import tensors as wire
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 from mcdropout_client.errors import DeadlineExceeded
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 from mcdropout_server.app import SERVICE_NAME, ServerApp, ServerThread
 from mcdropout_server.registry import Limits, ModelRegistry
 from prometheus_client.parser import text_string_to_metric_families

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mcdropout_client import AsyncClient, Client
 from mcdropout_client import tensors as wire
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from server_testkit import CLASSES, LIMITS, MAX_SAMPLES, cls_inputs, predictor, reg_inputs
 
 CLASSIFIER_OUTPUTS = ["mean", "std", "standard_error", "predicted_class", "predictive_entropy",

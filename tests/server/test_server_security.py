@@ -25,9 +25,9 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mcdropout_client import Client
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as oip
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from mcdropout_client.errors import PermissionDenied, Unauthenticated, Unavailable
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from mcdropout_server.app import ServerApp, ServerThread, load_registry
 from mcdropout_server.registry import ModelRegistry
 from mcdropout_server.security import SecurityConfigError, TokenAuthInterceptor, refresh_tokens

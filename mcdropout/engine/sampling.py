@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mcdropout import stats
+from mcdropout.engine import stats
 from mcdropout.errors import CancelledError
 
 # run_chunk(rows of the block, its frontier, first pass, passes) -> (passes, rows, outputs) float32

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as mcdropout_dot_v1_dot_mcdropout__pb2
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as mcdropout_dot_v1_dot_mcdropout__pb2
 
 GRPC_GENERATED_VERSION = '1.75.1'
 GRPC_VERSION = grpc.__version__

@@ -16,7 +16,7 @@ Monte Carlo dropout outputs and request parameters map onto it is in docs/oip.md
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as _grpc_predict_v2_pb2
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as _grpc_predict_v2_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

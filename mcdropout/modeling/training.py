@@ -1,10 +1,10 @@
 """Training an MC dropout MLP on a table and writing it, with full metadata, into the model store.
 
 The recipe: a seeded train/validation split; features (and regression targets) standardised with
-the training rows' statistics; the standard MC dropout MLP (:func:`mcdropout.builders.build_mlp`)
+the training rows' statistics; the standard MC dropout MLP (:func:`mcdropout.modeling.builders.build_mlp`)
 fitted with Adam and early stopping on the validation loss (best weights restored); for regression
 without a given tau, the noise precision estimated from the validation residuals of the MC mean;
-and the validation metrics of :func:`mcdropout.metrics.evaluate` recorded in the provenance.
+and the validation metrics of :func:`mcdropout.evaluation.scores.evaluate` recorded in the provenance.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout import builders, data, metrics
+from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.prediction import Task
+from mcdropout.evaluation import scores
+from mcdropout.modeling import builders, tables
 from mcdropout.store import ModelInfo, ModelStore, validate_name
 
 # The noise variance estimate keeps at least this share of the validation residual variance: with
@@ -74,14 +75,14 @@ class TrainConfig:
     verbose: int = 0
 
 
-def train(table: data.Table, config: TrainConfig, name: str, *, description: str = "",
+def train(table: tables.Table, config: TrainConfig, name: str, *, description: str = "",
           extra_provenance: dict[str, Any] | None = None) -> tuple[Any, ModelInfo]:
     """Train an MC dropout MLP on ``table``.
 
     Note that this seeds the global Python, numpy and TensorFlow generators.
 
     Args:
-        table: The labelled data (see :func:`mcdropout.data.load_table`).
+        table: The labelled data (see :func:`mcdropout.modeling.tables.load_table`).
         config: Hyper-parameters.
         name: The model's name in the store.
         description: Free text for the metadata.
@@ -98,11 +99,11 @@ def train(table: data.Table, config: TrainConfig, name: str, *, description: str
     validate_name(name)
     _check_config(config)
     seed = config.seed if config.seed is not None else secrets.randbits(31)
-    train_idx, val_idx = data.split_indices(table.rows, config.validation_fraction, seed)
-    x_mean, x_std = data.standardization(table.x[train_idx])
+    train_idx, val_idx = tables.split_indices(table.rows, config.validation_fraction, seed)
+    x_mean, x_std = tables.standardization(table.x[train_idx])
     x_std_all = (table.x - x_mean) / x_std
     if config.task == "classification":
-        y_all, labels = data.encode_labels(table.y)
+        y_all, labels = tables.encode_labels(table.y)
         if len(labels) < 2:
             raise InvalidArgumentError(
                 f"classification needs at least 2 classes in {table.target_names[0]!r}, "
@@ -113,7 +114,7 @@ def train(table: data.Table, config: TrainConfig, name: str, *, description: str
         output_dim = 1 if len(labels) == 2 else len(labels)
     else:
         y_all, labels = table.y, table.target_names
-        y_mean, y_std = data.standardization(table.y[train_idx])
+        y_mean, y_std = tables.standardization(table.y[train_idx])
         y_fit = ((table.y - y_mean) / y_std).astype(np.float32)
         output_dim = table.y.shape[1]
 
@@ -142,7 +143,7 @@ def train(table: data.Table, config: TrainConfig, name: str, *, description: str
     from mcdropout.engine import MCDropoutPredictor
 
     predictor = MCDropoutPredictor.from_info(model, info)
-    validation = metrics.evaluate(predictor, table.x[val_idx], y_all[val_idx],
+    validation = scores.evaluate(predictor, table.x[val_idx], y_all[val_idx],
                                   samples=config.validation_samples, seed=seed)
     losses = history.history
     best = int(np.argmin(losses["val_loss"]))
@@ -198,7 +199,7 @@ def train_file(path: str | Path, config: TrainConfig, *, name: str, model_root: 
     """Train on a CSV/NPZ file and save the model as a new version in a store.
 
     Args:
-        path: The data (see :func:`mcdropout.data.load_table`).
+        path: The data (see :func:`mcdropout.modeling.tables.load_table`).
         config: Hyper-parameters.
         name: Model name in the store.
         model_root: The store's root directory.
@@ -209,7 +210,7 @@ def train_file(path: str | Path, config: TrainConfig, *, name: str, model_root: 
         (the new version number, its ModelInfo).
     """
     validate_name(name)
-    table = data.load_table(Path(path).resolve(), task=config.task, target=target)
+    table = tables.load_table(Path(path).resolve(), task=config.task, target=target)
     model, info = train(table, config, name, description=description)
     version = ModelStore(model_root).save(model, info)
     return version, replace(info, version=version)

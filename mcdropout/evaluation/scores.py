@@ -224,7 +224,7 @@ def predict_chunked(predictor: Any, x: np.ndarray, samples: int | None = None,
 def _concatenate(parts: list[Any]) -> Any:
     from dataclasses import fields, replace
 
-    from mcdropout.prediction import Interval
+    from mcdropout.engine.prediction import Interval
 
     merged: dict[str, Any] = {}
     for f in fields(parts[0]):

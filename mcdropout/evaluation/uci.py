@@ -11,8 +11,8 @@ the target's original units, where (as in the published code) the grid's tau is 
 those units. Results are the mean and standard error over the splits.
 
 This module reads the benchmark's files (it downloads nothing), runs the protocol with
-:mod:`mcdropout.gridfit` for training and the production :class:`~mcdropout.MCDropoutPredictor`
-for the test passes. :mod:`mcdropout.uci_cli` writes the reports and adds the
+:mod:`mcdropout.modeling.gridfit` for training and the production :class:`~mcdropout.MCDropoutPredictor`
+for the test passes. :mod:`mcdropout.evaluation.uci_cli` writes the reports and adds the
 ``mcdropout benchmark uci`` command.
 """
 
@@ -27,8 +27,9 @@ from typing import Literal
 
 import numpy as np
 
-from mcdropout import builders, data, gridfit, metrics
 from mcdropout.errors import InvalidArgumentError, NotFoundError
+from mcdropout.evaluation import scores
+from mcdropout.modeling import builders, gridfit, tables
 
 # Gal & Ghahramani (2016), Table 1, MC dropout column, for the six data sets we hold:
 # RMSE, its SE, test log-likelihood, its SE (20 splits).
@@ -214,7 +215,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
     """Run the protocol over the first ``protocol.splits`` splits (all by default).
 
     The grid networks of every split are trained together, and so are the retrained ones (see
-    :mod:`mcdropout.gridfit`); a split's result therefore depends on the seed and on how many
+    :mod:`mcdropout.modeling.gridfit`); a split's result therefore depends on the seed and on how many
     splits run with it, and is reproducible for a given pair.
 
     Args:
@@ -268,13 +269,13 @@ def run(dataset: UCIDataset, protocol: Protocol,
             feature_mean=scaled.x_mean, feature_std=scaled.x_std, target_mean=scaled.y_mean,
             target_std=scaled.y_std, max_samples=max(protocol.samples, 10_000),
             default_samples=protocol.samples)
-        scores = metrics.evaluate(predictor, dataset.x[test], dataset.y[test],
+        measured = scores.evaluate(predictor, dataset.x[test], dataset.y[test],
                                   samples=protocol.samples, seed=_seed(protocol, i),
                                   level=INTERVAL_LEVEL)
         results.append(SplitResult(
-            split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=scores["rmse"],
-            test_ll=scores["mc_log_likelihood"], picp=scores["picp"],
-            interval_width=scores["mean_interval_width"], grid=tuple(grids[i])))
+            split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=measured["rmse"],
+            test_ll=measured["mc_log_likelihood"], picp=measured["picp"],
+            interval_width=measured["mean_interval_width"], grid=tuple(grids[i])))
         r = results[-1]
         say(f"{dataset.name} split {i}: p={r.dropout:g} tau={r.tau:g} RMSE {r.rmse:.3f} "
             f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}")
@@ -300,8 +301,8 @@ class _Scaled:
     @classmethod
     def of(cls, dataset: UCIDataset, rows: np.ndarray) -> _Scaled:
         x, y = dataset.x[rows], dataset.y[rows]
-        x_mean, x_std = data.standardization(x)
-        y_mean, y_std = data.standardization(y)
+        x_mean, x_std = tables.standardization(x)
+        y_mean, y_std = tables.standardization(y)
         return cls((x - x_mean) / x_std, (y - y_mean) / y_std, x_mean, x_std, y_mean, y_std)
 
 
@@ -317,7 +318,7 @@ def _score_grid(stack: gridfit.MLPStack, scaled: _Scaled, x_val: np.ndarray, y_v
             + scaled.y_mean
         y = y_val[lo:lo + rows]
         for i, (_, tau) in enumerate(settings):
-            ll[i] += metrics.mc_log_likelihood(y, samples[i], tau) * len(y)
+            ll[i] += scores.mc_log_likelihood(y, samples[i], tau) * len(y)
             sq_error[i] += np.sum((samples[i].mean(axis=0) - y) ** 2)
     return [GridPoint(p, tau, float(ll[i] / len(x_val)), float(np.sqrt(sq_error[i] / len(x_val))))
             for i, (p, tau) in enumerate(settings)]

@@ -2,7 +2,7 @@
 
 The grid is the dropout rate p crossed with either the noise precision tau (regression; it also
 sets the weight decay through ``l**2 (1 - p) / (2 N tau)``) or an explicit weight decay (either
-task). Every point is trained with :func:`mcdropout.training.train`, the recipe of
+task). Every point is trained with :func:`mcdropout.modeling.training.train`, the recipe of
 ``mcdropout train``, on the same seeded train/validation split, and scored on the validation rows:
 regression by the MC-mixture log-likelihood (higher is better), classification by the negative
 log-likelihood (lower is better). The best model goes into the store with the whole grid in its
@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mcdropout import data, report, training
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.evaluation import report
+from mcdropout.modeling import tables, training
 from mcdropout.store import ModelInfo, ModelStore, validate_name
 
 DEFAULT_DROPOUT_RATES = (0.01, 0.05, 0.1, 0.2)
@@ -39,7 +40,7 @@ class GridPoint:
             has no tau) as estimated after training; None for classification.
         weight_decay: The L2 coefficient the network was trained with.
         score: The selection metric on the validation rows.
-        validation: Every validation metric (see :func:`mcdropout.metrics.evaluate`).
+        validation: Every validation metric (see :func:`mcdropout.evaluation.scores.evaluate`).
         epochs_run: Epochs before early stopping ended training.
     """
 
@@ -79,7 +80,7 @@ class TuningResult:
                 for i, p in enumerate(self.points)]
 
 
-def grid_search(table: data.Table, config: training.TrainConfig, name: str, *,
+def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
                 dropout_rates: Sequence[float] = DEFAULT_DROPOUT_RATES,
                 taus: Sequence[float] | None = None,
                 weight_decays: Sequence[float] | None = None, description: str = "",
@@ -88,7 +89,7 @@ def grid_search(table: data.Table, config: training.TrainConfig, name: str, *,
     """Train every grid setting and keep the one with the best validation score.
 
     Args:
-        table: The labelled data (see :func:`mcdropout.data.load_table`).
+        table: The labelled data (see :func:`mcdropout.modeling.tables.load_table`).
         config: Everything but the grid's settings (task, layers, epochs, split, seed...); its
             ``dropout`` and ``tau`` are replaced per point. ``config.seed`` None draws one seed
             for the whole grid, so every point sees the same split.
@@ -106,12 +107,12 @@ def grid_search(table: data.Table, config: training.TrainConfig, name: str, *,
 
     Raises:
         InvalidArgumentError: an empty or out-of-range grid, taus with weight decays, taus for
-            classification, or anything :func:`mcdropout.training.train` rejects.
+            classification, or anything :func:`mcdropout.modeling.training.train` rejects.
     """
     validate_name(name)
     rates, taus, decays = _check_grid(config.task, dropout_rates, taus, weight_decays)
     seed = config.seed if config.seed is not None else secrets.randbits(31)
-    train_rows = len(data.split_indices(table.rows, config.validation_fraction, seed)[0])
+    train_rows = len(tables.split_indices(table.rows, config.validation_fraction, seed)[0])
     regression = config.task == "regression"
     metric = "mc_log_likelihood" if regression else "nll"
     points: list[GridPoint] = []
@@ -261,7 +262,7 @@ def _main(args: argparse.Namespace) -> int:
         task=args.task, hidden=tuple(args.hidden), epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience,
         validation_fraction=args.validation_fraction, seed=args.seed)
-    table = data.load_table(args.data.resolve(), task=args.task, target=args.target)
+    table = tables.load_table(args.data.resolve(), task=args.task, target=args.target)
 
     def show(point: GridPoint) -> None:
         tau = "" if point.tau is None else f" tau={point.tau:.4g}"

@@ -18,8 +18,8 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.prediction import Task
 
 TASKS: tuple[Task, ...] = ("regression", "classification")
 

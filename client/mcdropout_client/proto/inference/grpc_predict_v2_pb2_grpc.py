@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from mcdropout_client._proto.inference import grpc_predict_v2_pb2 as inference_dot_grpc__predict__v2__pb2
+from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as inference_dot_grpc__predict__v2__pb2
 
 GRPC_GENERATED_VERSION = '1.75.1'
 GRPC_VERSION = grpc.__version__

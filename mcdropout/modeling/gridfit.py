@@ -4,7 +4,7 @@ A grid search over the dropout rate p and the precision tau trains a dozen small
 benchmark repeats that on 20 splits. Trained one by one, each Adam step of a 50-unit network costs
 far more in dispatch than in arithmetic; here M networks are stacked along a leading axis and
 trained by one compiled graph, so a step of all of them costs little more than a step of one.
-Each network still follows the Keras recipe of :func:`mcdropout.builders.build_mlp` exactly:
+Each network still follows the Keras recipe of :func:`mcdropout.modeling.builders.build_mlp` exactly:
 Glorot-uniform kernels, zero biases, inverted dropout on the inputs and after each hidden layer,
 mean squared error plus the L2 penalty ``weight_decay * sum(kernel**2)`` on every kernel, Adam
 (Keras defaults), and its own shuffle of its rows each epoch in mini-batches (the last one
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout import builders
+from mcdropout.engine.tracing import expect_retracing
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.tracing import expect_retracing
+from mcdropout.modeling import builders
 
 # Each mc_samples call compiles its own sampler around that stack's weights, on purpose.
 expect_retracing("MLPStack.mc_samples")
@@ -126,7 +126,7 @@ class MLPStack:
         return np.concatenate(parts, axis=1)
 
     def to_keras(self, index: int, *, learning_rate: float = 1e-3) -> Any:
-        """Network ``index`` as the Keras model of :func:`mcdropout.builders.build_mlp`."""
+        """Network ``index`` as the Keras model of :func:`mcdropout.modeling.builders.build_mlp`."""
         if not 0 <= index < self.size:
             raise InvalidArgumentError(f"index must be in 0..{self.size - 1}, got {index}")
         model = builders.build_mlp(
@@ -153,7 +153,7 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
             shared; (M, rows) or (M, rows, outputs) per network.
         dropout: Dropout rate of each network, each in (0, 1).
         weight_decay: L2 coefficient of each network (same length), each >= 0; see
-            :func:`mcdropout.builders.weight_decay`.
+            :func:`mcdropout.modeling.builders.weight_decay`.
         hidden: Hidden layer widths (ReLU), at least one.
         epochs: Passes over the rows, >= 1.
         batch_size: Rows per Adam step, >= 1.

@@ -1,6 +1,6 @@
 """The built-in default models, trained on first use from data shipped in the package.
 
-Two small real data sets ship in ``mcdropout/data/`` (see its README for source and licence):
+Two small real data sets ship in ``mcdropout/modeling/data/`` (see its README for source and licence):
 diabetes (regression, 442 rows) and iris (classification, 150 rows). Every 10th row of each is
 held out as a test set that training never sees; the demo predicts those rows. Nothing is
 downloaded: the first call trains (seeded, seconds on a laptop CPU) and later calls find the
@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout import data, metrics, training
+from mcdropout.evaluation import scores
+from mcdropout.modeling import tables, training
 from mcdropout.store import ModelInfo, ModelStore
 
 log = logging.getLogger(__name__)
@@ -125,20 +126,20 @@ def train_default(spec: DefaultModel) -> tuple[Any, ModelInfo]:
     model, info = training.train(table.take(train_rows), spec.config, spec.name,
                                  description=spec.description)
     test = table.take(test_rows)
-    y = data.encode_labels(test.y, info.labels)[0] if info.task == "classification" else test.y
-    test_metrics = metrics.evaluate(MCDropoutPredictor.from_info(model, info), test.x, y,
+    y = tables.encode_labels(test.y, info.labels)[0] if info.task == "classification" else test.y
+    test_metrics = scores.evaluate(MCDropoutPredictor.from_info(model, info), test.x, y,
                                     seed=spec.config.seed)
     default = {"revision": REVISION, "test_rows": f"every {TEST_EVERY}th row from row 0",
                "test_metrics": test_metrics}
     return model, replace(info, provenance={**info.provenance, "default_model": default})
 
 
-def load_default_table(spec: DefaultModel) -> data.Table:
+def load_default_table(spec: DefaultModel) -> tables.Table:
     """The shipped data set of a default model."""
-    return data.load_table(DATA_DIR / spec.file, task=spec.config.task, target=[spec.target])
+    return tables.load_table(DATA_DIR / spec.file, task=spec.config.task, target=[spec.target])
 
 
-def held_out(table: data.Table) -> tuple[np.ndarray, np.ndarray]:
+def held_out(table: tables.Table) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) row indices: every ``TEST_EVERY``-th row, from row 0, is a test row."""
     index = np.arange(table.rows)
     return index[index % TEST_EVERY != 0], index[index % TEST_EVERY == 0]

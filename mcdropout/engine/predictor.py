@@ -23,25 +23,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdropout import sampling
-from mcdropout.errors import (
-    CancelledError,
-    InvalidArgumentError,
-    NoStochasticLayersError,
-    ResourceLimitError,
-)
-from mcdropout.graph import split_model
-from mcdropout.layers import (
+from mcdropout.engine import sampling
+from mcdropout.engine.layers import (
     PassWindow,
     StochasticLayer,
     find_stochastic_layers,
     is_mask_layer,
     mc_mode,
 )
-from mcdropout.prediction import Prediction, Task
+from mcdropout.engine.prediction import Prediction, Task
+from mcdropout.engine.split import split_model
+from mcdropout.engine.summary import OutputSpace
+from mcdropout.engine.tracing import expect_retracing
+from mcdropout.errors import (
+    CancelledError,
+    InvalidArgumentError,
+    NoStochasticLayersError,
+    ResourceLimitError,
+)
 from mcdropout.store import ModelInfo, as_array
-from mcdropout.summary import OutputSpace
-from mcdropout.tracing import expect_retracing
 
 MAX_INTERVAL_LEVELS = 16
 _SEED_LIMIT = 2**64

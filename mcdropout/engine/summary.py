@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout import stats
-from mcdropout.prediction import Interval, Prediction, Task
-from mcdropout.sampling import PassStats
+from mcdropout.engine import stats
+from mcdropout.engine.prediction import Interval, Prediction, Task
+from mcdropout.engine.sampling import PassStats
 
 
 @dataclass(frozen=True)

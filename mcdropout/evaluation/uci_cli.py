@@ -1,6 +1,6 @@
 """The ``mcdropout benchmark uci`` command and its JSON, CSV and text reports.
 
-The protocol itself lives in :mod:`mcdropout.uci`.
+The protocol itself lives in :mod:`mcdropout.evaluation.uci`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mcdropout import uci
+from mcdropout.evaluation import uci
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

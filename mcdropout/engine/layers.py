@@ -1,7 +1,7 @@
 """The dropout family: finding stochastic layers and running them in Monte Carlo mode.
 
 In MC mode only these layers are random; every other layer (BatchNormalization included) runs in
-inference mode. Masks come from :mod:`mcdropout.rng`, one per pass, shared by all rows of the
+inference mode. Masks come from :mod:`mcdropout.engine.rng`, one per pass, shared by all rows of the
 request: each row still sees exactly the distribution of ordinary dropout, while the answer for a
 row cannot depend on which other rows share its batch. A merged batch of several requests
 (:class:`PassWindow` with ``segments``) gives each row the masks of its own request's seed, so
@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from mcdropout import rng
+from mcdropout.engine import rng
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946

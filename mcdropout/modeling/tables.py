@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.prediction import Task
 
 PathLike = str | os.PathLike[str]
 # A constant column has std 0; dividing by it would turn every value into NaN or Inf.

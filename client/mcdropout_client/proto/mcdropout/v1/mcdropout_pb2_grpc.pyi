@@ -12,7 +12,7 @@ each field says its units and limits.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from mcdropout_client._proto.mcdropout.v1 import mcdropout_pb2 as _mcdropout_pb2
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as _mcdropout_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

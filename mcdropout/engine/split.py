@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdropout.layers import contains_stochastic
+from mcdropout.engine.layers import contains_stochastic
 
 
 @dataclass(frozen=True)

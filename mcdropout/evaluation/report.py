@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout import metrics
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.evaluation import scores
 
 # Nominal coverages of the calibration curve: ten evenly spaced levels.
 CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
@@ -46,7 +46,7 @@ def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.nda
         samples: MC passes T; None uses the predictor's default.
         seed: Dropout seed (None draws one).
         metrics_table: Metric name -> value shown on the page (e.g. from
-            :func:`mcdropout.metrics.evaluate`).
+            :func:`mcdropout.evaluation.scores.evaluate`).
         title: Page heading, e.g. "diabetes v3 on test.csv".
 
     Returns:
@@ -86,7 +86,7 @@ def coverage_curve(y: np.ndarray, intervals: Sequence[tuple[np.ndarray, np.ndarr
     Returns:
         One share in [0, 1] per pair, float64.
     """
-    return np.array([metrics.interval_coverage(y, lo, hi) for lo, hi in intervals])
+    return np.array([scores.interval_coverage(y, lo, hi) for lo, hi in intervals])
 
 
 def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | Path, *,
@@ -210,7 +210,7 @@ def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
     ax.bar(centres[used], hits[used] / count[used], width=1.0 / RELIABILITY_BINS,
            edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="ideal")
-    ece = metrics.expected_calibration_error(labels, probs, bins=RELIABILITY_BINS)
+    ece = scores.expected_calibration_error(labels, probs, bins=RELIABILITY_BINS)
     ax.set_xlabel("confidence (largest mean class probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
@@ -243,7 +243,7 @@ def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
 # -- helpers ---------------------------------------------------------------------------------------
 def _predict(predictor: Any, x: np.ndarray, samples: int | None, seed: int | None,
              levels: Sequence[float]) -> dict[str, Any]:
-    p = metrics.predict_chunked(predictor, x, samples, seed, interval_levels=levels)
+    p = scores.predict_chunked(predictor, x, samples, seed, interval_levels=levels)
     return {"mean": p.mean, "std": p.std, "predictive_std": p.predictive_std,
             "mutual_information": p.mutual_information,
             "intervals": [(i.lower, i.upper) for i in p.intervals]}

@@ -1,0 +1,2 @@
+"""Building and training MC dropout models: the standard MLP, training into the store, the
+built-in default models, reading tables, and hyper-parameter search (``mcdropout tune``)."""
