@@ -205,6 +205,11 @@ def standard_normal(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, un
     return row_normal(*_pass_rows(key, first_pass, passes), units, dtype)
 
 
+def seed_words(seed: int) -> tuple[int, int]:
+    """A 64-bit seed as the (low, high) uint32 pair the functions above take as ``seed``."""
+    return seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+
+
 def split_seed(seed: int) -> tf.Tensor:
     """A 64-bit seed as the uint32 pair the functions above take."""
-    return tf.constant([seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF], dtype=tf.uint32)
+    return tf.constant(seed_words(seed), dtype=tf.uint32)
