@@ -164,6 +164,8 @@ class ServerApp:
 
     async def _models_changed(self, report: ReloadReport) -> None:
         names = set(self.registry.names())
+        # Before health says SERVING. Removed models keep their label (see add_models).
+        self.metrics.add_models(names)
         for name in names - self._model_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         for name in self._model_names - names:

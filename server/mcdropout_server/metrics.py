@@ -26,7 +26,8 @@ class ServerMetrics:
     """The server's counters, histograms and gauge.
 
     Args:
-        models: Names of the served models; any other model label is recorded as "_unknown".
+        models: Names of the served models; any other model label is recorded as "_unknown"
+            until :meth:`add_models` adds it (a reload that serves a new model).
     """
 
     def __init__(self, models: Iterable[str] = ()) -> None:
@@ -66,8 +67,18 @@ class ServerMetrics:
             "queue wait).", ["reason"], registry=self.registry)
         self._http: Any = None
 
+    def add_models(self, models: Iterable[str]) -> None:
+        """Give ``models`` (names now served, e.g. after a reload) labels of their own.
+
+        Names are only ever added: a model a reload stopped serving keeps its label, so its
+        series stay (Prometheus counters must not vanish mid-run) and a later request for it is
+        still counted under its name. The set stays bounded by the names the store ever served.
+        Call from one thread at a time; readers in other threads see the old or the new set.
+        """
+        self._models = self._models | frozenset(models)
+
     def model_label(self, model: str) -> str:
-        """``model`` if it is served, else "_unknown"."""
+        """``model`` if it is or was served, else "_unknown"."""
         return model if model in self._models else UNKNOWN_MODEL
 
     def observe_rpc(self, model: str, method: str, code: str, seconds: float) -> None:

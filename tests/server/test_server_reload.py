@@ -14,9 +14,11 @@ import shutil
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,11 @@ import numpy as np
 import pytest
 from mcdropout_client import Client
 from mcdropout_client.errors import ClientError, NotFound
-from mcdropout_server.app import ServerThread
+from mcdropout_server.app import ServerApp, ServerThread
 from mcdropout_server.registry import LoadOptions, ModelRegistry, ModelSource
 from mcdropout_server.reload import ModelReloader
 from mcdropout_server.settings import ServerSettings
+from prometheus_client.parser import text_string_to_metric_families
 from server_testkit import (
     LIMITS,
     REG_INFO,
@@ -197,6 +200,30 @@ def test_broken_new_versions_are_rejected_and_the_old_one_keeps_serving(
         assert [s.versions for s in client.models() if s.name == "reg"] == [(1, 2, 5)]
         with pytest.raises(NotFound, match="available versions: \\[1, 2, 5\\]"):
             client.predict(reg_inputs(1), model="reg", version=3)
+
+
+def requests_by_model(app: ServerApp, method: str = "Predict") -> dict[str, float]:
+    """The server's mcdropout_requests_total for ``method`` with code OK, by model label."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{app.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.labels["model"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "mcdropout_requests_total"
+            and s.labels["method"] == method and s.labels["code"] == "OK"}
+
+
+def test_metrics_count_a_model_added_by_reload_under_its_own_name(
+        watched: ServerThread, live_store: Path) -> None:
+    with Client(f"127.0.0.1:{watched.app.port}", retries=0) as client:
+        with pytest.raises(NotFound):
+            client.predict(reg_inputs(1), model="fresh")  # not served yet: "_unknown"
+        ModelStore(live_store).save(regression(4), replace(REG_INFO, name="fresh"))
+        wait_for(lambda: client.health("fresh") == "SERVING")
+        before = requests_by_model(watched.app)
+        for _ in range(2):
+            assert client.predict(reg_inputs(3), model="fresh", samples=5).version == 1
+        after = requests_by_model(watched.app)
+    assert after.get("fresh", 0) - before.get("fresh", 0) == 2
+    assert after.get("_unknown", 0) == before.get("_unknown", 0)
 
 
 # -- the reloader on its own -----------------------------------------------------------------------
