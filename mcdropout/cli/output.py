@@ -1,0 +1,72 @@
+"""How the ``mcdropout`` command prints predictions and metrics: text lines and JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def header(info: Any, prediction: Any) -> str:
+    """The line above a prediction's rows: model, passes, seed and what each row shows."""
+    spread = ("mean ± predictive std (MC spread and noise 1/tau)"
+              if prediction.predictive_std is not None else "mean ± MC std")
+    what = spread if info.task == "regression" else "class, probability, entropy, MI (nats)"
+    return (f"{info.name} v{info.version}: {prediction.samples} MC dropout passes, "
+            f"seed {prediction.seed}; {what}")
+
+
+def prediction_lines(prediction: Any, info: Any, truth: np.ndarray | None = None) -> list[str]:
+    """One line a row: the class, its probability, entropy and MI (classification), or each
+    target's mean ± spread with its interval (regression); ``truth`` beside them if given."""
+    lines = []
+    interval = prediction.intervals[0] if prediction.intervals else None
+    for i in range(prediction.rows):
+        if info.task == "classification":
+            k = int(prediction.predicted_class[i])
+            label = info.labels[k] if k < len(info.labels) else str(k)
+            text = (f"row {i}: {label}  p={prediction.mean[i, k]:.3f}  "
+                    f"entropy {prediction.predictive_entropy[i]:.3f}  "
+                    f"MI {prediction.mutual_information[i]:.3f}")
+            if truth is not None:
+                text += f"  (true {truth[i, 0]})"
+            lines.append(text)
+            continue
+        spread = (prediction.predictive_std if prediction.predictive_std is not None
+                  else prediction.std)
+        parts = []
+        for j in range(prediction.mean.shape[1]):
+            name = info.labels[j] if j < len(info.labels) else f"y{j}"
+            part = f"{name} = {prediction.mean[i, j]:.4g} ± {spread[i, j]:.3g}"
+            if interval is not None:
+                part += (f"  {interval.level:.0%} [{interval.lower[i, j]:.4g}, "
+                         f"{interval.upper[i, j]:.4g}]")
+            if prediction.predictive_std is not None:
+                part += f"  (MC std {prediction.std[i, j]:.3g})"
+            if truth is not None:
+                part += f"  true {truth[i, j]:.4g}"
+            parts.append(part)
+        lines.append(f"row {i}: " + "; ".join(parts))
+    return lines
+
+
+def prediction_json(prediction: Any, info: Any) -> dict[str, Any]:
+    """The prediction as one JSON-ready document: the model, every statistic it holds, and its
+    intervals keyed by level."""
+    keys = ("mean", "std", "standard_error", "predictive_std", "predicted_class",
+            "predictive_entropy", "expected_entropy", "mutual_information", "variation_ratio")
+    out: dict[str, Any] = {"model": info.name, "version": info.version, "task": info.task,
+                           "labels": list(info.labels), "samples": prediction.samples,
+                           "seed": prediction.seed}
+    for key in keys:
+        value = getattr(prediction, key)
+        if value is not None:
+            out[key] = np.asarray(value).tolist()
+    out["intervals"] = {f"{iv.level:g}": {"lower": iv.lower.tolist(), "upper": iv.upper.tolist()}
+                        for iv in prediction.intervals}
+    return out
+
+
+def format_metrics(values: dict[str, float]) -> str:
+    """``name value`` pairs on one line, four significant digits."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in values.items())

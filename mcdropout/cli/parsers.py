@@ -1,0 +1,153 @@
+"""The arguments of the built-in ``mcdropout`` sub-commands: flags, defaults and help text.
+
+Each parser names its handler in :mod:`mcdropout.cli.commands` as its ``func`` default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mcdropout.cli import commands
+
+
+def add_builtin_commands(sub: Any) -> None:
+    """Add train, predict, evaluate, info, make-default-models and demo, in that order."""
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    _add_info(sub)
+    _add_defaults(sub)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="train an MC dropout MLP on a CSV/NPZ file and save it in a model store",
+        description="Train the standard MC dropout MLP (dropout on the inputs and after each "
+                    "hidden layer, weight decay l^2 (1-p) / (2 N tau)) with early stopping on a "
+                    "validation split, and save it as a new version in the store with its "
+                    "standardisation, tau and provenance.")
+    p.add_argument("--data", required=True, type=Path,
+                   help="CSV with a header line, or NPZ with arrays x (rows, features) and y")
+    _store_args(p, required=True)
+    p.add_argument("--task", choices=("regression", "classification"), default="regression",
+                   help="regression (numeric target) or classification (class labels); "
+                        "default %(default)s")
+    p.add_argument("--target", nargs="+", metavar="COLUMN",
+                   help="CSV target column(s); default the last column (classification: one)")
+    p.add_argument("--hidden", nargs="*", type=int, default=[50], metavar="WIDTH",
+                   help="hidden layer widths, e.g. --hidden 50 50; default 50")
+    p.add_argument("--activation", default="relu", help="hidden activation; default relu")
+    p.add_argument("--dropout", type=float, default=0.05,
+                   help="dropout rate p of every Dropout layer, in (0, 1); default 0.05")
+    p.add_argument("--no-input-dropout", dest="input_dropout", action="store_false",
+                   help="no Dropout layer on the inputs")
+    p.add_argument("--length-scale", type=float, default=1e-2,
+                   help="prior length-scale l for the weight decay; default 0.01")
+    p.add_argument("--tau", type=float,
+                   help="regression noise precision in standardised target units (1 = noise as "
+                        "large as the target's spread); default: estimated from the validation "
+                        "residuals")
+    p.add_argument("--max-norm", type=float, help="max-norm constraint on incoming weights")
+    p.add_argument("--epochs", type=int, default=200, help="most epochs; default 200")
+    p.add_argument("--batch-size", type=int, default=32, help="default 32")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam; default 0.001")
+    p.add_argument("--validation-fraction", type=float, default=0.2,
+                   help="share of rows held out for early stopping and metrics; default 0.2")
+    p.add_argument("--patience", type=int, default=20,
+                   help="epochs without a better validation loss before stopping; default 20")
+    p.add_argument("--seed", type=int,
+                   help="seed for split, initialisation, shuffling, dropout; default random "
+                        "(recorded in the metadata)")
+    p.add_argument("--description", default="", help="free text stored with the model")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    p.set_defaults(func=commands.train)
+
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict", help="predict rows of a file with a stored model (mean ± std per row)",
+        description="Run T stochastic passes of a stored model over the rows of a file and "
+                    "print, per row, mean ± std (regression) or class, probability, predictive "
+                    "entropy and mutual information (classification).")
+    _store_args(p, required=False)
+    p.add_argument("--input", required=True, type=Path,
+                   help="rows to predict: .npy, .npz (array x) or .csv (a header naming the "
+                        "model's features picks those columns)")
+    _sampling_args(p)
+    p.add_argument("--interval", type=float, default=0.95,
+                   help="level of the central predictive interval; default 0.95")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.set_defaults(func=commands.predict)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a stored model on labelled data (RMSE, NLL, test LL, ECE...)",
+        description="Regression: RMSE, Gaussian NLL, MC-mixture test log-likelihood, 95% "
+                    "interval coverage (PICP) and width, in the target's units. "
+                    "Classification: accuracy, NLL, expected calibration error (15 bins), "
+                    "Brier score. With --report, also plots: a calibration curve, error "
+                    "against predicted std and (one input) the mean with +-2 std bands for "
+                    "regression; a reliability diagram and mutual-information histograms of "
+                    "right and wrong predictions for classification.")
+    _store_args(p, required=False)
+    p.add_argument("--data", required=True, type=Path,
+                   help="CSV with a header (the columns the model was trained on) or NPZ x/y")
+    p.add_argument("--target", nargs="+", metavar="COLUMN",
+                   help="CSV target column(s); default those the model was trained on")
+    _sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="also write the plots as PNG files and an index.html showing them with "
+                        "the metrics into DIR")
+    p.set_defaults(func=commands.evaluate)
+
+
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="list the models of a store, or describe one",
+                       description="Without --name: every model and its versions. With "
+                                   "--name: the metadata and the model's stochastic layers.")
+    p.add_argument("--model-root", type=Path,
+                   help="model store directory; default the built-in default store")
+    p.add_argument("--name", help="model to describe")
+    p.add_argument("--version", type=int, help="version; default the latest")
+    p.set_defaults(func=commands.show_info)
+
+
+def _add_defaults(sub: Any) -> None:
+    p = sub.add_parser(
+        "make-default-models", help="train the built-in default models (diabetes, iris)",
+        description="Train the built-in models from data shipped in the package (seconds, no "
+                    "download) into a store, unless it already holds them.")
+    p.add_argument("--model-root", type=Path,
+                   help="store directory; default $XDG_CACHE_HOME/mcdropout/default-store")
+    p.set_defaults(func=commands.make_defaults)
+    p = sub.add_parser(
+        "demo", help="predict held-out diabetes rows with uncertainty (trains on first use)",
+        description="Make sure the default models exist, then predict rows of the diabetes "
+                    "data that training never saw, printing the truth, mean ± predictive std "
+                    "and the 95%% predictive interval.")
+    p.add_argument("--model-root", type=Path,
+                   help="store directory; default $XDG_CACHE_HOME/mcdropout/default-store")
+    p.add_argument("--model", default="diabetes", choices=("diabetes", "iris"),
+                   help="default model to demonstrate; default diabetes")
+    p.add_argument("--rows", type=int, default=5, help="held-out rows to predict; default 5")
+    p.add_argument("--samples", type=int, default=100, help="MC passes T; default 100")
+    p.add_argument("--seed", type=int, default=0, help="dropout seed; default 0")
+    p.set_defaults(func=commands.demo)
+
+
+def _store_args(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument("--model-root", type=Path, required=required,
+                   help="model store directory" if required else
+                   "model store directory; default the built-in default store")
+    p.add_argument("--name", required=True, help="model name in the store")
+    if not required:
+        p.add_argument("--version", type=int, help="model version; default the latest")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", type=int, help="MC passes T; default the model's (usually 100)")
+    p.add_argument("--seed", type=int, default=0, help="dropout seed; default 0")
