@@ -1,6 +1,7 @@
 """The ``mcdropout benchmark uci`` command and its JSON, CSV and text reports.
 
-The protocol itself lives in :mod:`mcdropout.evaluation.uci`.
+The protocol itself lives in :mod:`mcdropout.evaluation.uci`, the data sets' reading in
+:mod:`mcdropout.evaluation.uci_data`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mcdropout.evaluation import uci
+from mcdropout.evaluation import uci, uci_data
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,7 +58,7 @@ def _main(args: argparse.Namespace) -> int:
     protocol = uci.Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
                             validation_samples=args.validation_samples, splits=args.splits,
                             seed=args.seed)
-    datasets = [_with_grids(uci.load_dataset(args.data_dir, name), args)
+    datasets = [_with_grids(uci_data.load_dataset(args.data_dir, name), args)
                 for name in args.dataset]  # fail early
     for dataset in datasets:
         result = uci.run(dataset, protocol,
@@ -68,7 +69,7 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_grids(dataset: uci.UCIDataset, args: argparse.Namespace) -> uci.UCIDataset:
+def _with_grids(dataset: uci_data.UCIDataset, args: argparse.Namespace) -> uci_data.UCIDataset:
     """The data set with the grids given on the command line in place of its files' grids."""
     if args.dropout_rates:
         dataset = replace(dataset, dropout_rates=tuple(args.dropout_rates))

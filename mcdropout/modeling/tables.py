@@ -1,14 +1,15 @@
 """Reading tabular data (CSV with a header, NPZ with arrays ``x``/``y``) and standardising it.
 
-Only numpy and the standard library: no TensorFlow, no pandas. Every failure is an
-:class:`InvalidArgumentError` that names the file, the place and the value.
+This module decides what a file means as a data set (feature and target columns, class labels,
+standardisation, the validation split); :mod:`mcdropout.modeling.fileformats` parses the files'
+cells into checked arrays. Only numpy and the standard library: no TensorFlow, no pandas. Every
+failure is an :class:`InvalidArgumentError` that names the file, the place and the value.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,15 @@ import numpy as np
 
 from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.modeling.fileformats import (
+    check_finite,
+    is_number,
+    is_numeric_row,
+    npz_array,
+    npz_labels,
+    numeric_columns,
+    read_csv,
+)
 
 PathLike = str | os.PathLike[str]
 # A constant column has std 0; dividing by it would turn every value into NaN or Inf.
@@ -81,7 +91,7 @@ def load_table(path: PathLike, *, task: Task, target: Sequence[str] | None = Non
             f"task must be 'regression' or 'classification', got {task!r}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        header, rows = _read_csv(path)
+        header, rows = read_csv(path)
         return _table_from_csv(path, header, rows, task, target, features)
     if suffix == ".npz":
         return _table_from_npz(path, task)
@@ -113,18 +123,18 @@ def load_inputs(path: PathLike, *, feature_names: Sequence[str] = (),
             if suffix == ".npy":
                 return np.asarray(np.load(path, allow_pickle=False))
             with np.load(path, allow_pickle=False) as loaded:
-                return _npz_array(loaded, "x", path)
+                return npz_array(loaded, "x", path)
         except InvalidArgumentError:
             raise
         except (OSError, ValueError) as exc:
             raise InvalidArgumentError(f"cannot read {path}: {exc}") from exc
     if suffix != ".csv":
         raise InvalidArgumentError(f"input file must end in .csv, .npy or .npz, got {str(path)!r}")
-    header, rows = _read_csv(path)
-    if not _is_numeric_row(header) and feature_names and set(feature_names) <= set(header):
+    header, rows = read_csv(path)
+    if not is_numeric_row(header) and feature_names and set(feature_names) <= set(header):
         columns = [header.index(name) for name in feature_names]
-        return _numeric(path, rows, columns, header, first_line=2)
-    if _is_numeric_row(header):
+        return numeric_columns(path, rows, columns, header, first_line=2)
+    if is_numeric_row(header):
         rows, first_line = [header, *rows], 1
     else:
         first_line = 2
@@ -134,7 +144,7 @@ def load_inputs(path: PathLike, *, feature_names: Sequence[str] = (),
             if feature_names else ""
         raise InvalidArgumentError(
             f"{path} has {width} columns{named}; the model takes {n_features}")
-    return _numeric(path, rows, list(range(width)), None, first_line=first_line)
+    return numeric_columns(path, rows, list(range(width)), None, first_line=first_line)
 
 
 def csv_header(path: PathLike) -> list[str]:
@@ -164,7 +174,7 @@ def encode_labels(values: np.ndarray, labels: Sequence[str] | None = None
     text = [str(v) for v in np.asarray(values, dtype=object).ravel()]
     if labels is None:
         unique = set(text)
-        key = float if all(_is_number(v) for v in unique) else str
+        key = float if all(is_number(v) for v in unique) else str
         labels = tuple(sorted(unique, key=key))  # type: ignore[arg-type]
     labels = tuple(labels)
     position = {label: i for i, label in enumerate(labels)}
@@ -214,25 +224,9 @@ def sha256_file(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = [row for row in csv.reader(f) if row and any(c.strip() for c in row)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InvalidArgumentError(f"cannot read {path}: {exc}") from exc
-    if not lines:
-        raise InvalidArgumentError(f"{path} is empty")
-    header = [c.strip() for c in lines[0]]
-    for number, row in enumerate(lines[1:], start=2):
-        if len(row) != len(header):
-            raise InvalidArgumentError(
-                f"{path} line {number} has {len(row)} fields, the first line has {len(header)}")
-    return header, lines[1:]
-
-
 def _table_from_csv(path: Path, header: list[str], rows: list[list[str]], task: Task,
                     target: Sequence[str] | None, features: Sequence[str] | None) -> Table:
-    if _is_numeric_row(header):
+    if is_numeric_row(header):
         raise InvalidArgumentError(
             f"{path} must start with a header line naming its columns, got {header[:5]}")
     if len(set(header)) != len(header):
@@ -249,7 +243,7 @@ def _table_from_csv(path: Path, header: list[str], rows: list[list[str]], task: 
         raise InvalidArgumentError(f"{path} has no feature columns besides the target {targets}")
     if not rows:
         raise InvalidArgumentError(f"{path} has a header but no data rows")
-    x = _numeric(path, rows, [header.index(c) for c in chosen], header, first_line=2)
+    x = numeric_columns(path, rows, [header.index(c) for c in chosen], header, first_line=2)
     if task == "classification":
         col = header.index(targets[0])
         y = np.array([row[col].strip() for row in rows], dtype=object)
@@ -258,15 +252,15 @@ def _table_from_csv(path: Path, header: list[str], rows: list[list[str]], task: 
             raise InvalidArgumentError(
                 f"{path} column {targets[0]!r} is empty on line(s) {missing[:10]}")
     else:
-        y = _numeric(path, rows, [header.index(c) for c in targets], header, first_line=2)
+        y = numeric_columns(path, rows, [header.index(c) for c in targets], header, first_line=2)
     return Table(x, y, tuple(chosen), tuple(targets), str(path), sha256_file(path))
 
 
 def _table_from_npz(path: Path, task: Task) -> Table:
     try:
         with np.load(path, allow_pickle=False) as loaded:
-            x = np.asarray(_npz_array(loaded, "x", path))
-            y = np.asarray(_npz_array(loaded, "y", path))
+            x = np.asarray(npz_array(loaded, "x", path))
+            y = np.asarray(npz_array(loaded, "y", path))
     except InvalidArgumentError:
         raise
     except (OSError, ValueError) as exc:
@@ -280,73 +274,18 @@ def _table_from_npz(path: Path, task: Task) -> Table:
     if len(y) != len(x):
         raise InvalidArgumentError(f"{path}: x has {len(x)} rows but y has {len(y)}")
     x = x.astype(np.float64)
-    _check_finite(path, x, "x")
+    check_finite(path, x, "x")
     features = tuple(f"x{i}" for i in range(x.shape[1]))
     if task == "classification":
         if y.ndim != 1:
             raise InvalidArgumentError(
                 f"{path}: classification y must be one label per row, got shape {y.shape}")
-        return Table(x, _npz_labels(path, y), features, ("y",), str(path), sha256_file(path))
+        return Table(x, npz_labels(path, y), features, ("y",), str(path), sha256_file(path))
     if y.dtype.kind not in "iuf" or y.ndim not in (1, 2):
         raise InvalidArgumentError(
             f"{path}: regression y must be numeric (rows,) or (rows, targets), "
             f"got shape {y.shape} dtype {y.dtype}")
     y = y.astype(np.float64).reshape(len(y), -1)
-    _check_finite(path, y, "y")
+    check_finite(path, y, "y")
     targets = ("y",) if y.shape[1] == 1 else tuple(f"y{i}" for i in range(y.shape[1]))
     return Table(x, y, features, targets, str(path), sha256_file(path))
-
-
-def _npz_array(loaded: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
-    if key not in loaded.files:
-        raise InvalidArgumentError(f"{path} has no array {key!r}; it holds {loaded.files}")
-    return np.asarray(loaded[key])
-
-
-def _npz_labels(path: Path, y: np.ndarray) -> np.ndarray:
-    if y.dtype.kind in "iub":
-        return np.array([str(int(v)) for v in y], dtype=object)
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise InvalidArgumentError(
-                f"{path}: float class labels must be whole numbers, got e.g. "
-                f"{y[~(np.isfinite(y) & (y == np.round(y)))][:3].tolist()}")
-        return np.array([str(int(v)) for v in y], dtype=object)
-    if y.dtype.kind == "U":
-        return np.array([str(v) for v in y], dtype=object)
-    raise InvalidArgumentError(f"{path}: class labels must be integers or strings, got {y.dtype}")
-
-
-def _numeric(path: Path, rows: list[list[str]], columns: list[int], header: list[str] | None,
-             first_line: int) -> np.ndarray:
-    out = np.empty((len(rows), len(columns)), dtype=np.float64)
-    for i, row in enumerate(rows):
-        for j, col in enumerate(columns):
-            text = row[col].strip()
-            try:
-                value = float(text)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                name = repr(header[col]) if header else str(col + 1)
-                raise InvalidArgumentError(
-                    f"{path} line {i + first_line} column {name}: expected a finite number, "
-                    f"got {text!r}")
-            out[i, j] = value
-    return out
-
-
-def _check_finite(path: Path, values: np.ndarray, name: str) -> None:
-    if not np.all(np.isfinite(values)):
-        raise InvalidArgumentError(f"{path}: {name} holds NaN or infinite values")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
-def _is_numeric_row(row: list[str]) -> bool:
-    return all(_is_number(c.strip()) for c in row)

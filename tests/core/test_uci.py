@@ -14,7 +14,7 @@ import pytest
 from mcdropout import cli
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError, NotFoundError
-from mcdropout.evaluation import uci
+from mcdropout.evaluation import uci, uci_data
 from mcdropout.modeling import gridfit
 
 UCI_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
@@ -42,7 +42,7 @@ def write_layout(root: Path, name: str = "tiny", rows: int = 40) -> Path:
 
 def test_layout_is_read_as_published(tmp_path: Path) -> None:
     folder = write_layout(tmp_path)
-    ds = uci.load_dataset(tmp_path, "tiny")
+    ds = uci_data.load_dataset(tmp_path, "tiny")
     table = np.loadtxt(folder / "data.txt")
     np.testing.assert_array_equal(ds.x, table[:, :3])
     np.testing.assert_array_equal(ds.y, table[:, [3]])
@@ -51,7 +51,7 @@ def test_layout_is_read_as_published(tmp_path: Path) -> None:
     train, test = ds.split(1)
     np.testing.assert_array_equal(train, np.loadtxt(folder / "index_train_1.txt"))
     assert len(train) == 36 and len(test) == 4 and not set(train) & set(test)
-    assert uci.available_datasets(tmp_path) == ["tiny"]
+    assert uci_data.available_datasets(tmp_path) == ["tiny"]
     with pytest.raises(InvalidArgumentError, match=r"split must be in 0\.\.1 for tiny, got 2"):
         ds.split(2)
 
@@ -59,23 +59,23 @@ def test_layout_is_read_as_published(tmp_path: Path) -> None:
 def test_unknown_data_set_lists_those_present(tmp_path: Path) -> None:
     write_layout(tmp_path)
     with pytest.raises(NotFoundError, match=r"no data set 'boston'.*found: \['tiny'\]"):
-        uci.load_dataset(tmp_path, "boston")
+        uci_data.load_dataset(tmp_path, "boston")
 
 
 def test_malformed_files_are_named(tmp_path: Path) -> None:
     folder = write_layout(tmp_path)
     (folder / "index_target.txt").write_text("7")
     with pytest.raises(InvalidArgumentError, match=r"index_target\.txt must name one column"):
-        uci.load_dataset(tmp_path, "tiny")
+        uci_data.load_dataset(tmp_path, "tiny")
     (folder / "index_target.txt").write_text("3")
     (folder / "n_hidden.txt").write_text("fifty")
     with pytest.raises(InvalidArgumentError, match=r"cannot read .*n_hidden\.txt"):
-        uci.load_dataset(tmp_path, "tiny")
+        uci_data.load_dataset(tmp_path, "tiny")
 
 
 def test_protocol_settings_are_checked(tmp_path: Path) -> None:
     write_layout(tmp_path)
-    ds = uci.load_dataset(tmp_path, "tiny")
+    ds = uci_data.load_dataset(tmp_path, "tiny")
     with pytest.raises(InvalidArgumentError, match=r"splits must be in 1\.\.2 for tiny, got 3"):
         uci.run(ds, uci.Protocol(splits=3))
     with pytest.raises(InvalidArgumentError, match="samples must be an integer >= 1, got 0"):
@@ -91,7 +91,7 @@ def test_grids_on_file_are_checked_before_any_training(tmp_path: Path) -> None:
     (folder / "tau_values.txt").write_text("1.0\n-2.0\n")
     with pytest.raises(InvalidArgumentError,
                        match=r"tiny: tau values must be one or more values > 0, got \[1\.0, -2\.0\]"):
-        uci.run(uci.load_dataset(tmp_path, "tiny"), uci.Protocol())
+        uci.run(uci_data.load_dataset(tmp_path, "tiny"), uci.Protocol())
 
 
 def test_grids_on_the_command_line_replace_the_files_grids(
@@ -185,7 +185,7 @@ def test_benchmark_command_runs_the_protocol_on_two_splits_of_yacht(
     out = capsys.readouterr().out
     assert "yacht: 2 splits, 80 epochs, T = 500" in out and "RMSE" in out
     report = json.loads((tmp_path / "yacht.json").read_text())
-    ds = uci.load_dataset(UCI_DIR, "yacht")
+    ds = uci_data.load_dataset(UCI_DIR, "yacht")
     assert report["splits_run"] == 2 and report["epochs"] == 80
     assert report["protocol"]["samples"] == 500
     for split in report["splits"]:
