@@ -14,6 +14,10 @@ Run from the repository root (about three minutes)::
    client sending requests one after another to the batching server.
 3. The same 16 clients against what a user could build alone: a plain grpcio server (a thread
    pool of 16) whose Predict loops ``model(x, training=True)`` T times and returns mean and std.
+
+The three feed one table whose verdicts compare them with each other (load latency against a
+single request, throughput against the plain loop), so they stay in one script a little over 300
+lines.
 """
 
 from __future__ import annotations
@@ -290,26 +294,25 @@ def report(costs: dict[str, float], served: dict[str, Any]) -> tuple[str, list[s
     return table, verdicts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--update-readme", action="store_true",
-                        help="write the table into bench/README.md between the batching markers")
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=8.0,
                         help="measured seconds per load test, after 2 s of warm-up (default 8)")
-    parser.add_argument("--baseline-server", nargs=2, metavar=("PORT", "ROOT"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.baseline_server:
-        return baseline_server(int(args.baseline_server[0]), Path(args.baseline_server[1]))
-    info = common.machine_info()
+
+
+def measure(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Time the passes, then load the servers; the block's parts and the raw figures."""
     print("timing passes ...", file=sys.stderr, flush=True)
     costs = pass_costs()
     print("load tests ...", file=sys.stderr, flush=True)
     served = under_load(args.seconds)
     table, verdicts = report(costs, served)
-    common.publish("batching", info, [table, "\n".join(verdicts)],
-                   {"pass_costs_s": costs, "served": served}, args.update_readme)
-    return 0
+    return [table, "\n".join(verdicts)], {"pass_costs_s": costs, "served": served}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.script_main(argv, name="batching", doc=__doc__, add_options=_options,
+                              server_flag="--baseline-server", serve=baseline_server,
+                              measure=measure)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: timing, FLOP counting, machine facts, peak memory, report output.
+"""Shared benchmark helpers: timing, FLOP counting, machine facts, peak memory, report output,
+and the command line of the scripts that are also their own comparison servers.
 
 Benchmarks report figures; they assert nothing. Every script prints one markdown table, writes
 its raw figures to ``bench/results/<name>-<timestamp>.json`` and, with ``--update-readme``,
@@ -8,6 +9,7 @@ replaces its block of ``bench/README.md`` (between ``<!-- <name>:begin -->`` and
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import math
@@ -246,6 +248,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def script_main(argv: Sequence[str] | None, *, name: str, doc: str,
+                add_options: Callable[[argparse.ArgumentParser], None], server_flag: str,
+                serve: Callable[[int, Path], int],
+                measure: Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]) -> int:
+    """The ``main`` of a benchmark script that can also run as its own comparison server.
+
+    With the hidden ``server_flag PORT ROOT`` (what :func:`module_server` passes) it returns
+    ``serve(port, root)``; otherwise it runs ``measure(args)`` for the block's parts and raw
+    figures and hands them to :func:`publish` under ``name`` (README markers, results file).
+    ``add_options`` adds the script's own options; ``doc``'s first paragraph describes it.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--update-readme", action="store_true",
+                        help=f"write the table into bench/README.md between the {name} markers")
+    add_options(parser)
+    parser.add_argument(server_flag, nargs=2, metavar=("PORT", "ROOT"), dest="server",
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.server:
+        return serve(int(args.server[0]), Path(args.server[1]))
+    info = machine_info()
+    parts, data = measure(args)
+    publish(name, info, parts, data, args.update_readme)
+    return 0
 
 
 @contextmanager

@@ -180,18 +180,13 @@ def compare(engine: MCDropoutPredictor, client: Client, bare: Client, x: np.ndar
     return common.interleave(calls, rounds=ROUNDS, per_round=dict.fromkeys(calls, per_round))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--update-readme", action="store_true",
-                        help="write the table into bench/README.md between the e2e markers")
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=400,
                         help="timed requests per method and batch size (default 400)")
-    parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "ROOT"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.bare_server:
-        return bare_server(int(args.bare_server[0]), Path(args.bare_server[1]))
-    info = common.machine_info()
+
+
+def measure(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Time every path at each batch size; the block's parts and the raw figures."""
     rows: list[list[str]] = []
     raw: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mcdropout-bench-") as tmp:
@@ -232,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
              f"- the floor on this machine (bare grpc.aio server, same engine, one worker hop): "
              f"{100 * floor:+.1f}%; mcdropout serve adds {ours:+.2f} ms (p50) over it",
              f"- client and in-process means identical for the same seed: {'yes' if same_all else 'NO'}"]
-    common.publish("e2e", info, [table, "\n".join(notes)],
-                   {"samples": SAMPLES, "requests": args.requests, **raw}, args.update_readme)
-    return 0
+    return [table, "\n".join(notes)], {"samples": SAMPLES, "requests": args.requests, **raw}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.script_main(argv, name="e2e", doc=__doc__, add_options=_options,
+                              server_flag="--bare-server", serve=bare_server, measure=measure)
 
 
 if __name__ == "__main__":
