@@ -6,7 +6,8 @@ request: each row still sees exactly the distribution of ordinary dropout, while
 row cannot depend on which other rows share its batch. A merged batch of several requests
 (:class:`PassWindow` with ``segments``) gives each row the masks of its own request's seed, so
 each request gets the masks it would get alone. Recurrent layers get one mask per sequence for
-all time steps (variational RNN dropout, Gal & Ghahramani 2016).
+all time steps (variational RNN dropout, Gal & Ghahramani 2016; see :mod:`.rnn_masks`, which also
+lays out the random stream of every mask).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import keras
 import tensorflow as tf
 
 from mcdropout.engine import rng
+from mcdropout.engine.rnn_masks import mask_stream, rnn_cells, rnn_patches
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
-_STREAMS_PER_LAYER = 16
 
 
 @dataclass(frozen=True)
@@ -46,23 +47,20 @@ class StochasticLayer:
     recurrent_rate: float = 0.0
 
 
-def _is_dropout(layer: Any) -> bool:
+def is_mask_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a Dropout, GaussianDropout or AlphaDropout with a rate above 0.
+
+    In MC mode its call takes ``untiled=True`` for inputs that hold each row once for all
+    passes (see :func:`_per_pass`).
+    """
     mask_layers = (keras.layers.Dropout, keras.layers.GaussianDropout, keras.layers.AlphaDropout)
     return isinstance(layer, mask_layers) and float(layer.rate) > 0.0
 
 
-def _rnn_cells(layer: Any) -> list[Any]:
-    if not isinstance(layer, keras.layers.RNN):
-        return []
-    cells = layer.cell.cells if isinstance(layer.cell, keras.layers.StackedRNNCells) else [layer.cell]
-    return [c for c in cells
-            if float(getattr(c, "dropout", 0.0)) > 0 or float(getattr(c, "recurrent_dropout", 0.0)) > 0]
-
-
 def _describe(layer: Any) -> StochasticLayer | None:
-    if _is_dropout(layer):
+    if is_mask_layer(layer):
         return StochasticLayer(layer.name, type(layer).__name__, float(layer.rate))
-    cells = _rnn_cells(layer)
+    cells = rnn_cells(layer)
     if cells:
         return StochasticLayer(layer.name, type(layer).__name__, float(cells[0].dropout),
                                float(cells[0].recurrent_dropout))
@@ -80,15 +78,6 @@ def find_stochastic_layers(model: Any) -> tuple[StochasticLayer, ...]:
     """
     found = (_describe(layer) for layer in _all_layers(model))
     return tuple(f for f in found if f is not None)
-
-
-def is_mask_layer(layer: Any) -> bool:
-    """Whether ``layer`` is a Dropout, GaussianDropout or AlphaDropout with a rate above 0.
-
-    In MC mode its call takes ``untiled=True`` for inputs that hold each row once for all
-    passes (see :func:`_per_pass`).
-    """
-    return _is_dropout(layer)
 
 
 def contains_stochastic(layer: Any) -> bool:
@@ -199,8 +188,9 @@ def _keep_scale(rate: float, dtype: tf.DType) -> tf.Tensor:
 def _bernoulli(rate: float, scale: tf.Tensor) -> Draw:
     """A draw giving ``scale`` for kept units and 0 for dropped ones.
 
-    The hash always runs as one XLA-fused kernel: TensorFlow's own integer kernels (its
-    RightShift above all) cost a third of workload (a)'s request even for one mask per pass.
+    The hash always runs as one XLA-fused kernel: TensorFlow runs each of its integer ops as a
+    pass of its own over memory, some (RightShift) with slow scalar kernels, where the fused
+    kernel does the whole chain in one loop.
     """
 
     def draw(window: PassWindow, stream: int, units: Any) -> tf.Tensor:
@@ -242,47 +232,12 @@ def _dropout_call(layer: Any, stream: int) -> Callable[..., tf.Tensor]:
     return call
 
 
-def _rnn_mask(cell: Any, stream: int, step_input: tf.Tensor, rate: float) -> Any:
-    """Scaled keep masks shaped like ``step_input``, as Keras' ``_create_dropout_mask`` returns."""
+def _rnn_mask(stream: int, step_input: tf.Tensor, rate: float) -> tf.Tensor:
+    """A scaled keep mask shaped like ``step_input`` (passes folded in), one for all time steps."""
     window = _WINDOW.get()
-    count = getattr(cell, "dropout_mask_count", None)
-    tail = _dims(step_input)
     draw = _bernoulli(rate, _keep_scale(rate, step_input.dtype))
-
-    def one(sub: int) -> tf.Tensor:
-        scaled = _noise(window, stream + sub, tail, draw)
-        return _per_pass(tf.ones_like(step_input), window, scaled, lambda g, m: g * m)
-
-    return one(0) if count is None else [one(i) for i in range(count)]
-
-
-def _rnn_patches(layer: Any, stream: int) -> list[tuple[Any, str, Any]]:
-    patches: list[tuple[Any, str, Any]] = []
-    original_call = type(layer).call.__get__(layer)
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        kwargs["training"] = True  # only the dropout masks below make training mode differ
-        return original_call(*args, **kwargs)
-
-    patches.append((layer, "call", call))
-    for i, cell in enumerate(_rnn_cells(layer)):
-        base = stream + 4 * i
-
-        def get_dropout_mask(step_input: tf.Tensor, cell: Any = cell, base: int = base) -> Any:
-            if getattr(cell, "_dropout_mask", None) is None and cell.dropout > 0:
-                cell._dropout_mask = _rnn_mask(cell, base, step_input, float(cell.dropout))
-            return getattr(cell, "_dropout_mask", None)
-
-        def get_recurrent_dropout_mask(step_input: tf.Tensor, cell: Any = cell, base: int = base
-                                       ) -> Any:
-            if getattr(cell, "_recurrent_dropout_mask", None) is None and cell.recurrent_dropout > 0:
-                cell._recurrent_dropout_mask = _rnn_mask(cell, base + 8, step_input,
-                                                         float(cell.recurrent_dropout))
-            return getattr(cell, "_recurrent_dropout_mask", None)
-
-        patches.append((cell, "get_dropout_mask", get_dropout_mask))
-        patches.append((cell, "get_recurrent_dropout_mask", get_recurrent_dropout_mask))
-    return patches
+    scaled = _noise(window, stream, _dims(step_input), draw)
+    return _per_pass(tf.ones_like(step_input), window, scaled, lambda g, m: g * m)
 
 
 @contextlib.contextmanager
@@ -295,11 +250,10 @@ def mc_mode(model: Any, window: PassWindow) -> Iterator[None]:
     patches: list[tuple[Any, str, Any]] = []
     index = 0
     for layer in _all_layers(model):
-        stream = index * _STREAMS_PER_LAYER
-        if _is_dropout(layer):
-            patches.append((layer, "call", _dropout_call(layer, stream)))
-        elif _rnn_cells(layer):
-            patches.extend(_rnn_patches(layer, stream))
+        if is_mask_layer(layer):
+            patches.append((layer, "call", _dropout_call(layer, mask_stream(index))))
+        elif rnn_cells(layer):
+            patches.extend(rnn_patches(layer, index, _rnn_mask))
         else:
             continue
         index += 1

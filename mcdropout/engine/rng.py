@@ -11,11 +11,10 @@ different seeds needs one mask row per (pass, input row), each with its own requ
 words of a row depend only on its (key, pass), so both layouts give a request the same masks.
 
 Hashing is a chain of about twenty integer operations per word. TensorFlow runs each as its own
-pass over memory, with slow scalar kernels for some (RightShift): even a request's (passes, units)
-words then cost a third of a 64-512-512-10 MLP's request, and a merged batch's (passes x rows,
-units) as much as its matrix products. :func:`row_keep` can therefore run the chain as one
-XLA-fused loop (``fused=True``, what the dropout layers use), on row counts rounded up to a power
-of two so that a handful of compiled shapes serve every request.
+pass over memory, with slow scalar kernels for some (RightShift), while one XLA-fused kernel does
+the whole chain in a single loop. :func:`row_keep` can therefore run the chain fused
+(``fused=True``, what the dropout layers use), on row counts rounded up to a power of two so that
+a handful of compiled shapes serve every request; :func:`pass_keep` is always fused.
 """
 
 from __future__ import annotations
@@ -65,7 +64,9 @@ def stream_key(seed: tf.Tensor, stream: int) -> tf.Tensor:
 
     Args:
         seed: uint32 tensor of shape (..., 2): the low and high halves of 64-bit seeds.
-        stream: A small integer naming the stream; distinct streams give independent numbers.
+        stream: An integer in [0, 2**32) naming the stream (laid out by
+            :func:`mcdropout.engine.rnn_masks.mask_stream`); for one seed, distinct streams
+            give distinct keys.
 
     Returns:
         uint32 keys of shape (...): a scalar for one seed, (S,) for S seeds.
@@ -90,28 +91,8 @@ def row_words(keys: tf.Tensor, passes: tf.Tensor, units: int) -> tf.Tensor:
     return mix32(pair + per_pass)
 
 
-def _pass_rows(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor
-               ) -> tuple[tf.Tensor, tf.Tensor]:
-    pass_ids = tf.cast(first_pass + tf.range(passes), tf.uint32)
-    return tf.fill(tf.shape(pass_ids), key), pass_ids
-
-
-def hash_bits(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int) -> tf.Tensor:
-    """Random uint32 words of shape (passes, units) for passes first_pass .. first_pass+passes-1.
-
-    Element (t, j) depends only on (key, first_pass + t, j).
-    """
-    return row_words(*_pass_rows(key, first_pass, passes), units)
-
-
 def _threshold(rate: float) -> int:
     return min(round(rate * 2.0**32), 0xFFFFFFFF)
-
-
-def keep_mask(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int,
-              rate: float) -> tf.Tensor:
-    """Boolean (passes, units) mask, each element True with probability 1 - rate (to 2**-32)."""
-    return hash_bits(key, first_pass, passes, units) >= _u32(_threshold(rate))
 
 
 def _keep_values(keys: tf.Tensor, passes: tf.Tensor, threshold: tf.Tensor, scale: tf.Tensor,
@@ -199,17 +180,7 @@ def row_normal(keys: tf.Tensor, passes: tf.Tensor, units: int,
     return tf.cast(z, dtype)
 
 
-def standard_normal(key: tf.Tensor, first_pass: tf.Tensor, passes: tf.Tensor, units: int,
-                    dtype: tf.DType = tf.float32) -> tf.Tensor:
-    """Standard normal (passes, units) values by the Box-Muller transform of two hash streams."""
-    return row_normal(*_pass_rows(key, first_pass, passes), units, dtype)
-
-
 def seed_words(seed: int) -> tuple[int, int]:
     """A 64-bit seed as the (low, high) uint32 pair the functions above take as ``seed``."""
     return seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
 
-
-def split_seed(seed: int) -> tf.Tensor:
-    """A 64-bit seed as the uint32 pair the functions above take."""
-    return tf.constant(seed_words(seed), dtype=tf.uint32)

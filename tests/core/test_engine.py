@@ -401,8 +401,12 @@ def test_every_mask_element_is_random_across_seeds() -> None:
 
     from mcdropout.engine import rng
 
-    seeds = range(400)
-    kept = np.stack([rng.keep_mask(rng.stream_key(rng.split_seed(s), 0), tf.constant(0),
-                                   tf.constant(4), 8, 0.5).numpy() for s in seeds])
+    seeds, passes = range(400), tf.constant(np.arange(4), tf.uint32)
+
+    def keeps(seed: int) -> np.ndarray:
+        key = rng.stream_key(tf.constant(rng.seed_words(seed), tf.uint32), 0)
+        return rng.row_keep(tf.fill([4], key), passes, 8, 0.5, tf.constant(1.0)).numpy() > 0
+
+    kept = np.stack([keeps(s) for s in seeds])
     fraction = kept.mean(axis=0)  # (passes, units), each should be 0.5
     assert np.all(np.abs(fraction - 0.5) < 5 * np.sqrt(0.25 / len(seeds)))

@@ -181,7 +181,7 @@ def test_fused_mask_kernel_gives_the_plain_hash_bits(rows, rate) -> None:
 
 @pytest.mark.parametrize("first, count", [(0, 1), (0, 64), (5, 65), (100, 1000)])
 def test_one_seed_mask_kernel_gives_the_words_of_its_stream_key(first, count) -> None:
-    seed, stream, rate = rng.split_seed(0x1234_5678_9ABC), 48, 0.3
+    seed, stream, rate = tf.constant(rng.seed_words(0x1234_5678_9ABC), tf.uint32), 48, 0.3
     scale = tf.constant(1 / (1 - rate), tf.float32)
     passes = tf.constant(np.arange(first, first + count), tf.uint32)
     keys = tf.fill([count], rng.stream_key(seed, stream))
