@@ -8,6 +8,7 @@ from typing import Any
 from grpc_health.v1 import health_pb2
 
 from mcdropout_client import tensors
+from mcdropout_client.outputs import OUTPUT_NAMES, TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2
 from mcdropout_client.results import (
     DropoutLayer,
@@ -17,20 +18,7 @@ from mcdropout_client.results import (
     TensorSpec,
 )
 
-OUTPUT_NAMES: tuple[str, ...] = tuple(
-    name.lower() for name, value in mcdropout_pb2.Output.items() if value
-)
-"""Names accepted in ``predict(outputs=...)``, e.g. ``"mean"``, ``"mutual_information"``."""
-
 _MAX_SEED = 2**64
-# Response field name -> PredictResult attribute, for the tensors that map one to one.
-_TENSOR_FIELDS = {
-    "mean": "mean", "std": "std", "predictive_std": "predictive_std",
-    "standard_error": "standard_error", "predicted_class": "predicted_class",
-    "predictive_entropy": "predictive_entropy", "expected_entropy": "expected_entropy",
-    "mutual_information": "mutual_information", "variation_ratio": "variation_ratio",
-    "samples": "raw_samples",
-}
 
 
 def predict_request(
@@ -72,9 +60,9 @@ def output_enum(name: str) -> mcdropout_pb2.Output.ValueType:
 def predict_result(response: mcdropout_pb2.PredictResponse) -> PredictResult:
     """Turn a PredictResponse into a :class:`PredictResult` of numpy arrays."""
     arrays = {
-        attr: tensors.from_proto(getattr(response, name))
-        for name, attr in _TENSOR_FIELDS.items()
-        if response.HasField(name)  # type: ignore[arg-type]
+        spec.attribute: tensors.from_proto(getattr(response, spec.name))
+        for spec in TENSOR_OUTPUTS
+        if response.HasField(spec.name)  # type: ignore[arg-type]
     }
     intervals = {
         iv.level: (tensors.from_proto(iv.lower), tensors.from_proto(iv.upper))

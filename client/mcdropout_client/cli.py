@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mcdropout_client import _io, _table
-from mcdropout_client._messages import OUTPUT_NAMES
+from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
 from mcdropout_client.results import CLASSIFICATION

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
@@ -23,6 +23,11 @@ class Interval:
     level: float
     lower: np.ndarray
     upper: np.ndarray
+
+
+# Marks the fields holding one value (or vector) per input row: they are split by rows when a
+# merged batch is answered, and are what a served response may carry.
+_PER_ROW = {"per_row": True}
 
 
 @dataclass(frozen=True)
@@ -53,18 +58,22 @@ class Prediction:
     task: Task
     samples: int
     seed: int
-    mean: np.ndarray
-    std: np.ndarray
-    standard_error: np.ndarray
-    predictive_std: np.ndarray | None = None
+    mean: np.ndarray = field(metadata=_PER_ROW)
+    std: np.ndarray = field(metadata=_PER_ROW)
+    standard_error: np.ndarray = field(metadata=_PER_ROW)
+    predictive_std: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     intervals: tuple[Interval, ...] = field(default_factory=tuple)
-    predicted_class: np.ndarray | None = None
-    predictive_entropy: np.ndarray | None = None
-    expected_entropy: np.ndarray | None = None
-    mutual_information: np.ndarray | None = None
-    variation_ratio: np.ndarray | None = None
+    predicted_class: np.ndarray | None = field(default=None, metadata=_PER_ROW)
+    predictive_entropy: np.ndarray | None = field(default=None, metadata=_PER_ROW)
+    expected_entropy: np.ndarray | None = field(default=None, metadata=_PER_ROW)
+    mutual_information: np.ndarray | None = field(default=None, metadata=_PER_ROW)
+    variation_ratio: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     raw_samples: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
         return int(self.mean.shape[0])
+
+
+ROW_STATISTICS: tuple[str, ...] = tuple(f.name for f in fields(Prediction) if f.metadata.get("per_row"))
+"""The per-row statistics of a :class:`Prediction`, in field order."""

@@ -57,6 +57,11 @@ class PassStats:
             self.raw.append(y)
 
 
+def cancelled() -> CancelledError:
+    """The error a prediction stopped by its ``should_stop`` raises."""
+    return CancelledError("prediction cancelled: the caller gave up or its deadline passed")
+
+
 def _sum_passes(values: np.ndarray) -> np.ndarray:
     """Sum over axis 0 (passes) in an order that depends on the number of passes alone.
 
@@ -107,8 +112,7 @@ def sample(frontiers: list[list], blocks: list[slice], samples: int, chunk: int,
         for rows, frontier in zip(blocks, frontiers, strict=True):
             parts.append(run_chunk(rows, frontier, done, count))
             if should_stop is not None and should_stop():
-                raise CancelledError("prediction cancelled: the caller gave up or its "
-                                     "deadline passed")
+                raise cancelled()
         out.add(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1), classify,
                 keep_raw)
         done += count

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 
 from mcdropout import ResourceLimitError
-from mcdropout_server.calls import DeadlineExceededError
+from mcdropout_server.errors import DeadlineExceededError
 
 # Weight of the newest engine call in the throughput average: about the last ten calls count.
 _SMOOTHING = 0.2

@@ -11,7 +11,7 @@ request starts at once, so batching adds no latency when there is nothing to mer
 
 Requests are grouped by T rather than padded to the largest T: a request's answer is taken from
 exactly its own passes, and no request pays for another's extra passes. Each request keeps its
-own seed: :meth:`~mcdropout.engine.MCDropoutPredictor.predict_many` draws every row's masks from
+own seed: :meth:`~mcdropout.engine.MCDropoutPredictor.run` draws every row's masks from
 its own request's seed, so each answer equals the one the request gets alone.
 
 Everything here runs on the server's event loop; only the engine calls run on worker threads.
@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 from mcdropout import CancelledError
 from mcdropout_server.admission import Admission
-from mcdropout_server.calls import Answer, DeadlineExceededError, ShuttingDownError
+from mcdropout_server.calls import Answer
+from mcdropout_server.errors import DeadlineExceededError, ShuttingDownError
 from mcdropout_server.metrics import ServerMetrics
-from mcdropout_server.registry import PreparedCall
+from mcdropout_server.registry import PreparedCall, ServedModel
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,10 @@ class BatchPolicy:
 
     def key(self, prepared: PreparedCall) -> Hashable | None:
         """What a request must share with others to be merged with them; None: it runs alone."""
-        call = prepared.call
-        samples = call.samples or prepared.model.predictor.default_samples
-        if (not self.enabled or call.tolerance is not None or call.interval_levels
-                or "samples" in prepared.outputs or call.rows >= self.max_rows):
+        request = prepared.request
+        if not self.enabled or not request.mergeable or request.rows >= self.max_rows:
             return None
-        return (id(prepared.model), samples)
+        return (id(prepared.model), request.samples)
 
 
 DEFAULT_POLICY = BatchPolicy()
@@ -83,15 +81,14 @@ class Job:
 
     @property
     def rows(self) -> int:
-        return self.prepared.call.rows
+        return self.prepared.request.rows
 
     @property
     def row_passes(self) -> int:
-        call = self.prepared.call
-        return call.rows * (call.samples or self.prepared.model.predictor.default_samples)
+        return self.prepared.request.rows * self.prepared.request.samples
 
     @property
-    def model(self) -> Any:
+    def model(self) -> ServedModel:
         return self.prepared.model
 
     def gave_up(self) -> bool:
@@ -100,10 +97,9 @@ class Job:
                                       and time.monotonic() >= self.deadline)
 
 
-# run_one(job) answers one request; run_many(jobs) answers a merged batch, in order, with an
-# exception in place of the answer of a request refused on its own. Both block.
-RunOne = Callable[[Job], Answer]
-RunMany = Callable[[Sequence[Job]], Sequence[Answer | Exception]]
+# run(jobs) answers jobs with one engine call (blocking), in order, with an exception in place
+# of the answer of a request refused on its own.
+Run = Callable[[Sequence[Job]], Sequence[Answer | Exception]]
 
 
 class Scheduler:
@@ -114,18 +110,17 @@ class Scheduler:
         workers: Engine calls that may run at once.
         policy: When to merge.
         admission: Queue bound and deadline checks.
-        run_one, run_many: Run the engine (on a worker thread).
+        run: Runs the engine (on a worker thread).
         metrics: Where queue time and batch sizes are recorded.
     """
 
     def __init__(self, executor: Executor, workers: int, policy: BatchPolicy,
-                 admission: Admission, run_one: RunOne, run_many: RunMany,
-                 metrics: ServerMetrics | None = None) -> None:
+                 admission: Admission, run: Run, metrics: ServerMetrics | None = None) -> None:
         self._executor = executor
         self._workers = workers
         self.policy = policy
         self.admission = admission
-        self._run_one, self._run_many = run_one, run_many
+        self._run = run
         self._metrics = metrics
         self._pending: list[Job] = []
         self._running = 0
@@ -147,7 +142,7 @@ class Scheduler:
             asyncio.CancelledError: the caller went away; its work is dropped or stopped.
         """
         if self._closed:
-            raise ShuttingDownError("server is shutting down; retry on another replica")
+            raise ShuttingDownError()
         remaining = None if deadline is None else deadline - time.monotonic()
         self._drop_dead()  # so that requests already given up do not count against the bound
         try:
@@ -186,8 +181,7 @@ class Scheduler:
         self._drop_dead()
         if self._closed:
             for job in self._pending:
-                _settle(job, ShuttingDownError("server is shutting down; retry on another "
-                                               "replica"))
+                _settle(job, ShuttingDownError())
             self._pending.clear()
         waiting: set[Hashable] = set()
         wake: float | None = None
@@ -257,15 +251,11 @@ class Scheduler:
                     started - job.enqueued)
             self._metrics.observe_engine_call(label, len(group), sum(j.rows for j in group))
         loop = asyncio.get_running_loop()
-        call: Callable[[], Sequence[Answer | Exception]] = (
-            (lambda: [self._run_one(group[0])]) if len(group) == 1
-            else (lambda: self._run_many(group)))
         try:
-            work = loop.run_in_executor(self._executor, call)
+            work = loop.run_in_executor(self._executor, self._run, group)
         except RuntimeError:  # the pool shut down between close() and this dispatch
             work = loop.create_future()
-            work.set_exception(ShuttingDownError("server is shutting down; retry on another "
-                                                 "replica"))
+            work.set_exception(ShuttingDownError())
         work.add_done_callback(lambda done: self._finished(group, done, started, running))
 
     def _finished(self, group: list[Job], done: asyncio.Future[Sequence[Answer | Exception]],

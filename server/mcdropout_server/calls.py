@@ -1,7 +1,9 @@
-"""What a Predict call asks for, in domain terms, and the rules on which outputs a task has.
+"""What a Predict call asks for, in domain terms, and which outputs it gets.
 
-No grpc or protobuf here: the codec builds a :class:`PredictCall` from the wire request, the
-registry checks it against the model, and the answer comes back as an :class:`Answer`.
+No grpc or protobuf here: a codec builds a :class:`PredictCall` from the wire request, the
+registry resolves it against its model once (:class:`~mcdropout_server.registry.PreparedCall`),
+and the answer comes back as an :class:`Answer`. Which outputs exist, and for which task, is
+declared once in :mod:`mcdropout_client.outputs`.
 """
 
 from __future__ import annotations
@@ -9,16 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from mcdropout_client import outputs as catalogue
 
-from mcdropout import CancelledError, InvalidArgumentError, MCDropoutError, Prediction, Task
+from mcdropout import InvalidArgumentError, Prediction, Task
 
-MAX_INTERVAL_LEVELS = 16
 MAX_REQUEST_ID_CHARS = 128
-
-COMMON_OUTPUTS = ("mean", "std", "standard_error", "intervals", "samples")
-REGRESSION_OUTPUTS = ("predictive_std",)
-CLASSIFICATION_OUTPUTS = ("predicted_class", "predictive_entropy", "expected_entropy",
-                          "mutual_information", "variation_ratio")
 
 
 def is_valid_request_id(request_id: str) -> bool:
@@ -31,17 +28,9 @@ def is_valid_request_id(request_id: str) -> bool:
             and request_id.isprintable())
 
 
-class ShuttingDownError(MCDropoutError):
-    """The server is draining for shutdown and takes no new requests."""
-
-
-class DeadlineExceededError(CancelledError):
-    """The caller's deadline passed before the prediction finished (or started)."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PredictCall:
-    """One Predict request, decoded.
+    """One Predict request as decoded from the wire, before any default is applied.
 
     Attributes:
         model: Model name.
@@ -80,20 +69,6 @@ class Answer:
     outputs: frozenset[str]
 
 
-def allowed_outputs(task: Task, has_tau: bool) -> tuple[str, ...]:
-    """The outputs that make sense for ``task`` (PREDICTIVE_STD needs a known tau)."""
-    if task == "classification":
-        return COMMON_OUTPUTS + CLASSIFICATION_OUTPUTS
-    return COMMON_OUTPUTS + (REGRESSION_OUTPUTS if has_tau else ())
-
-
-def default_outputs(task: Task, has_tau: bool) -> tuple[str, ...]:
-    """The outputs sent when a request names none (see the proto's Output enum)."""
-    if task == "classification":
-        return ("mean", "std", "predicted_class", "predictive_entropy", "mutual_information")
-    return ("mean", "std", "predictive_std") if has_tau else ("mean", "std")
-
-
 def resolve_outputs(call: PredictCall, task: Task, has_tau: bool) -> frozenset[str]:
     """The outputs to compute for ``call`` on a model of ``task``.
 
@@ -101,10 +76,10 @@ def resolve_outputs(call: PredictCall, task: Task, has_tau: bool) -> frozenset[s
 
     Raises:
         InvalidArgumentError: an output that does not apply to the task (the message lists the
-            allowed ones), "intervals" without levels, or more than 16 levels.
+            allowed ones), or "intervals" without levels.
     """
-    allowed = allowed_outputs(task, has_tau)
-    chosen = set(call.outputs or default_outputs(task, has_tau))
+    allowed = catalogue.allowed(task, has_tau)
+    chosen = set(call.outputs or catalogue.defaults(task, has_tau))
     wrong = sorted(chosen - set(allowed))
     if wrong:
         why = (" (the model has no noise precision tau)"
@@ -112,9 +87,6 @@ def resolve_outputs(call: PredictCall, task: Task, has_tau: bool) -> frozenset[s
         raise InvalidArgumentError(
             f"outputs {wrong} do not apply to this {task} model{why}; allowed outputs: "
             f"{', '.join(allowed)}")
-    if len(call.interval_levels) > MAX_INTERVAL_LEVELS:
-        raise InvalidArgumentError(f"at most {MAX_INTERVAL_LEVELS} interval_levels are allowed, "
-                                   f"got {len(call.interval_levels)}")
     if call.interval_levels:
         chosen.add("intervals")
     elif "intervals" in chosen:

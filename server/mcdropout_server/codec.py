@@ -6,11 +6,11 @@ bytes are converted by :mod:`mcdropout_client.tensors`, shared with the client.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from mcdropout_client import tensors
+from mcdropout_client.outputs import TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
@@ -18,17 +18,6 @@ from mcdropout_server.calls import MAX_REQUEST_ID_CHARS, Answer, PredictCall, is
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
 _TASKS = {"regression": pb.REGRESSION, "classification": pb.CLASSIFICATION}
-# Output name -> (Prediction attribute, wire dtype); intervals and samples are handled apart.
-_STATISTICS = {
-    "mean": ("mean", np.float64), "std": ("std", np.float64),
-    "predictive_std": ("predictive_std", np.float64),
-    "standard_error": ("standard_error", np.float64),
-    "predicted_class": ("predicted_class", np.int64),
-    "predictive_entropy": ("predictive_entropy", np.float64),
-    "expected_entropy": ("expected_entropy", np.float64),
-    "mutual_information": ("mutual_information", np.float64),
-    "variation_ratio": ("variation_ratio", np.float64),
-}
 
 
 def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
@@ -39,8 +28,9 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
         request_id: The id to carry (the request's own, or one the server made).
 
     Raises:
-        InvalidArgumentError: missing or malformed inputs, a negative or NaN tolerance, an
-            unknown output enum value, a request id that is over-long or not printable ASCII.
+        InvalidArgumentError: missing or malformed inputs, an unknown output enum value, a
+            request id that is over-long or not printable ASCII. Values with a range (samples,
+            seed, tolerance, levels) are checked once, by the registry's resolution.
     """
     if request.request_id and not is_valid_request_id(request.request_id):
         raise InvalidArgumentError(
@@ -53,17 +43,13 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
         x = tensors.from_proto(request.inputs)
     except ValueError as exc:
         raise InvalidArgumentError(f"inputs: {exc}") from None
-    tolerance = request.tolerance
-    if math.isnan(tolerance) or tolerance < 0:
-        raise InvalidArgumentError(f"tolerance must be >= 0 (0 turns adaptive sampling off), "
-                                   f"got {tolerance}")
     return PredictCall(
         model=request.model_name,
         version=request.model_version or None,
         x=x,
         samples=request.samples or None,
         seed=request.seed if request.HasField("seed") else None,
-        tolerance=tolerance or None,
+        tolerance=request.tolerance or None,  # 0, the wire's default, turns it off
         interval_levels=tuple(request.interval_levels),
         outputs=tuple(_output_name(value) for value in request.outputs),
         request_id=request_id,
@@ -76,18 +62,16 @@ def encode_predict(answer: Answer, request_id: str) -> pb.PredictResponse:
     response = pb.PredictResponse(
         model_name=answer.model, model_version=answer.version, samples_used=prediction.samples,
         seed=prediction.seed, request_id=request_id, task=_TASKS[prediction.task])
-    for output in answer.outputs & _STATISTICS.keys():
-        attribute, dtype = _STATISTICS[output]
-        value = getattr(prediction, attribute)
-        if value is not None:
-            getattr(response, output).CopyFrom(_tensor(value, dtype))
+    for spec in TENSOR_OUTPUTS:
+        if spec.name in answer.outputs:
+            value = getattr(prediction, spec.attribute)
+            if value is not None:
+                getattr(response, spec.name).CopyFrom(_tensor(value, spec.dtype))
     if "intervals" in answer.outputs:
         for interval in prediction.intervals:
             response.intervals.add(level=interval.level,
                                    lower=_tensor(interval.lower, np.float64),
                                    upper=_tensor(interval.upper, np.float64))
-    if "samples" in answer.outputs and prediction.raw_samples is not None:
-        response.samples.CopyFrom(_tensor(prediction.raw_samples, np.float32))
     return response
 
 

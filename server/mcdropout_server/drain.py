@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from mcdropout_server.calls import ShuttingDownError
+from mcdropout_server.errors import ShuttingDownError
 
 
 class DrainGate:
@@ -34,7 +34,7 @@ class DrainGate:
             ShuttingDownError: the server is draining.
         """
         if self._closed:
-            raise ShuttingDownError("server is shutting down; retry on another replica")
+            raise ShuttingDownError()
         self._in_flight += 1
         self._idle.clear()
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from mcdropout_client import outputs as catalogue
 from mcdropout_client import tensors
+from mcdropout_client.outputs import OutputSpec
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
-from mcdropout_server.calls import Answer, PredictCall, allowed_outputs, default_outputs
+from mcdropout_server.calls import Answer, PredictCall
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
 PLATFORM = "mcdropout_keras"
@@ -40,30 +42,28 @@ DATATYPES: dict[str, tuple[int, str]] = {
 _NAME_OF_ENUM = {enum: name for name, (enum, _) in DATATYPES.items()}
 
 
+_DATATYPE_OF_DTYPE = {"float64": "FP64", "float32": "FP32", "int64": "INT64"}
+
+
 @dataclass(frozen=True)
 class OipOutput:
-    """How one OIP output name is computed: native output, Prediction attribute, datatype, rank."""
+    """How one OIP output is computed: its native output and the attribute holding its value."""
 
-    native: str
-    attribute: str
+    native: OutputSpec
+    attribute: str  # of the Prediction, or of its first Interval for "lower"/"upper"
     datatype: str
-    rank: int  # 1: (rows,), 2: (rows, outputs), 3: (passes, rows, outputs)
+
+    @property
+    def rank(self) -> int:
+        return len(self.native.shape)
 
 
+# OIP output name -> how it is computed, in the catalogue's order (what messages list).
 OUTPUTS: dict[str, OipOutput] = {
-    "mean": OipOutput("mean", "mean", "FP64", 2),
-    "probabilities": OipOutput("mean", "mean", "FP64", 2),
-    "std": OipOutput("std", "std", "FP64", 2),
-    "standard_error": OipOutput("standard_error", "standard_error", "FP64", 2),
-    "predictive_std": OipOutput("predictive_std", "predictive_std", "FP64", 2),
-    "predicted_class": OipOutput("predicted_class", "predicted_class", "INT64", 1),
-    "entropy": OipOutput("predictive_entropy", "predictive_entropy", "FP64", 1),
-    "expected_entropy": OipOutput("expected_entropy", "expected_entropy", "FP64", 1),
-    "mutual_information": OipOutput("mutual_information", "mutual_information", "FP64", 1),
-    "variation_ratio": OipOutput("variation_ratio", "variation_ratio", "FP64", 1),
-    "lower": OipOutput("intervals", "lower", "FP64", 2),
-    "upper": OipOutput("intervals", "upper", "FP64", 2),
-    "raw_samples": OipOutput("samples", "raw_samples", "FP32", 3),
+    name: OipOutput(spec, name if spec.name == "intervals" else spec.attribute,
+                    _DATATYPE_OF_DTYPE[spec.dtype])
+    for spec in catalogue.OUTPUTS
+    for name in dict.fromkeys(n for names in spec.oip.values() for n in names)
 }
 
 
@@ -79,13 +79,9 @@ class InferCall:
 
 def output_names(task: Task, has_tau: bool, native: tuple[str, ...] | None = None) -> list[str]:
     """The OIP output names of a model, or of the given native outputs (default: all allowed)."""
-    names: list[str] = []
-    for output in allowed_outputs(task, has_tau) if native is None else native:
-        if output == "mean":
-            names.append("probabilities" if task == "classification" else "mean")
-        else:
-            names += [n for n, o in OUTPUTS.items() if o.native == output and n != "mean"]
-    return [name for name in OUTPUTS if name in names]  # in the order of OUTPUTS
+    wanted = set(catalogue.allowed(task, has_tau) if native is None else native)
+    return [name for name, out in OUTPUTS.items()
+            if out.native.name in wanted and name in out.native.oip.get(task, ())]
 
 
 def parse_version(version: str) -> int | None:
@@ -117,7 +113,7 @@ def decode_infer(request: oip.ModelInferRequest, registry: ModelRegistry) -> Inf
     allowed = output_names(predictor.task, predictor.tau is not None)
     names = tuple(o.name for o in request.outputs) or tuple(
         output_names(predictor.task, predictor.tau is not None,
-                     default_outputs(predictor.task, predictor.tau is not None)))
+                     catalogue.defaults(predictor.task, predictor.tau is not None)))
     wrong = sorted(set(names) - set(allowed))
     if wrong:
         raise InvalidArgumentError(f"outputs {wrong} do not apply to this {predictor.task} model; "
@@ -131,7 +127,8 @@ def decode_infer(request: oip.ModelInferRequest, registry: ModelRegistry) -> Inf
         samples=params.get("samples") or None, seed=params.get("seed"),
         tolerance=params.get("tolerance") or None,
         interval_levels=() if level is None else (level,),
-        outputs=tuple(dict.fromkeys(OUTPUTS[n].native for n in names)), request_id=request.id)
+        outputs=tuple(dict.fromkeys(OUTPUTS[n].native.name for n in names)),
+        request_id=request.id)
     return InferCall(call, names, bool(request.raw_input_contents), level)
 
 
@@ -146,7 +143,7 @@ def encode_infer(answer: Answer, decoded: InferCall) -> oip.ModelInferResponse:
         response.parameters["interval_level"].double_param = decoded.interval_level
     for name in decoded.outputs:
         spec = OUTPUTS[name]
-        owner: Any = prediction.intervals[0] if spec.native == "intervals" else prediction
+        owner: Any = prediction.intervals[0] if spec.native.name == "intervals" else prediction
         value = getattr(owner, spec.attribute)
         if value is None:
             continue
@@ -249,9 +246,6 @@ def _parameters(params: Any) -> dict[str, Any]:
             value = float(value)
         else:
             raise InvalidArgumentError(f"parameter {key!r} must be a number, got {kind} {value!r}")
-        if key == "tolerance" and (math.isnan(value) or value < 0):
-            raise InvalidArgumentError(f"tolerance must be >= 0 (0 turns adaptive sampling off), "
-                                       f"got {value}")
         values[key] = value
     return values
 

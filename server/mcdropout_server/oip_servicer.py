@@ -8,7 +8,6 @@ clients may call answer UNIMPLEMENTED with a message listing what is served.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any
@@ -21,8 +20,9 @@ from mcdropout import MCDropoutError
 from mcdropout_server import oip_codec
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.rpc import RpcRecord, rpc
 from mcdropout_server.runner import PredictionRunner
-from mcdropout_server.status import RpcRecord, rpc
+from mcdropout_server.servicers import ServicerBase
 
 SERVICE_NAME: str = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 METHODS: tuple[str, ...] = tuple(
@@ -30,20 +30,12 @@ METHODS: tuple[str, ...] = tuple(
 SERVER_NAME = "mcdropout"
 
 
-class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(ServicerBase, oip_grpc.GRPCInferenceServiceServicer):
     """Serves the models of a :class:`~mcdropout_server.runner.PredictionRunner`'s registry.
 
-    Args:
-        runner: Runs predictions off the event loop (shared with the native API).
-        gate: Refuses new calls while the server drains; readiness turns false then.
-        metrics: Where calls are counted.
+    Shares its runner, drain gate (readiness turns false while it drains) and metrics with the
+    native API.
     """
-
-    def __init__(self, runner: PredictionRunner, gate: DrainGate, metrics: ServerMetrics) -> None:
-        self.runner = runner
-        self.registry = runner.registry
-        self.gate = gate
-        self.metrics = metrics
 
     async def ServerLive(self, request: oip.ServerLiveRequest,
                          context: Any) -> oip.ServerLiveResponse:
@@ -82,14 +74,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Any,
                          record: RpcRecord) -> oip.ModelInferResponse:
         decoded = oip_codec.decode_infer(request, self.registry)
-        call = decoded.call
-        record.rows, record.seed = call.rows, call.seed
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        answer = await self.runner.predict(call, deadline=deadline)
-        record.version, record.samples = answer.version, answer.prediction.samples
-        record.seed = answer.prediction.seed
-        self.metrics.observe_prediction(answer.model, call.rows, answer.prediction.samples)
+        answer = await self.predict(decoded.call, context, record)
         return oip_codec.encode_infer(answer, decoded)
 
 

@@ -1,8 +1,8 @@
 """The served models: every version of every model in the store, loaded and warmed up at start.
 
-:meth:`ModelRegistry.predict` is the one call from the transport into the engine; a later layer
-(dynamic batching) can sit in front of it without the servicers changing. The set of served
-versions can be swapped at run time (:meth:`ModelRegistry.replace`, used by
+:meth:`ModelRegistry.prepare` resolves a decoded call against its model version, once, into the
+:class:`PreparedCall` that the scheduler queues and the engine runs. The set of served versions
+can be swapped at run time (:meth:`ModelRegistry.replace`, used by
 :mod:`mcdropout_server.reload`); a call holds on to the version it resolved, so calls in flight
 finish on it.
 """
@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
-from mcdropout import (
-    CancelledError,
-    InvalidArgumentError,
-    ModelInfo,
-    ModelLoadError,
-    ModelStore,
-    NotFoundError,
-    ResourceLimitError,
-)
+from mcdropout import InvalidArgumentError, ModelInfo, ModelLoadError, ModelStore, NotFoundError
 from mcdropout.engine import MCDropoutPredictor
-from mcdropout_server.calls import Answer, PredictCall, resolve_outputs
+from mcdropout.engine.request import Limits as RequestLimits
+from mcdropout.engine.request import Request
+from mcdropout_server.calls import PredictCall, resolve_outputs
 from mcdropout_server.logs import fields
 
 log = logging.getLogger(__name__)
@@ -112,11 +106,20 @@ def load_version(store: ModelStore, name: str, version: int, options: LoadOption
 
 @dataclass(frozen=True)
 class PreparedCall:
-    """A call checked against its model, ready to run."""
+    """A call resolved against its model version, once: what the scheduler and engine read.
 
-    call: PredictCall
+    Attributes:
+        model: The model version that answers.
+        request: Samples, seed, tolerance and levels with every default applied and limit
+            checked; the inputs are checked by the engine when they run.
+        outputs: The output names to send.
+        request_id: The call's id, for logs.
+    """
+
     model: ServedModel
+    request: Request
     outputs: frozenset[str]
+    request_id: str = ""
 
 
 class ModelRegistry:
@@ -205,51 +208,27 @@ class ModelRegistry:
         return versions[version]
 
     def prepare(self, call: PredictCall) -> PreparedCall:
-        """Check ``call`` against its model and the size limits, before any work is queued.
+        """Resolve ``call`` against its model and the size limits, before any work is queued.
 
         Raises:
             InvalidArgumentError, NotFoundError: see :meth:`get` and
-                :func:`~mcdropout_server.calls.resolve_outputs`; samples outside 1..max_samples.
-            ResourceLimitError: rows above max_rows, or rows x samples above max_row_samples.
+                :func:`~mcdropout_server.calls.resolve_outputs`; samples, seed, tolerance or
+                interval levels out of range.
+            ResourceLimitError: rows above max_rows, rows x samples above max_row_samples, or
+                raw passes above the model's limit.
         """
         served = self.get(call.model, call.version)
         predictor = served.predictor
         outputs = resolve_outputs(call, predictor.task, predictor.tau is not None)
-        samples = call.samples or predictor.default_samples
-        if not 1 <= samples <= predictor.max_samples:
-            raise InvalidArgumentError(
-                f"samples must be in 1..{predictor.max_samples} for model {served.name!r} "
-                f"(0 for the default, {predictor.default_samples}), got {samples}")
-        rows, limits = call.rows, self.limits
-        if rows > limits.max_rows:
-            raise ResourceLimitError(f"inputs have {rows} rows; at most {limits.max_rows} rows "
-                                     "per request are allowed, split the batch")
-        if rows * samples > limits.max_row_samples:
-            raise ResourceLimitError(
-                f"rows x samples = {rows} x {samples} = {rows * samples} is above the limit of "
-                f"{limits.max_row_samples} row-passes per request; send fewer rows or samples")
-        return PreparedCall(call, served, outputs)
-
-    def run(self, prepared: PreparedCall, should_stop: Callable[[], bool] | None = None) -> Answer:
-        """Run a prepared call's passes (blocking; call from a worker thread).
-
-        Raises:
-            CancelledError: ``should_stop`` returned True, before the first pass or between chunks.
-            InvalidArgumentError, ResourceLimitError: raised by the engine for bad inputs.
-        """
-        if should_stop is not None and should_stop():
-            raise CancelledError("the request was cancelled before it started")
-        call = prepared.call
-        prediction = prepared.model.predictor.predict(
+        request = predictor.resolve(
             call.x, call.samples, call.seed, tolerance=call.tolerance,
-            interval_levels=call.interval_levels, return_samples="samples" in prepared.outputs,
-            should_stop=should_stop)
-        return Answer(prepared.model.name, prepared.model.version, prediction, prepared.outputs)
+            interval_levels=call.interval_levels, return_samples="samples" in outputs,
+            limits=self._request_limits(served))
+        return PreparedCall(served, request, outputs, call.request_id)
 
-    def predict(self, call: PredictCall,
-                should_stop: Callable[[], bool] | None = None) -> Answer:
-        """Check and run ``call`` (blocking): :meth:`prepare` then :meth:`run`."""
-        return self.run(self.prepare(call), should_stop)
+    def _request_limits(self, served: ServedModel) -> RequestLimits:
+        return replace(served.predictor.limits, max_rows=self.limits.max_rows,
+                       max_row_samples=self.limits.max_row_samples)
 
     def _versions(self, name: str) -> dict[int, ServedModel]:
         if not name:

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from mcdropout import CancelledError, InvalidArgumentError
 from mcdropout_server.admission import Admission
 from mcdropout_server.batching import DEFAULT_POLICY, BatchPolicy, Job, Scheduler
-from mcdropout_server.calls import Answer, DeadlineExceededError, PredictCall
+from mcdropout_server.calls import Answer, PredictCall
+from mcdropout_server.errors import DeadlineExceededError
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.registry import ModelRegistry
 
@@ -38,7 +39,7 @@ class PredictionRunner:
         self.registry = registry
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mcdropout-worker")
         self.scheduler = Scheduler(self._pool, workers, batching, Admission(max_queue),
-                                   self._run_one, self._run_many, metrics)
+                                   self._run, metrics)
         if batching.enabled:
             for served in registry.models():
                 served.predictor.warmup(batch_rows=batching.max_rows)
@@ -72,44 +73,22 @@ class PredictionRunner:
         self.scheduler.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    # -- on worker threads ---------------------------------------------------------------------
-    def _run_one(self, job: Job) -> Answer:
-        try:
-            return self.registry.run(job.prepared, job.gave_up)
-        except CancelledError:
-            if job.deadline is not None and time.monotonic() >= job.deadline:
-                raise DeadlineExceededError("the request's deadline passed while the passes "
-                                            "ran; the work was stopped") from None
-            raise
-
+    # -- on a worker thread ------------------------------------------------------------------------
     @staticmethod
-    def _run_many(jobs: Sequence[Job]) -> list[Answer | InvalidArgumentError]:
-        try:
-            return list(_merged(jobs))
-        except InvalidArgumentError:
-            # The engine checks every input before any pass and refuses the whole merged call
-            # for one bad input: find the bad ones (rarely any) and answer the rest without them.
-            predictor = jobs[0].prepared.model.predictor
-            failures: dict[int, InvalidArgumentError] = {}
-            for i, job in enumerate(jobs):
-                try:
-                    predictor.check_inputs(job.prepared.call.x)
-                except InvalidArgumentError as exc:
-                    failures[i] = exc
-            if not failures:
-                raise  # not an input: samples or a seed, the same for every request
-            answers = iter(_merged([j for i, j in enumerate(jobs) if i not in failures]))
-            return [failures[i] if i in failures else next(answers) for i in range(len(jobs))]
+    def _run(jobs: Sequence[Job]) -> list[Answer | InvalidArgumentError]:
+        """Answer ``jobs`` with one engine call; a merged call of one job is the ordinary case.
 
+        A job whose input values the engine refuses gets its error in place of an answer; the
+        others are answered without it.
+        """
 
-def _merged(jobs: Sequence[Job]) -> list[Answer]:
-    """Answer ``jobs`` with one merged engine call (none when there are none)."""
-    if not jobs:
-        return []
-    first = jobs[0].prepared
-    predictions = first.model.predictor.predict_many(
-        [j.prepared.call.x for j in jobs], first.call.samples,
-        [j.prepared.call.seed for j in jobs],
-        should_stop=lambda: all(j.gave_up() for j in jobs))
-    return [Answer(j.model.name, j.model.version, p, j.prepared.outputs)
-            for j, p in zip(jobs, predictions, strict=True)]
+        def should_stop() -> bool:
+            return all(job.gave_up() for job in jobs)
+
+        if should_stop():
+            raise CancelledError("the request was cancelled before it started")
+        model = jobs[0].model
+        answers = model.predictor.run([job.prepared.request for job in jobs], should_stop)
+        return [answer if isinstance(answer, InvalidArgumentError)
+                else Answer(model.name, model.version, answer, job.prepared.outputs)
+                for job, answer in zip(jobs, answers, strict=True)]

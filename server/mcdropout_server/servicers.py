@@ -1,4 +1,9 @@
-"""The mcdropout.v1.PredictionService methods: decode with the codec, call the domain, encode."""
+"""The mcdropout.v1.PredictionService methods: decode with the codec, call the domain, encode.
+
+:class:`ServicerBase` holds what both APIs' servicers share (this one and the Open Inference
+Protocol's in :mod:`mcdropout_server.oip_servicer`): the runner, the drain gate, the metrics, and
+running one decoded call with its deadline and bookkeeping.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,15 @@ from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
 from mcdropout_server import codec
+from mcdropout_server.calls import Answer, PredictCall
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.rpc import RpcRecord, rpc
 from mcdropout_server.runner import PredictionRunner
-from mcdropout_server.status import RpcRecord, rpc
 
 
-class PredictionServicer(pb_grpc.PredictionServiceServicer):
-    """Serves the models of a :class:`~mcdropout_server.runner.PredictionRunner`'s registry.
+class ServicerBase:
+    """What every prediction servicer holds and does, whatever its wire API.
 
     Args:
         runner: Runs predictions off the event loop.
@@ -30,10 +36,8 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
         self.gate = gate
         self.metrics = metrics
 
-    @rpc("Predict")
-    async def Predict(self, request: pb.PredictRequest, context: Any,
-                      record: RpcRecord) -> pb.PredictResponse:
-        call = codec.decode_predict(request, record.request_id)
+    async def predict(self, call: PredictCall, context: Any, record: RpcRecord) -> Answer:
+        """Run a decoded call within the RPC's deadline, noting what it did in ``record``."""
         record.rows, record.seed = call.rows, call.seed
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -41,6 +45,17 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
         record.version, record.samples = answer.version, answer.prediction.samples
         record.seed = answer.prediction.seed
         self.metrics.observe_prediction(answer.model, call.rows, answer.prediction.samples)
+        return answer
+
+
+class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
+    """Serves the models of a :class:`~mcdropout_server.runner.PredictionRunner`'s registry."""
+
+    @rpc("Predict")
+    async def Predict(self, request: pb.PredictRequest, context: Any,
+                      record: RpcRecord) -> pb.PredictResponse:
+        call = codec.decode_predict(request, record.request_id)
+        answer = await self.predict(call, context, record)
         return codec.encode_predict(answer, record.request_id)
 
     @rpc("GetModelMetadata")

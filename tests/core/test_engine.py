@@ -16,6 +16,7 @@ from mcdropout import (
     NoStochasticLayersError,
     ResourceLimitError,
 )
+from mcdropout.engine.determinism import rows_are_batch_invariant
 from mcdropout.engine.stats import RunningMoments
 
 
@@ -118,18 +119,22 @@ def test_seed_accepts_the_full_64_bit_range(regressor, rows) -> None:
 
 
 def test_a_row_does_not_depend_on_its_batch(regressor, rows) -> None:
+    # Rounding alone where this CPU's matrix kernels depend on the row count (see determinism).
+    exact = rows_are_batch_invariant()
     together = regressor.predict(rows, samples=200, seed=9)
     for i in (0, 3, 5):
         alone = regressor.predict(rows[i:i + 1], samples=200, seed=9)
-        np.testing.assert_allclose(alone.mean, together.mean[i:i + 1], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(alone.std, together.std[i:i + 1], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(alone.mean, together.mean[i:i + 1],
+                                   rtol=1e-12 if exact else 1e-6, atol=1e-12)
+        np.testing.assert_allclose(alone.std, together.std[i:i + 1],
+                                   rtol=1e-9 if exact else 1e-5, atol=1e-12)
 
 
 def test_chunking_does_not_change_the_answer(rows) -> None:
     model = _mlp()
     big = MCDropoutPredictor(model).predict(rows, samples=300, seed=4)
     small_predictor = MCDropoutPredictor(model, memory_budget_bytes=2**20)
-    assert small_predictor._plan(6000, 300, False)[0] < 6000  # rows really are split in blocks
+    assert small_predictor.plan(6000, 300, False)[0] < 6000  # rows really are split in blocks
     tiny = small_predictor.predict(np.tile(rows, (1000, 1)), samples=300, seed=4)
     np.testing.assert_allclose(tiny.mean[:6], big.mean, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(tiny.std[:6], big.std, rtol=1e-7, atol=1e-12)
@@ -181,7 +186,7 @@ def test_prefix_caching_equals_the_unsplit_model(rows) -> None:
     model = _mlp()
     cached = MCDropoutPredictor(model)
     whole = MCDropoutPredictor(model, prefix_caching=False)
-    assert cached._split.prefix_layers == 1 and whole._split.prefix_layers == 0
+    assert cached.split.prefix_layers == 1 and whole.split.prefix_layers == 0
     a, b = cached.predict(rows, samples=100, seed=3), whole.predict(rows, samples=100, seed=3)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(a.std, b.std, rtol=1e-4, atol=1e-6)
@@ -196,7 +201,7 @@ def test_functional_model_caches_its_deterministic_branches(rows) -> None:
     merged = keras.layers.Concatenate()([keras.layers.Dense(8)(noisy), side])
     model = keras.Model(inp, keras.layers.Dense(2)(merged))
     cached = MCDropoutPredictor(model)
-    assert cached._split.prefix_layers == 2  # trunk and side run once per row
+    assert cached.split.prefix_layers == 2  # trunk and side run once per row
     a = cached.predict(rows, samples=80, seed=8)
     b = MCDropoutPredictor(model, prefix_caching=False).predict(rows, samples=80, seed=8)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6)
@@ -346,8 +351,8 @@ def test_adaptive_sampling_stops_at_the_tolerance(regressor, rows) -> None:
 
 def test_many_samples_on_many_rows_stay_within_the_budget() -> None:
     predictor = MCDropoutPredictor(_mlp(hidden=50), memory_budget_bytes=8 * 2**20)
-    block, chunk = predictor._plan(1000, 10_000, False)
-    assert block * chunk * predictor._split.per_row_bytes <= 8 * 2**20
+    block, chunk = predictor.plan(1000, 10_000, False)
+    assert block * chunk * predictor.split.per_row_bytes <= 8 * 2**20
     result = predictor.predict(np.random.default_rng(0).normal(size=(1000, 8)), samples=10_000,
                                seed=1)
     assert result.samples == 10_000 and result.mean.shape == (1000, 1)
@@ -369,7 +374,7 @@ def test_welford_merge_is_stable_far_from_zero() -> None:
     ({"x": np.ones((0, 8))}, "at least one row"),
     ({"x": np.array([["a"] * 8])}, "numeric"),
     ({"x": np.full((2, 8), np.nan)}, "NaN or Inf"),
-    ({"samples": 0}, r"samples must be an integer in 1..10000, got 0"),
+    ({"samples": 0}, r"samples must be an integer in 1..10000 \(unset for the default, 100\), got 0"),
     ({"samples": 10_001}, "got 10001"),
     ({"seed": -1}, "seed must be"),
     ({"seed": 2**64}, "seed must be"),

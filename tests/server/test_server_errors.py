@@ -60,7 +60,7 @@ CASES = {
     "NaN input": (request(x=NAN), Code.INVALID_ARGUMENT, ["NaN or Inf", "row 0"]),
     "Inf input": (request(x=INF), Code.INVALID_ARGUMENT, ["NaN or Inf"]),
     "too many samples": (request(samples=MAX_SAMPLES + 1), Code.INVALID_ARGUMENT,
-                         [f"samples must be in 1..{MAX_SAMPLES}", f"got {MAX_SAMPLES + 1}"]),
+                         [f"samples must be an integer in 1..{MAX_SAMPLES}", f"got {MAX_SAMPLES + 1}"]),
     "level above 1": (request(interval_levels=[0.9, 1.5]), Code.INVALID_ARGUMENT,
                       ["strictly between 0 and 1", "got 1.5"]),
     "17 levels": (request(interval_levels=[0.5] * 17), Code.INVALID_ARGUMENT,
@@ -76,7 +76,7 @@ CASES = {
     "unknown output value": (request(outputs=[99]), Code.INVALID_ARGUMENT,
                              ["unknown output enum value 99", "MEAN"]),
     "negative tolerance": (request(tolerance=-0.5), Code.INVALID_ARGUMENT,
-                           ["tolerance must be >= 0", "got -0.5"]),
+                           ["tolerance must be a finite number >= 0", "got -0.5"]),
     "too many rows": (request(x=reg_inputs(LIMITS.max_rows + 1)), Code.RESOURCE_EXHAUSTED,
                       [f"{LIMITS.max_rows + 1} rows", f"at most {LIMITS.max_rows}"]),
     "rows x samples": (request(x=reg_inputs(250), samples=5000), Code.RESOURCE_EXHAUSTED,
@@ -124,7 +124,7 @@ def test_unexpected_failure_is_internal_with_request_id_and_logged(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("kaboom in the engine")
 
-    monkeypatch.setattr(registry.get("cls").predictor, "predict", broken)
+    monkeypatch.setattr(registry.get("cls").predictor, "run", broken)
     with caplog.at_level(logging.ERROR, logger="mcdropout_server"):
         error = refused(stub, request("cls", cls_inputs(1), request_id="req-internal-1"))
     assert error.code() == Code.INTERNAL

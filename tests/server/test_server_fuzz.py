@@ -127,7 +127,7 @@ def test_decoding_any_request_gives_a_call_or_invalid_argument(
         assert str(exc)  # a message, always
         return
     assert call.x.shape == tuple(request.inputs.shape)
-    assert call.tolerance is None or call.tolerance > 0
+    assert (call.tolerance is None) == (request.tolerance == 0)  # 0 on the wire: off
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -139,7 +139,10 @@ def test_checking_any_decoded_call_refuses_with_a_domain_error(
     except DOMAIN_REFUSALS as exc:
         assert str(exc)
         return
-    assert prepared.call.rows <= registry.limits.max_rows
+    request_ = prepared.request
+    assert request_.rows <= registry.limits.max_rows
+    assert 1 <= request_.samples <= prepared.model.predictor.max_samples
+    assert request_.tolerance is None or request_.tolerance >= 0
 
 
 @settings(max_examples=300, deadline=None)

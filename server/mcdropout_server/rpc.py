@@ -1,4 +1,5 @@
-"""Domain errors to gRPC status codes, in one place, and the wrapper every RPC method runs in.
+"""The RPC middleware: domain errors to gRPC status codes in one place, and the wrapper every
+RPC method runs in.
 
 :func:`rpc` admits the call through the drain gate, times it, turns exceptions into status codes
 with a message (an unexpected one becomes INTERNAL with the request id and is logged with its
@@ -24,8 +25,9 @@ from mcdropout import (
     NotFoundError,
     ResourceLimitError,
 )
-from mcdropout_server.calls import DeadlineExceededError, ShuttingDownError, is_valid_request_id
+from mcdropout_server.calls import is_valid_request_id
 from mcdropout_server.drain import DrainGate
+from mcdropout_server.errors import DeadlineExceededError, ShuttingDownError
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 
