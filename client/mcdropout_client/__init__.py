@@ -7,10 +7,10 @@
         print(result.mean, result.std)
 """
 
-from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.aio import AsyncClient
 from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
+from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.results import (
     DropoutLayer,
     ModelDescription,

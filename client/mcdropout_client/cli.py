@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mcdropout_client import _io, _table
-from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
+from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.results import CLASSIFICATION
 
 EXIT_SERVER_ERROR = 1
