@@ -63,14 +63,14 @@ COPY --from=builder /models /models
 
 # The server reads every setting from MCDROPOUT_* variables (`mcdropout serve --help` lists them);
 # those set here are the image's defaults and can be overridden with `docker run -e`.
-# HOME, KERAS_HOME and MPLCONFIGDIR point at /tmp, the only place the process writes (Keras'
-# config, matplotlib's font cache), so the root file system can be mounted read-only.
+# HOME and KERAS_HOME point at /tmp, the only place the process writes (Keras' config), so the
+# root file system can be mounted read-only. No MPLCONFIGDIR: the image has no matplotlib (the
+# `report` extra; serving never plots).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     KERAS_HOME=/tmp/keras \
-    MPLCONFIGDIR=/tmp/matplotlib \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MCDROPOUT_MODEL_ROOT=/models \
     MCDROPOUT_HOST=0.0.0.0 \

@@ -8,7 +8,10 @@ right and wrong predictions. :func:`plot_dropout_sweep` draws a grid search's va
 against the dropout rate.
 
 Plots are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global state), so
-this works on servers and from threads.
+this works on servers and from threads. matplotlib is the optional ``report`` extra
+(``pip install 'mcdropout[report]'``), imported only when a plot is drawn: the server and its image
+do without it. Without it, the plotting functions raise :class:`PlottingUnavailableError`, which
+names that install command.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout.errors import InvalidArgumentError
+from mcdropout.errors import InvalidArgumentError, MCDropoutError
 from mcdropout.evaluation import scores
 
 # Nominal coverages of the calibration curve: ten evenly spaced levels.
@@ -29,6 +32,21 @@ CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.05 + 0.1 * i, 2) for i in 
 RELIABILITY_BINS = 10
 FIGURE_INCHES = (6.0, 4.5)
 DPI = 100
+# What to run where matplotlib is missing.
+INSTALL_HINT = "pip install 'mcdropout[report]'"
+
+
+class PlottingUnavailableError(MCDropoutError, ImportError):
+    """matplotlib, the ``report`` extra, is not installed (or does not import)."""
+
+
+def require_plotting() -> None:
+    """Check that plots can be drawn, before any long work whose results they would show.
+
+    Raises:
+        PlottingUnavailableError: matplotlib is missing; the message says how to install it.
+    """
+    _matplotlib()
 
 
 def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.ndarray, *,
@@ -54,7 +72,9 @@ def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.nda
 
     Raises:
         InvalidArgumentError: no rows, or y does not match x.
+        PlottingUnavailableError: matplotlib (the ``report`` extra) is not installed.
     """
+    require_plotting()  # before the predictions
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     x = np.asarray(x)
@@ -102,6 +122,9 @@ def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | P
 
     Returns:
         ``path``.
+
+    Raises:
+        PlottingUnavailableError: matplotlib (the ``report`` extra) is not installed.
     """
     if not points:
         raise InvalidArgumentError("points must not be empty")
@@ -249,12 +272,23 @@ def _predict(predictor: Any, x: np.ndarray, samples: int | None, seed: int | Non
             "intervals": [(i.lower, i.upper) for i in p.intervals]}
 
 
-def _figure() -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas classes, imported here only: nothing that serves imports
+    this module's plotting, and the server's install has no matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise PlottingUnavailableError(
+            f"plots need matplotlib, which does not import here ({exc}); install the report "
+            f"extra: {INSTALL_HINT}") from exc
+    return Figure, FigureCanvasAgg
 
-    figure = Figure(figsize=FIGURE_INCHES, layout="tight")
-    FigureCanvasAgg(figure)
+
+def _figure() -> tuple[Any, Any]:
+    figure_class, canvas_class = _matplotlib()
+    figure = figure_class(figsize=FIGURE_INCHES, layout="tight")
+    canvas_class(figure)
     return figure, figure.add_subplot()
 
 

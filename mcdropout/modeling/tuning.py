@@ -258,6 +258,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.output:
+        report.require_plotting()  # matplotlib (the report extra) missing: say so before training
     config = training.TrainConfig(
         task=args.task, hidden=tuple(args.hidden), epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience,

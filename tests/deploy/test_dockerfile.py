@@ -135,6 +135,19 @@ def test_constraints_pin_every_runtime_requirement_to_an_allowed_version() -> No
             f"{CONSTRAINTS.name} pins {name}=={version}, outside the project's {req}")
 
 
+def test_the_image_installs_no_plotting() -> None:
+    # matplotlib is the `report` extra: serving never plots, and where it is installed `import
+    # keras` imports pyplot (and builds matplotlib's font cache) in the server.
+    runs = " ".join(args for word, args in instructions() if word == "RUN")
+    extras = {extra.strip() for group in re.findall(r"\.\[([^\]]*)\]", runs)
+              for extra in group.split(",")}
+    assert extras == {"server"}, extras
+    report = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["report"]
+    plotting = {canonicalize_name(Requirement(text).name) for text in report} | {"matplotlib"}
+    assert not plotting & set(pins()), sorted(plotting & set(pins()))
+
+
 def test_the_readme_lists_every_setting() -> None:
     # The settings table lives in the README's Deploy section.
     notes = (ROOT / "README.md").read_text()
