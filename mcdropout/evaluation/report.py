@@ -7,11 +7,8 @@ reliability diagram (accuracy against confidence) and histograms of the mutual i
 right and wrong predictions. :func:`plot_dropout_sweep` draws a grid search's validation metric
 against the dropout rate.
 
-Plots are drawn on matplotlib's Agg canvas directly (no pyplot, no display, no global state), so
-this works on servers and from threads. matplotlib is the optional ``report`` extra
-(``pip install 'mcdropout[report]'``), imported only when a plot is drawn: the server and its image
-do without it. Without it, the plotting functions raise :class:`PlottingUnavailableError`, which
-names that install command.
+Plots are drawn by :mod:`mcdropout.evaluation.plotting` (matplotlib's Agg canvas, the optional
+``report`` extra, imported only when a plot is drawn).
 """
 
 from __future__ import annotations
@@ -24,29 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from mcdropout.errors import InvalidArgumentError, MCDropoutError
+from mcdropout.errors import InvalidArgumentError
 from mcdropout.evaluation import scores
+from mcdropout.evaluation.plotting import DPI, new_figure, require_plotting
 
 # Nominal coverages of the calibration curve: ten evenly spaced levels.
 CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.05 + 0.1 * i, 2) for i in range(10))
 RELIABILITY_BINS = 10
-FIGURE_INCHES = (6.0, 4.5)
-DPI = 100
-# What to run where matplotlib is missing.
-INSTALL_HINT = "pip install 'mcdropout[report]'"
-
-
-class PlottingUnavailableError(MCDropoutError, ImportError):
-    """matplotlib, the ``report`` extra, is not installed (or does not import)."""
-
-
-def require_plotting() -> None:
-    """Check that plots can be drawn, before any long work whose results they would show.
-
-    Raises:
-        PlottingUnavailableError: matplotlib is missing; the message says how to install it.
-    """
-    _matplotlib()
 
 
 def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.ndarray, *,
@@ -128,7 +109,7 @@ def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | P
     """
     if not points:
         raise InvalidArgumentError("points must not be empty")
-    figure, ax = _figure()
+    figure, ax = new_figure()
     labels = list(dict.fromkeys(label for _, label, _ in points))
     for label in labels:
         series = sorted((p, v) for p, lab, v in points if lab == label)
@@ -162,7 +143,7 @@ def _regression_figures(predictor: Any, x: np.ndarray, y: np.ndarray, samples: i
     figures = {}
 
     observed = coverage_curve(y, part["intervals"])
-    figure, ax = _figure()
+    figure, ax = new_figure()
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="ideal")
     ax.plot(CALIBRATION_LEVELS, observed, marker="o", label="observed")
     ax.set_xlabel("nominal coverage of the central interval")
@@ -178,7 +159,7 @@ def _regression_figures(predictor: Any, x: np.ndarray, y: np.ndarray, samples: i
 
     error = np.abs(y - mean).ravel()
     spread = std.ravel()
-    figure, ax = _figure()
+    figure, ax = new_figure()
     ax.scatter(spread, error, s=8, alpha=0.35, label="rows: |error|")
     order = np.argsort(spread)
     bins = [b for b in np.array_split(order, min(10, len(order))) if b.size]
@@ -198,7 +179,7 @@ def _regression_figures(predictor: Any, x: np.ndarray, y: np.ndarray, samples: i
     if tuple(predictor.input_shape) == (1,):
         inputs = x.reshape(len(x)).astype(np.float64)
         order = np.argsort(inputs)
-        figure, ax = _figure()
+        figure, ax = new_figure()
         ax.fill_between(inputs[order], (mean[:, 0] - 2 * std[:, 0])[order],
                         (mean[:, 0] + 2 * std[:, 0])[order], alpha=0.25, label="mean ± 2 std")
         ax.plot(inputs[order], mean[order, 0], color="C0", label="MC mean")
@@ -229,7 +210,7 @@ def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
     hits = np.bincount(index, weights=correct.astype(np.float64), minlength=RELIABILITY_BINS)
     used = count > 0
     centres = (edges[:-1] + edges[1:]) / 2
-    figure, ax = _figure()
+    figure, ax = new_figure()
     ax.bar(centres[used], hits[used] / count[used], width=1.0 / RELIABILITY_BINS,
            edgecolor="k", alpha=0.7, label="accuracy")
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="ideal")
@@ -246,7 +227,7 @@ def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
                                           "are over-confident.")
 
     info = part["mutual_information"]
-    figure, ax = _figure()
+    figure, ax = new_figure()
     bins = np.linspace(0.0, max(float(info.max()), 1e-6), 30)
     for mask, label, colour in ((correct, "correct", "C2"), (~correct, "wrong", "C3")):
         if mask.any():
@@ -270,26 +251,6 @@ def _predict(predictor: Any, x: np.ndarray, samples: int | None, seed: int | Non
     return {"mean": p.mean, "std": p.std, "predictive_std": p.predictive_std,
             "mutual_information": p.mutual_information,
             "intervals": [(i.lower, i.upper) for i in p.intervals]}
-
-
-def _matplotlib() -> tuple[Any, Any]:
-    """matplotlib's Figure and Agg canvas classes, imported here only: nothing that serves imports
-    this module's plotting, and the server's install has no matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise PlottingUnavailableError(
-            f"plots need matplotlib, which does not import here ({exc}); install the report "
-            f"extra: {INSTALL_HINT}") from exc
-    return Figure, FigureCanvasAgg
-
-
-def _figure() -> tuple[Any, Any]:
-    figure_class, canvas_class = _matplotlib()
-    figure = figure_class(figsize=FIGURE_INCHES, layout="tight")
-    canvas_class(figure)
-    return figure, figure.add_subplot()
 
 
 def _page(title: str, table: Mapping[str, float], images: list[tuple[str, str]]) -> str:

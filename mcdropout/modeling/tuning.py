@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.evaluation import report
+from mcdropout.evaluation import plotting, report
 from mcdropout.modeling import tables, training
 from mcdropout.store import ModelInfo, ModelStore, validate_name
 
@@ -259,7 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _main(args: argparse.Namespace) -> int:
     if args.output:
-        report.require_plotting()  # matplotlib (the report extra) missing: say so before training
+        plotting.require_plotting()  # matplotlib (the report extra) missing: say so before training
     config = training.TrainConfig(
         task=args.task, hidden=tuple(args.hidden), epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience,

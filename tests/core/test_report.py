@@ -14,11 +14,11 @@ from PIL import Image
 
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.evaluation import report
+from mcdropout.evaluation import plotting, report
 from mcdropout.modeling.builders import build_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-WIDTH, HEIGHT = (round(v * report.DPI) for v in report.FIGURE_INCHES)
+WIDTH, HEIGHT = (round(v * plotting.DPI) for v in plotting.FIGURE_INCHES)
 
 
 def assert_png(path: Path) -> None:

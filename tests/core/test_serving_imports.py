@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from mcdropout.errors import MCDropoutError
-from mcdropout.evaluation import report
+from mcdropout.evaluation import plotting, report
 from mcdropout.modeling import tuning
 from mcdropout.store import ModelStore
 
@@ -124,9 +124,9 @@ def no_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_matplotlib")
 def test_plots_without_matplotlib_name_the_extra_to_install(tmp_path: Path) -> None:
-    with pytest.raises(report.PlottingUnavailableError, match=r"pip install 'mcdropout\[report\]'"):
+    with pytest.raises(plotting.PlottingUnavailableError, match=r"pip install 'mcdropout\[report\]'"):
         report.plot_dropout_sweep([(0.1, "", 1.0)], tmp_path / "sweep.png", metric="m")
-    with pytest.raises(report.PlottingUnavailableError, match=r"mcdropout\[report\]"):
+    with pytest.raises(plotting.PlottingUnavailableError, match=r"mcdropout\[report\]"):
         report.write_report(tmp_path / "out", object(), np.zeros((2, 1)), np.zeros(2))
     assert not (tmp_path / "out").exists()  # refused before predicting or writing anything
 
@@ -139,8 +139,8 @@ def test_tune_with_output_refuses_before_training(tmp_path: Path) -> None:
     tuning.register(parser.add_subparsers(dest="command"))  # the `mcdropout tune` plug-in
     args = parser.parse_args(["tune", "--data", str(data), "--model-root", str(tmp_path / "store"),
                               "--name", "lin", "--epochs", "1", "--output", str(tmp_path / "grid")])
-    with pytest.raises(report.PlottingUnavailableError, match=r"pip install 'mcdropout\[report\]'"):
+    with pytest.raises(plotting.PlottingUnavailableError, match=r"pip install 'mcdropout\[report\]'"):
         args.func(args)
     assert ModelStore(tmp_path / "store").names() == []  # nothing trained or saved
     # an MCDropoutError: `mcdropout` prints "mcdropout tune: error: <message>" and exits 1
-    assert issubclass(report.PlottingUnavailableError, MCDropoutError)
+    assert issubclass(plotting.PlottingUnavailableError, MCDropoutError)
