@@ -185,7 +185,7 @@ def test_server_answers_any_predict_with_ok_or_a_refusal(stub: Any,
     assert list(request.inputs.shape) == [rows, features]
     assert answer.model_name == request.model_name and answer.samples_used >= 1
     # Inputs within float32's range but this large may still overflow inside the model.
-    if np.abs(wire.from_proto(request.inputs)).max() < 1e6:
+    if answer.HasField("mean") and np.abs(wire.from_proto(request.inputs)).max() < 1e6:
         assert np.isfinite(wire.from_proto(answer.mean)).all()
 
 
