@@ -15,6 +15,12 @@ with ``--server-pid``, the server's resident memory sampled once a second from
 (e.g. ``--expect RESOURCE_EXHAUSTED`` for an overload run); the exit status is 1 when any
 unexpected code was seen. Raw figures go to ``bench/results/load-<UTC timestamp>.json``.
 
+With ``--probes-per-second`` it also sends ``grpc.health.v1.Health/Check`` calls on a connection
+of their own, as an orchestrator's probe would (1 s deadline each), and counts how many were
+answered SERVING in time; with ``--idle-watches N`` it first opens N ``Health/Watch`` streams on
+one connection without a token and keeps them open for the run (the streams a slow or hostile
+peer can hold), reporting how many the server accepted and how many it refused.
+
 Only loopback targets are accepted: this tool is for measuring a server on the same machine.
 """
 
@@ -33,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mcdropout_client import AsyncClient
 from mcdropout_client.errors import ClientError
 
@@ -42,6 +50,7 @@ from bench import common
 MAX_CLIENTS = 1024
 MAX_DURATION = 600.0
 RSS_INTERVAL = 1.0  # seconds between memory samples
+PROBE_DEADLINE = 1.0  # seconds, a typical kubelet probe timeout
 
 
 @dataclass
@@ -115,6 +124,47 @@ async def one_client(args: argparse.Namespace, x: np.ndarray, model: str, measur
                 await asyncio.sleep(args.backoff)
 
 
+async def probe_health(target: str, per_second: float, measure_from: float, until: float,
+                       tally: Tally) -> None:
+    """Health/Check at a steady rate on a connection of its own; each answer or refusal counted."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""),
+                                         timeout=PROBE_DEADLINE)
+                code = ("SERVING" if reply.status == health_pb2.HealthCheckResponse.SERVING
+                        else health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                message = ""
+            except grpc.aio.AioRpcError as exc:
+                code, message = exc.code().name, exc.details() or ""
+            if started >= measure_from:
+                tally.add(code, time.monotonic() - started, message)
+            await asyncio.sleep(max(0.0, 1.0 / per_second - (time.monotonic() - started)))
+
+
+async def hold_watches(target: str, count: int, until: float, tally: Tally) -> None:
+    """Open ``count`` Health/Watch streams on one connection and hold them until ``until``."""
+
+    async def hold(stub: health_pb2_grpc.HealthStub) -> None:
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        try:
+            await call.read()  # the first status: the stream was accepted
+            tally.add("accepted", 0.0)
+            await asyncio.wait_for(call.read(), max(0.0, until - time.monotonic()))
+        except TimeoutError:
+            pass
+        except grpc.aio.AioRpcError as exc:
+            tally.add(exc.code().name, 0.0, exc.details() or "")
+        finally:
+            call.cancel()
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        await asyncio.gather(*(hold(stub) for _ in range(count)))
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncClient(args.target, retries=2, timeout=30, token=args.token,
                            root_certificates=args.ca_cert_pem) as probe:
@@ -125,15 +175,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     measure_from = start + args.warmup
     until = measure_from + args.duration
-    tally, rss = Tally(), list[tuple[float, int]]()
+    tally, rss, probes, watches = Tally(), list[tuple[float, int]](), Tally(), Tally()
     budget = [args.max_requests or sys.maxsize]
     tasks = [one_client(args, x, model, measure_from, until, tally, budget)
              for _ in range(args.clients)]
     if args.server_pid:
         tasks.append(sample_rss(args.server_pid, until, rss))
+    if args.probes_per_second:
+        tasks.append(probe_health(args.target, args.probes_per_second, measure_from, until,
+                                  probes))
+    if args.idle_watches:
+        tasks.append(hold_watches(args.target, args.idle_watches, until, watches))
     await asyncio.gather(*tasks)
     elapsed = min(time.monotonic(), until) - measure_from
-    return summarize(args, model, shape, tally, rss, elapsed)
+    result = summarize(args, model, shape, tally, rss, elapsed)
+    if args.probes_per_second:
+        result["probes"] = {code: {"count": len(v), "p50_ms": 1000 * statistics.median(v),
+                                   "max_ms": 1000 * max(v), "example": probes.messages.get(code, "")}
+                            for code, v in sorted(probes.latencies.items())}
+    if args.idle_watches:
+        result["idle_watches"] = {code: len(v) for code, v in sorted(watches.latencies.items())}
+        result["idle_watch_refusal"] = next(iter(watches.messages.values()), "")
+    return result
 
 
 def summarize(args: argparse.Namespace, model: str, shape: tuple[int, ...], tally: Tally,
@@ -187,6 +250,14 @@ def report(result: dict[str, Any]) -> str:
         lines += ["", f"server RSS: first {m['first']:.0f} MiB, max {m['max']:.0f} MiB, last "
                       f"{m['last']:.0f} MiB ({m['samples']} samples); second-half trend "
                       f"{'n/a' if slope is None else f'{slope:+.1f} MiB/min'}"]
+    if "probes" in result:
+        lines += ["", "health probes (Health/Check, 1 s deadline): " + ", ".join(
+            f"{code} {v['count']} (p50 {v['p50_ms']:.1f} ms, max {v['max_ms']:.1f} ms)"
+            for code, v in result["probes"].items())]
+    if "idle_watches" in result:
+        lines += ["", "idle Health/Watch streams: " + ", ".join(
+            f"{code} {n}" for code, n in result["idle_watches"].items())
+            + (f" ({result['idle_watch_refusal'][:100]})" if result["idle_watch_refusal"] else "")]
     return "\n".join(lines)
 
 
@@ -212,6 +283,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-pid", type=int, help="sample this process's RSS")
     parser.add_argument("--token", help="bearer token, if the server needs one")
     parser.add_argument("--ca-cert", type=Path, help="PEM roots, if the server speaks TLS")
+    parser.add_argument("--probes-per-second", type=float, default=0.0,
+                        help="also send Health/Check probes at this rate and count them")
+    parser.add_argument("--idle-watches", type=int, default=0,
+                        help="hold this many Health/Watch streams open on one connection")
     parser.add_argument("--label", default="", help="stored with the results")
     args = parser.parse_args(argv)
     if not 1 <= args.clients <= MAX_CLIENTS:
