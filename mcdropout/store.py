@@ -3,6 +3,11 @@
 Versions are positive integers (as in TensorFlow Serving); the highest is the latest. A version
 directory is written under a temporary name and renamed into place, so a reader never sees a
 half-written model.
+
+The path is the version's identity: a version whose metadata names another model, or states
+another version number, is refused rather than served under a name its folder does not give it.
+Files are read only inside the root: a symbolic link that leads out of it is refused unless the
+store is told to follow such links.
 """
 
 from __future__ import annotations
@@ -70,7 +75,17 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str, version: int = 0) -> ModelInfo:
+        """Parse ``metadata.json``; ``version`` is the one the store files it under.
+
+        Raises:
+            ValueError: not JSON, an unknown key, a bad task, or a ``"version"`` key that differs
+                from ``version`` (the folder numbers the version; the key may only agree).
+        """
         data = json.loads(text)
+        stated = data.pop("version", version)
+        if stated != version:
+            raise ValueError(f"metadata says version {stated!r}, but its folder is version "
+                             f"{version}; the folder numbers the version")
         tuples = ("input_shape", "labels", "feature_mean", "feature_std", "target_mean",
                   "target_std")
         for key in tuples:
@@ -99,10 +114,14 @@ class ModelStore:
 
     Args:
         root: The store's directory; created on the first save.
+        allow_outside_links: Read model and metadata files that symbolic links lead to outside
+            ``root``. Off, such a version is refused when read (links that stay inside ``root``
+            always work), so that the store reads only what lies under its root.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, allow_outside_links: bool = False) -> None:
         self.root = Path(root)
+        self.allow_outside_links = allow_outside_links
 
     def names(self) -> list[str]:
         """Names of the models that have at least one complete version, sorted."""
@@ -143,13 +162,28 @@ class ModelStore:
         return self.root / name / str(version)
 
     def read_info(self, name: str, version: int | None = None) -> ModelInfo:
-        """The metadata of a stored version."""
+        """The metadata of a stored version.
+
+        Raises:
+            NotFoundError: no such model or version.
+            ModelLoadError: the metadata does not parse; it names another model than its folder
+                does, or states another version; or it lies outside the root (see
+                ``allow_outside_links``).
+        """
         version = self.resolve(name, version)
-        path = self.path(name, version) / METADATA_FILE
+        folder = self.path(name, version)
+        path = self._inside_root(folder / METADATA_FILE)
         try:
-            return ModelInfo.from_json(path.read_text(), version=version)
+            info = ModelInfo.from_json(path.read_text(), version=version)
         except (OSError, ValueError, TypeError) as exc:
-            raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+            raise ModelLoadError(f"cannot read {folder / METADATA_FILE}: {exc}") from exc
+        if info.name != name:
+            # Served under the name it claims, it would shadow (or stand in for) that model.
+            raise ModelLoadError(
+                f"version folder {folder} refused: its {METADATA_FILE} names model "
+                f"{info.name!r}, but the folder belongs to model {name!r}; the folder names the "
+                f"model: move the version under {self.root / info.name} or correct the name")
+        return info
 
     def save(self, model: Any, info: ModelInfo, version: int | None = None) -> int:
         """Write ``model`` (a keras.Model) and ``info`` as a new version and return its number.
@@ -193,8 +227,9 @@ class ModelStore:
         path = self.path(name, version) / MODEL_FILE
         if not path.is_file():
             raise ModelLoadError(f"model file {path} is missing")
+        real = self._inside_root(path)
         try:
-            return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+            return keras.saving.load_model(real, compile=False, safe_mode=safe_mode)
         except Exception as exc:
             text = str(exc)
             if "safe_mode" in text or "unsafe" in text.lower():
@@ -205,6 +240,23 @@ class ModelStore:
             raise ModelLoadError(f"{path} could not be loaded (corrupt or incompatible): "
                                  f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
                                  ) from exc
+
+    def _inside_root(self, path: Path) -> Path:
+        """``path`` with every link resolved, refused when that leaves the root.
+
+        The resolved path is what the caller then reads, so a link swapped after the check
+        cannot redirect the read.
+        """
+        real = path.resolve()
+        if self.allow_outside_links:
+            return real
+        root = self.root.resolve()
+        if not real.is_relative_to(root):
+            raise ModelLoadError(
+                f"{path} refused: a symbolic link leads it to {real}, outside the model root "
+                f"{root}; the store reads only under its root (links that stay inside are fine; "
+                "the server's MCDROPOUT_ALLOW_STORE_SYMLINKS=true follows links out of it)")
+        return real
 
 
 def as_array(values: tuple[float, ...] | None) -> np.ndarray | None:

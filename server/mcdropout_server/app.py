@@ -44,7 +44,9 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
     """Load every model of the configured store (the built-in default store when unset).
 
     Raises:
-        ModelLoadError: the store is empty or a model version cannot be served.
+        ModelLoadError: the store is empty or a model version cannot be served (including one
+            whose metadata names another model than its folder, or a link out of the root
+            while allow_store_symlinks is off).
     """
     root = settings.model_root
     if root is None:
@@ -52,7 +54,7 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
 
         root = ensure_default_store()
     return ModelRegistry.load(
-        ModelStore(Path(root)),
+        ModelStore(Path(root), allow_outside_links=settings.allow_store_symlinks),
         limits=Limits(max_rows=settings.max_rows, max_row_samples=settings.max_row_samples),
         memory_budget_bytes=settings.memory_budget_mb * 2**20,
         max_samples=settings.max_samples,

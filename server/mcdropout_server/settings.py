@@ -100,6 +100,10 @@ class ServerSettings:
     allow_unsafe_models: bool = field(default=False, metadata=_meta(
         "UNSAFE: load model files that run arbitrary Python code when loaded (e.g. Keras Lambda "
         "layers). Only for a model store whose every writer you trust."))
+    allow_store_symlinks: bool = field(default=False, metadata=_meta(
+        "Serve model versions that symbolic links in the model store lead to outside model_root "
+        "(a model or version folder, model.keras or metadata.json); off, such a version is "
+        "refused. Links that stay inside the root always work."))
     reload_interval_seconds: float = field(default=10.0, metadata=_meta(
         "How often the model store is checked for new, changed or removed versions, seconds; "
         "0 turns polling off (SIGHUP still reloads).", minimum=0))

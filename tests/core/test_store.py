@@ -113,3 +113,78 @@ def test_models_needing_arbitrary_code_are_refused_in_safe_mode(tmp_path: Path) 
     with pytest.raises(ModelLoadError, match="arbitrary code"):
         store.load_model("toy")
     assert store.load_model("toy", safe_mode=False) is not None
+
+
+# -- the path is the version's identity, and the root its boundary --------------------------------
+def _claim(path: Path, **changes: object) -> None:
+    """Rewrite the metadata at ``path`` with ``changes``."""
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_version_whose_metadata_names_another_model_is_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save(_model(), _info("diabetes"))
+    _claim(tmp_path / "diabetes" / "1" / "metadata.json", name="iris")
+    with pytest.raises(ModelLoadError, match=r"version folder .*diabetes/1 refused: its "
+                       r"metadata\.json names model 'iris', but the folder belongs to model "
+                       r"'diabetes'"):
+        store.read_info("diabetes", 1)
+
+
+def test_a_stated_version_must_be_its_folder_number(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save(_model(), _info(), version=9)
+    path = tmp_path / "toy" / "9" / "metadata.json"
+    _claim(path, version=5)
+    with pytest.raises(ModelLoadError, match=r"toy/9/metadata\.json: metadata says version 5, "
+                       r"but its folder is version 9"):
+        store.read_info("toy", 9)
+    _claim(path, version=9)  # a version that agrees is fine
+    assert store.read_info("toy", 9).version == 9
+
+
+def _outside_copy(tmp_path: Path) -> tuple[ModelStore, Path]:
+    """A store under tmp_path/root, and a saved version outside it at tmp_path/elsewhere/toy/1."""
+    ModelStore(tmp_path / "elsewhere").save(_model(), _info())
+    (tmp_path / "root").mkdir()
+    return ModelStore(tmp_path / "root"), tmp_path / "elsewhere" / "toy" / "1"
+
+
+@pytest.mark.parametrize("link", ["model folder", "version folder", "files"])
+def test_links_out_of_the_root_are_refused_unless_allowed(tmp_path: Path, link: str) -> None:
+    store, outside = _outside_copy(tmp_path)
+    root = store.root
+    if link == "model folder":
+        (root / "toy").symlink_to(outside.parent, target_is_directory=True)
+    elif link == "version folder":
+        (root / "toy").mkdir()
+        (root / "toy" / "1").symlink_to(outside, target_is_directory=True)
+    else:
+        (root / "toy" / "1").mkdir(parents=True)
+        for file in ("metadata.json", "model.keras"):
+            (root / "toy" / "1" / file).symlink_to(outside / file)
+    assert store.versions("toy") == [1]  # listed, so that loading it says why it is refused
+    with pytest.raises(ModelLoadError, match=r"toy/1/metadata\.json refused: a symbolic link "
+                       r"leads it to .*elsewhere/toy/1/metadata\.json, outside the model root"):
+        store.read_info("toy", 1)
+    with pytest.raises(ModelLoadError, match=r"toy/1/model\.keras refused: .*outside the model "
+                       r"root"):
+        store.load_model("toy", 1)
+
+    allowed = ModelStore(root, allow_outside_links=True)
+    assert allowed.read_info("toy", 1).name == "toy"
+    assert allowed.load_model("toy", 1) is not None
+
+
+def test_links_that_stay_inside_the_root_are_followed(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    ModelStore(tmp_path / "store" / "shelf").save(_model(), _info())
+    (tmp_path / "store" / "toy").mkdir()
+    (tmp_path / "store" / "toy" / "4").symlink_to("../shelf/toy/1", target_is_directory=True)
+    # The store root itself may be a link too (a mounted volume's usual layout).
+    (tmp_path / "mounted").symlink_to(tmp_path / "store", target_is_directory=True)
+    for root in (tmp_path / "store", tmp_path / "mounted"):
+        linked = ModelStore(root)
+        assert linked.read_info("toy").version == 4
+        assert linked.load_model("toy", 4) is not None
+    assert store.names() == ["toy"]

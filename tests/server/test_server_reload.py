@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from mcdropout_client import Client
 from mcdropout_client.errors import ClientError, NotFound
-from mcdropout_server.app import ServerApp, ServerThread
+from mcdropout_server.app import ServerApp, ServerThread, load_registry
 from mcdropout_server.registry import LoadOptions, ModelRegistry, ModelSource
 from mcdropout_server.reload import ModelReloader
 from mcdropout_server.settings import ServerSettings
@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_testkit import (
     LIMITS,
     REG_INFO,
+    cls_inputs,
     load_options,
     predictor,
     reg_inputs,
@@ -43,7 +44,7 @@ from server_testkit import (
 )
 from test_server_security import lambda_model
 
-from mcdropout import ModelStore
+from mcdropout import ModelLoadError, ModelStore
 
 POLL = 0.2  # seconds between store scans in the in-process servers
 
@@ -266,6 +267,104 @@ def test_the_model_root_is_never_written(live_store: Path) -> None:
         time.sleep(3 * POLL)  # a few scans
         assert ModelReloader(loaded).reload().changed is False
     assert snapshot(live_store) == before
+
+
+# -- store integrity: the folder names the version, the root bounds the store ---------------------
+def copy_version(root: Path, source: str, folder: str, **claims: object) -> Path:
+    """``root/source`` copied to ``root/folder`` and renamed into place, its metadata amended."""
+    staging = root / f".staging-{folder.replace('/', '-')}"
+    shutil.copytree(root / source, staging)
+    path = staging / "metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **claims}))
+    (root / folder).parent.mkdir(exist_ok=True)
+    os.replace(staging, root / folder)
+    return root / folder
+
+
+def rejections(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int, str]]:
+    return [(r.fields["model"], r.fields["version"], r.fields["error"])  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.getMessage() == "model version rejected; the served versions stay"]
+
+
+@pytest.mark.parametrize("claims", [{"name": "reg"}, {"version": 2}],
+                         ids=["another model", "another version"])
+def test_start_refuses_a_version_whose_metadata_contradicts_its_folder(
+        live_store: Path, claims: dict[str, object]) -> None:
+    folder = copy_version(live_store, "reg/2", "alpha/1", **{"name": "alpha", **claims})
+    expected = {"name": rf"version folder {folder} refused: its metadata\.json names model "
+                        r"'reg', but the folder belongs to model 'alpha'",
+                "version": rf"cannot read {folder}/metadata\.json: metadata says version 2, "
+                           r"but its folder is version 1"}
+    with pytest.raises(ModelLoadError, match=expected[next(iter(claims))]):
+        load_registry(settings(model_root=live_store))
+
+
+def test_reload_rejects_a_version_claiming_another_model_which_keeps_serving(
+        watched: ServerThread, live_store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="mcdropout_server"), \
+            Client(f"127.0.0.1:{watched.app.port}", retries=0) as client:
+        before = client.predict(cls_inputs(3), model="cls", samples=20, seed=4).mean
+        folder = copy_version(live_store, "cls/1", "reg/9")  # says "name": "cls"
+        wait_for(lambda: rejections(caplog))
+        time.sleep(5 * POLL)  # several more scans: rejected once, not at every scan
+        assert rejections(caplog) == [("reg", 9, f"ModelLoadError: version folder {folder} "
+                                       "refused: its metadata.json names model 'cls', but the "
+                                       "folder belongs to model 'reg'; the folder names the "
+                                       f"model: move the version under {live_store / 'cls'} or "
+                                       "correct the name")]
+        served = {s.name: s.versions for s in client.models()}
+        assert served == {"cls": (1,), "reg": (1, 2)}
+        assert client.metadata("cls").version == 1 and latest(client) == 2
+        after = client.predict(cls_inputs(3), model="cls", samples=20, seed=4)
+        assert after.version == 1
+        np.testing.assert_array_equal(after.mean, before)
+
+
+def link_out(root: Path, elsewhere: Path, version: int) -> Path:
+    """A good reg version saved outside ``root``, linked in as ``root/reg/<version>``."""
+    ModelStore(elsewhere).save(regression(version), REG_INFO, version=version)
+    link = root / "reg" / str(version)
+    link.symlink_to(elsewhere / "reg" / str(version), target_is_directory=True)
+    return link
+
+
+def test_start_refuses_a_version_linked_from_outside_the_root_unless_allowed(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "reg").mkdir(parents=True)
+    link = link_out(root, tmp_path / "elsewhere", 3)
+    with pytest.raises(ModelLoadError, match=rf"{link}/metadata\.json refused: a symbolic link "
+                       rf"leads it to {tmp_path}/elsewhere/reg/3/metadata\.json, outside the "
+                       r"model root .*MCDROPOUT_ALLOW_STORE_SYMLINKS=true"):
+        load_registry(settings(model_root=root))
+    allowed = load_registry(settings(model_root=root, allow_store_symlinks=True))
+    with ServerThread(settings(), allowed) as app, \
+            Client(f"127.0.0.1:{app.port}", retries=0) as client:
+        assert client.predict(reg_inputs(2), model="reg", samples=5).version == 3
+
+
+def test_reload_rejects_a_link_out_of_the_root_and_follows_one_inside(
+        watched: ServerThread, live_store: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="mcdropout_server"), \
+            Client(f"127.0.0.1:{watched.app.port}", retries=0) as client:
+        link = link_out(live_store, tmp_path / "elsewhere", 3)
+        wait_for(lambda: rejections(caplog))
+        [(model, version, error)] = rejections(caplog)
+        assert (model, version) == ("reg", 3)
+        assert error.startswith(f"ModelLoadError: {link}/metadata.json refused: a symbolic link "
+                                "leads it to ")
+        assert latest(client) == 2
+
+        # A link that stays inside the root (a shelf of versions beside the served ones) is fine.
+        ModelStore(live_store / "shelf").save(regression(4), REG_INFO)
+        (live_store / "reg" / "4").symlink_to("../shelf/reg/1", target_is_directory=True)
+        wait_for(lambda: latest(client) == 4)
+        assert client.predict(reg_inputs(2), model="reg", samples=5).version == 4
+        assert len(rejections(caplog)) == 1
+        with pytest.raises(NotFound, match=r"available versions: \[1, 2, 4\]"):
+            client.predict(reg_inputs(1), model="reg", version=3)
 
 
 # -- real processes: SIGHUP and SIGTERM -----------------------------------------------------------
