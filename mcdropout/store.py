@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mcdropout.engine.prediction import Task
-from mcdropout.errors import InvalidArgumentError, ModelLoadError, NotFoundError
+from mcdropout.errors import InvalidArgumentError, ModelLoadError, NotFoundError, shorten
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -104,7 +104,8 @@ def validate_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise InvalidArgumentError."""
     if not _NAME_RE.match(name or ""):
         raise InvalidArgumentError(
-            f"model name must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 128 characters), got {name!r}"
+            "model name must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 128 characters), got "
+            f"{shorten(name)}"
         )
     return name
 

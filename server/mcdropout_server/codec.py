@@ -14,6 +14,7 @@ from mcdropout_client.outputs import TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
+from mcdropout.errors import shorten
 from mcdropout_server.calls import MAX_REQUEST_ID_CHARS, Answer, PredictCall, is_valid_request_id
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
@@ -35,8 +36,7 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
     if request.request_id and not is_valid_request_id(request.request_id):
         raise InvalidArgumentError(
             f"request_id must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters (it is "
-            f"echoed in the x-request-id trailer), got {len(request.request_id)} characters: "
-            f"{request.request_id[:40]!r}")
+            f"echoed in the x-request-id trailer), got {shorten(request.request_id)}")
     if not request.HasField("inputs"):
         raise InvalidArgumentError("inputs is required: a Tensor of shape (rows, *input_shape)")
     try:

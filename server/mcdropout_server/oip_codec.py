@@ -10,6 +10,7 @@ converted by :mod:`mcdropout_client.tensors`, shared with the native API.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
+from mcdropout.errors import shorten
 from mcdropout_server.calls import Answer, PredictCall
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
@@ -43,6 +45,12 @@ _NAME_OF_ENUM = {enum: name for name, (enum, _) in DATATYPES.items()}
 
 
 _DATATYPE_OF_DTYPE = {"float64": "FP64", "float32": "FP32", "int64": "INT64"}
+# ASCII digits only, and few enough that int() never meets Python's 4,300-digit conversion limit:
+# 19 digits hold every int64 version, 20 every uint64 seed.
+_VERSION = re.compile(r"-?[0-9]{1,19}")
+_INTEGER = re.compile(r"[0-9]{1,20}")
+# A decimal number as a string (kserve's Python client sends floats only so); inf/nan are not.
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -85,16 +93,18 @@ def output_names(task: Task, has_tau: bool, native: tuple[str, ...] | None = Non
 
 
 def parse_version(version: str) -> int | None:
-    """A model version string: "" for the latest, else a decimal integer.
+    """A model version string: "" for the latest, else a decimal integer of at most 19 digits.
+
+    A negative one is returned as it is, for the registry to refuse as it refuses a native one.
 
     Raises:
-        InvalidArgumentError: not a decimal integer.
+        InvalidArgumentError: not such an integer.
     """
     if not version:
         return None
-    if not version.lstrip("-").isdecimal():
-        raise InvalidArgumentError(f"model version must be an integer such as \"1\" (empty for the "
-                                   f"latest), got {version!r}")
+    if not _VERSION.fullmatch(version):
+        raise InvalidArgumentError(f"model version must be an integer such as \"1\" (at most 19 "
+                                   f"digits; empty for the latest), got {shorten(version)}")
     return int(version)
 
 
@@ -116,8 +126,8 @@ def decode_infer(request: oip.ModelInferRequest, registry: ModelRegistry) -> Inf
                      catalogue.defaults(predictor.task, predictor.tau is not None)))
     wrong = sorted(set(names) - set(allowed))
     if wrong:
-        raise InvalidArgumentError(f"outputs {wrong} do not apply to this {predictor.task} model; "
-                                   f"allowed outputs: {', '.join(allowed)}")
+        raise InvalidArgumentError(f"outputs {shorten(wrong)} do not apply to this "
+                                   f"{predictor.task} model; allowed outputs: {', '.join(allowed)}")
     params = _parameters(request.parameters)
     level = params.get("interval_level")
     if level is None and {"lower", "upper"} & set(names):
@@ -178,10 +188,10 @@ def _input(request: oip.ModelInferRequest, served: ServedModel) -> np.ndarray:
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
         got = [t.name for t in request.inputs]
         raise InvalidArgumentError(f"model {served.name!r} takes exactly one input, {INPUT_NAME!r} "
-                                   f"of shape {row_shape}; got inputs {got}")
+                                   f"of shape {row_shape}; got inputs {shorten(got)}")
     tensor = request.inputs[0]
     if tensor.datatype not in DATATYPES:
-        raise InvalidArgumentError(f"input datatype {tensor.datatype!r} is not supported; "
+        raise InvalidArgumentError(f"input datatype {shorten(tensor.datatype)} is not supported; "
                                    f"expected one of {', '.join(DATATYPES)}")
     enum, field = DATATYPES[tensor.datatype]
     raw = request.raw_input_contents
@@ -211,7 +221,7 @@ def _input(request: oip.ModelInferRequest, served: ServedModel) -> np.ndarray:
         count, shape = narrow.size, list(tensor.shape)
         if all(d >= 0 for d in shape) and count != math.prod(shape):
             raise InvalidArgumentError(f"input has {count} values in contents.{field} but shape "
-                                       f"{shape} needs {math.prod(shape)}")
+                                       f"{shorten(shape)} needs {shorten(math.prod(shape))}")
         data = narrow.tobytes()
     try:
         return tensors.from_proto(pb.Tensor(dtype=enum, shape=tensor.shape,  # type: ignore[arg-type]
@@ -224,7 +234,7 @@ def _parameters(params: Any) -> dict[str, Any]:
     unknown = sorted(set(params) - {*PARAMETERS, *IGNORED_PARAMETERS})
     unknown = [k for k in unknown if not k.startswith("triton_")]
     if unknown:
-        raise InvalidArgumentError(f"unknown request parameters {unknown}; allowed parameters: "
+        raise InvalidArgumentError(f"unknown request parameters {shorten(unknown)}; allowed parameters: "
                                    f"{', '.join(PARAMETERS)}")
     values: dict[str, Any] = {}
     for key in PARAMETERS:
@@ -235,19 +245,32 @@ def _parameters(params: Any) -> dict[str, Any]:
             raise InvalidArgumentError(f"parameter {key!r} has no value")
         value: Any = getattr(params[key], kind)
         if key in ("samples", "seed"):
-            if kind == "string_param" and value.isdecimal():
-                value = int(value)  # seeds above 2**63 - 1 do not fit an int64 parameter
-            elif kind not in ("int64_param", "uint64_param"):
-                raise InvalidArgumentError(f"parameter {key!r} must be an integer, got {kind} "
-                                           f"{value!r}")
+            value = _integer(key, kind, value)
             if key == "seed" and not 0 <= value < 2**64:
                 raise InvalidArgumentError(f"seed must be in 0..2**64-1, got {value}")
-        elif kind in ("double_param", "int64_param", "uint64_param"):
-            value = float(value)
         else:
-            raise InvalidArgumentError(f"parameter {key!r} must be a number, got {kind} {value!r}")
+            value = _number(key, kind, value)
         values[key] = value
     return values
+
+
+def _integer(key: str, kind: str, value: Any) -> int:
+    if kind in ("int64_param", "uint64_param"):
+        return int(value)
+    if kind == "string_param" and _INTEGER.fullmatch(value):
+        return int(value)  # seeds above 2**63 - 1 do not fit an int64 parameter
+    raise InvalidArgumentError(f"parameter {key!r} must be an integer (int64, uint64, or a string "
+                               f"of at most 20 decimal digits), got {kind} {shorten(value)}")
+
+
+def _number(key: str, kind: str, value: Any) -> float:
+    if kind in ("double_param", "int64_param", "uint64_param"):
+        return float(value)  # NaN and Inf go on to the engine's range checks, as native ones do
+    if kind == "string_param" and _NUMBER.fullmatch(value) and math.isfinite(float(value)):
+        return float(value)
+    raise InvalidArgumentError(f"parameter {key!r} must be a number (double, int64, uint64, or a "
+                               f"string holding a finite decimal number such as \"0.9\"), got "
+                               f"{kind} {shorten(value)}")
 
 
 def _dtype(datatype: str) -> np.dtype[Any]:

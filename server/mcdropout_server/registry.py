@@ -18,6 +18,7 @@ from mcdropout import InvalidArgumentError, ModelInfo, ModelLoadError, ModelStor
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.engine.request import Limits as RequestLimits
 from mcdropout.engine.request import Request
+from mcdropout.store import validate_name
 from mcdropout_server.calls import PredictCall, resolve_outputs
 from mcdropout_server.logs import fields
 
@@ -185,6 +186,7 @@ class ModelRegistry:
         """Served versions of ``name``, ascending.
 
         Raises:
+            InvalidArgumentError: empty name, or one the store would not accept.
             NotFoundError: no model of that name.
         """
         return sorted(self._versions(name))
@@ -193,7 +195,8 @@ class ModelRegistry:
         """The model version answering for ``(name, version)``; version None or 0 is the latest.
 
         Raises:
-            InvalidArgumentError: empty name or negative version.
+            InvalidArgumentError: empty name, a name the store would not accept (the message
+                says which are), or a negative version.
             NotFoundError: unknown model or version (the message lists what exists).
         """
         versions = self._versions(name)
@@ -233,6 +236,9 @@ class ModelRegistry:
     def _versions(self, name: str) -> dict[int, ServedModel]:
         if not name:
             raise InvalidArgumentError(f"model_name is required; served models: {self.names()}")
+        # Served names follow the store's rule: a name that breaks it is refused before any
+        # lookup, with a bounded echo (a 20,000-character name must not come back whole).
+        validate_name(name)
         versions = self._models.get(name)  # one read: a concurrent replace() swaps the whole map
         if versions is None:
             raise NotFoundError(f"model {name!r} not found; served models: {self.names()}")

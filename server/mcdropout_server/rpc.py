@@ -25,6 +25,7 @@ from mcdropout import (
     NotFoundError,
     ResourceLimitError,
 )
+from mcdropout.errors import shorten
 from mcdropout_server.calls import is_valid_request_id
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.errors import DeadlineExceededError, ShuttingDownError
@@ -33,6 +34,8 @@ from mcdropout_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
+# Messages quote client values shortened already; this bounds any that does not, in the log.
+MAX_LOGGED_ERROR_CHARS = 1000
 
 # Most specific first: the first matching class decides the code.
 _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
@@ -130,14 +133,18 @@ def _record(metrics: ServerMetrics, record: RpcRecord, code: grpc.StatusCode, st
     metrics.observe_rpc(record.model, record.method, code.name, seconds)
     if code == grpc.StatusCode.OK and not log.isEnabledFor(logging.DEBUG):
         return  # the common case: no line to write, so no fields to build
-    extra = fields(request_id=record.request_id, method=record.method, model=record.model,
+    # The model is the name the client sent, and the error may quote more it sent: bounded, so
+    # that one call cannot add megabytes to the log.
+    extra = fields(request_id=record.request_id, method=record.method,
+                   model=shorten(record.model, quote=False),
                    version=record.version, rows=record.rows, samples=record.samples,
                    seed=record.seed, code=code.name, ms=round(seconds * 1000, 2))
     if code == grpc.StatusCode.INTERNAL:
         log.error("rpc failed unexpectedly", extra=extra, exc_info=failure)
     elif code != grpc.StatusCode.OK:
         # Caller-side outcomes (bad request, deadline, draining): worth seeing, not alarming.
-        extra["fields"]["error"] = str(failure) if failure else code.name.lower()
+        extra["fields"]["error"] = (shorten(str(failure), MAX_LOGGED_ERROR_CHARS, quote=False)
+                                    if failure else code.name.lower())
         log.warning("rpc not completed", extra=extra)
     else:
         log.debug("rpc", extra=extra)

@@ -5,6 +5,7 @@ After each test an autouse check makes sure the server still answers a good requ
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 from mcdropout_client import tensors as wire
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
-from oip_testkit import infer_request
+from mcdropout_server.logs import JsonFormatter
+from oip_testkit import infer_request, outputs_of
 from server_testkit import LIMITS, MAX_SAMPLES, reg_inputs
 
 Code = grpc.StatusCode
@@ -162,3 +164,69 @@ def test_malformed_requests_are_invalid_arguments(oip_stub: Any, case: str) -> N
 def test_triton_scheduler_parameters_are_accepted_and_ignored(oip_stub: Any) -> None:
     request = infer_request("reg", reg_inputs(2), samples=3, priority=1, timeout=10**6)
     assert oip_stub.ModelInfer(request, timeout=10).parameters["samples"].int64_param == 3
+
+
+LONG = 20_000
+
+
+def long_parameter_key() -> oip.ModelInferRequest:
+    request = infer_request("reg", reg_inputs(2))
+    request.parameters["k" * LONG].int64_param = 1
+    return request
+
+
+OVERLONG = {
+    "model name": (infer_request("m" * LONG, reg_inputs(2)), "model name must match"),
+    "output name": (infer_request("reg", reg_inputs(2), ("o" * LONG,)),
+                    "do not apply to this regression model"),
+    "parameter key": (long_parameter_key(), "unknown request parameters"),
+}
+
+
+@pytest.mark.parametrize("case", OVERLONG)
+def test_overlong_client_strings_are_refused_and_logged_briefly(
+        oip_stub: Any, case: str, caplog: pytest.LogCaptureFixture) -> None:
+    request, phrase = OVERLONG[case]
+    with caplog.at_level(logging.WARNING, logger="mcdropout_server"):
+        error = refused(oip_stub.ModelInfer, request)
+    assert error.code() == Code.INVALID_ARGUMENT, error.details()[:300]
+    assert phrase in error.details()
+    assert f"({LONG} characters)" in error.details() and len(error.details()) < 1024
+    [record] = [r for r in caplog.records if r.name == "mcdropout_server.rpc"]
+    assert len(JsonFormatter().format(record)) < 2048
+
+
+def test_overlong_model_name_in_metadata_and_readiness(
+        oip_stub: Any, caplog: pytest.LogCaptureFixture) -> None:
+    error = refused(oip_stub.ModelMetadata, oip.ModelMetadataRequest(name="m" * LONG))
+    assert error.code() == Code.INVALID_ARGUMENT, error.details()[:300]
+    assert len(error.details()) < 1024 and "model name must match" in error.details()
+    # Readiness answers "not ready" rather than an error; its DEBUG line is bounded all the same.
+    with caplog.at_level(logging.DEBUG, logger="mcdropout_server"):
+        ready = oip_stub.ModelReady(oip.ModelReadyRequest(name="m" * LONG), timeout=10)
+    assert not ready.ready
+    [record] = [r for r in caplog.records if r.levelno == logging.DEBUG
+                and r.name == "mcdropout_server.rpc"]
+    assert len(JsonFormatter().format(record)) < 2048
+
+
+def test_numbers_sent_as_strings_are_accepted(oip_stub: Any) -> None:
+    # kserve's Python client sends a float parameter only as a string.
+    as_numbers = infer_request("reg", reg_inputs(3), ("lower", "upper", "mean"), samples=40,
+                               seed=7, interval_level=0.9, tolerance=0.01)
+    as_strings = infer_request("reg", reg_inputs(3), ("lower", "upper", "mean"), samples="40",
+                               seed="7", interval_level="0.9", tolerance="1e-2")
+    expected, got = (oip_stub.ModelInfer(r, timeout=10) for r in (as_numbers, as_strings))
+    assert got.parameters["interval_level"].double_param == 0.9
+    assert outputs_of(got).keys() == outputs_of(expected).keys()
+    for name, value in outputs_of(expected).items():
+        np.testing.assert_array_equal(outputs_of(got)[name], value)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999", "0x1p-1", "0.9 ", "ninety"])
+def test_numbers_as_strings_must_be_finite_decimals(oip_stub: Any, text: str) -> None:
+    error = refused(oip_stub.ModelInfer, infer_request("reg", reg_inputs(2), ("lower",),
+                                                       interval_level=text))
+    assert error.code() == Code.INVALID_ARGUMENT
+    assert "parameter 'interval_level' must be a number" in error.details()
+    assert "finite decimal number" in error.details() and repr(text) in error.details()

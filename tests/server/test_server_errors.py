@@ -15,6 +15,7 @@ from mcdropout_client import Client
 from mcdropout_client import tensors as wire
 from mcdropout_client.errors import InvalidArgument, NotFound, ResourceExhausted
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_server.logs import JsonFormatter
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import LIMITS, MAX_MESSAGE_BYTES, MAX_SAMPLES, cls_inputs, reg_inputs
 
@@ -146,3 +147,24 @@ def test_refused_requests_are_logged_at_warning_with_request_id(
     assert record.levelno == logging.WARNING
     assert record.fields["code"] == "NOT_FOUND"  # type: ignore[attr-defined]
     assert "'nope' not found" in record.fields["error"]  # type: ignore[attr-defined]
+
+
+LONG_NAME = "m" * 20_000
+
+
+@pytest.mark.parametrize("method", ["Predict", "GetModelMetadata"])
+def test_an_overlong_model_name_is_refused_and_logged_briefly(
+        stub: Any, method: str, caplog: pytest.LogCaptureFixture) -> None:
+    req = (request(LONG_NAME, request_id="req-long-name") if method == "Predict" else
+           pb.GetModelMetadataRequest(model_name=LONG_NAME))
+    with caplog.at_level(logging.WARNING, logger="mcdropout_server"):
+        error = refused(stub, req, method)
+    # Not NOT_FOUND echoing the whole name: a default client cannot even read such a reply.
+    assert error.code() == Code.INVALID_ARGUMENT, error.details()[:300]
+    assert len(error.details()) < 1024
+    assert "model name must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 128 characters)" in (
+        error.details())
+    assert "(20000 characters)" in error.details()
+    [record] = [r for r in caplog.records if r.name == "mcdropout_server.rpc"]
+    assert len(JsonFormatter().format(record)) < 2048
+    assert "(20000 characters)" in record.fields["model"]  # type: ignore[attr-defined]
