@@ -44,8 +44,9 @@ class ClientBase:
                 over every address with gRPC's ``round_robin`` policy.
             timeout: default deadline of each call in seconds, retries included; ``None`` for
                 no deadline. Each method takes ``timeout=`` to override it.
-            retries: how many times a call that failed with UNAVAILABLE is retried, with
-                exponential backoff and full jitter. No other status is retried.
+            retries: how many times a call that never ran on a server is retried, with
+                exponential backoff and full jitter: UNAVAILABLE, and CANCELLED without a
+                request id (a call cut as a draining server closed). No other status is retried.
             tls: use TLS even when no certificate is given (the system roots verify the server).
             root_certificates: PEM roots that verify the server; implies TLS.
             private_key: PEM client key for mutual TLS (with ``certificate_chain``).

@@ -1,4 +1,5 @@
-"""Retry bookkeeping shared by the sync and asyncio clients: UNAVAILABLE only, backoff + jitter."""
+"""Retry bookkeeping shared by the sync and asyncio clients: calls that never ran, backoff + jitter.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +9,31 @@ from dataclasses import dataclass
 
 import grpc
 
-# Only UNAVAILABLE is retried: it means the call never reached a server able to answer it
-# (connection refused, server draining). Any other code is an answer, and retrying it would
-# repeat work or hide a bug.
+from mcdropout_client.errors import from_rpc_error
+
+# UNAVAILABLE is retried: it means the call never reached a server able to answer it (connection
+# refused, server draining). Any other code is an answer, and retrying it would repeat work or
+# hide a bug; with one exception, see is_retryable.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# gRPC's own details for a call cancelled on this side (the client closed): never retried.
+_LOCAL_CANCELLATIONS = frozenset({"Channel closed!", "Locally cancelled by application!"})
+
+
+def is_retryable(error: grpc.RpcError) -> bool:
+    """Whether ``error`` says the call never ran on a server, so that sending it again is safe.
+
+    That is UNAVAILABLE, and CANCELLED without an ``x-request-id`` trailer: a server cancels the
+    calls that reach it in the last instant of a drain, as its listener closes, before any handler
+    runs (every mcdropout handler sets the trailer first). CANCELLED with a request id is an answer
+    (the server stopped the work), and a cancellation made by this client is not retried.
+    """
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    if code in RETRYABLE:
+        return True
+    if code != grpc.StatusCode.CANCELLED:
+        return False
+    parsed = from_rpc_error(error)
+    return parsed.request_id is None and parsed.message not in _LOCAL_CANCELLATIONS
 
 
 @dataclass(frozen=True)
@@ -68,8 +90,7 @@ class Attempts:
 
     def next_delay(self, error: grpc.RpcError) -> float | None:
         """Seconds to wait before retrying after ``error``, or ``None`` to give up and raise."""
-        code = error.code() if callable(getattr(error, "code", None)) else None
-        if code not in RETRYABLE or self._retries >= self._policy.retries:
+        if not is_retryable(error) or self._retries >= self._policy.retries:
             return None
         delay = self._policy.backoff(self._retries)
         remaining = self.remaining()

@@ -29,7 +29,8 @@ class Client(ClientBase):
             print(result.mean, result.std)
 
     Every method raises a :class:`mcdropout_client.errors.ClientError` subclass when the call
-    fails (after retrying UNAVAILABLE), and ``ValueError`` for arguments it can check locally.
+    fails (after retrying calls that never ran), and ``ValueError`` for arguments it can check
+    locally.
     The constructor's arguments are documented on :meth:`ClientBase.__init__`.
     """
 

@@ -32,6 +32,9 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
     def __init__(self) -> None:
         self.calls = 0
         self.fail_with: list[grpc.StatusCode] = []  # codes to abort the next calls with, in order
+        # Codes to end the next calls with as gRPC itself does, before any handler ran: no
+        # x-request-id trailer (a call cut as a draining server closes its listener).
+        self.drop_with: list[grpc.StatusCode] = []
         self.delay = 0.0  # seconds to sleep before answering
         self.seen_metadata: list[dict[str, str]] = []
         self.requests: list[object] = []
@@ -43,6 +46,9 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
             self.requests.append(request)
             self.seen_metadata.append(dict(context.invocation_metadata()))
             code = self.fail_with.pop(0) if self.fail_with else None
+            dropped = self.drop_with.pop(0) if self.drop_with else None
+        if dropped is not None:
+            context.abort(dropped, dropped.name)
         if code is not None:
             context.set_trailing_metadata((("x-request-id", "rid-failed"),))
             context.abort(code, f"fake failure {code.name}")

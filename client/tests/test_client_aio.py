@@ -70,6 +70,18 @@ async def test_unavailable_is_retried(fake: FakeServer) -> None:
     assert fake.service.calls == 6
 
 
+async def test_cancelled_before_any_handler_ran_is_retried(fake: FakeServer) -> None:
+    fake.service.drop_with = [grpc.StatusCode.CANCELLED] * 2
+    async with AsyncClient(fake.address, retries=2, initial_backoff=0.001) as client:
+        assert len(await client.models()) == 2
+        assert fake.service.calls == 3
+        fake.service.fail_with = [grpc.StatusCode.CANCELLED]  # with a request id: an answer
+        with pytest.raises(errors.Cancelled) as caught:
+            await client.models()
+    assert caught.value.request_id == "rid-failed"
+    assert fake.service.calls == 4
+
+
 async def test_timeout_raises_deadline_exceeded(fake: FakeServer) -> None:
     fake.service.delay = 1.0
     start = time.monotonic()

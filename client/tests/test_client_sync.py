@@ -110,6 +110,7 @@ def test_health(fake: FakeServer) -> None:
     (grpc.StatusCode.INTERNAL, errors.Internal),
     (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
     (grpc.StatusCode.ABORTED, errors.ClientError),
+    (grpc.StatusCode.CANCELLED, errors.Cancelled),  # with a request id: the server ran it
 ])
 def test_status_codes_become_typed_errors_without_retry(fake, code, error_type) -> None:
     fake.service.fail_with = [code]
@@ -150,6 +151,20 @@ def test_unavailable_gives_up_after_the_configured_retries(fake: FakeServer) -> 
             pytest.raises(errors.Unavailable, match="fake failure UNAVAILABLE"):
         client.models()
     assert fake.service.calls == 3
+
+
+def test_cancelled_before_any_handler_ran_is_retried(fake: FakeServer) -> None:
+    # What a client sees for a call that reached a server in the last instant of its drain.
+    fake.service.drop_with = [grpc.StatusCode.CANCELLED] * 2
+    with Client(fake.address, retries=3, initial_backoff=0.001) as client:
+        assert client.predict(X, model="reg", seed=3).seed == 3
+    assert fake.service.calls == 3
+    fake.service.drop_with = [grpc.StatusCode.CANCELLED] * 5
+    with Client(fake.address, retries=1, initial_backoff=0.001) as client, \
+            pytest.raises(errors.Cancelled) as caught:
+        client.models()
+    assert caught.value.request_id is None
+    assert fake.service.calls == 5
 
 
 def test_retries_zero_disables_retrying(fake: FakeServer) -> None:
