@@ -1,8 +1,8 @@
 """Server lifecycle: build, start, serve until SIGTERM/SIGINT, drain, stop.
 
-Draining: health turns NOT_SERVING for every name, new RPCs are refused with UNAVAILABLE
-("server is shutting down"), RPCs in flight get up to ``grace_seconds`` to finish, then the
-server stops and the process exits 0.
+Draining: health turns NOT_SERVING for every name and every health Watch stream ends, new RPCs
+are refused with UNAVAILABLE ("server is shutting down"), RPCs in flight get up to
+``grace_seconds`` to finish, then the server stops and the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,21 +17,27 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
 from mcdropout import ModelStore
 from mcdropout_server.batching import BatchPolicy
+from mcdropout_server.concurrency import ConcurrencyLimit
 from mcdropout_server.drain import DrainGate
+from mcdropout_server.health import HealthService
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
 from mcdropout_server.registry import Limits, ModelRegistry
 from mcdropout_server.reload import ModelReloader, ReloadLoop, ReloadReport
 from mcdropout_server.runner import PredictionRunner
-from mcdropout_server.security import auth_interceptor, refresh_tokens, server_credentials
+from mcdropout_server.security import (
+    OPEN_METHODS,
+    auth_interceptor,
+    refresh_tokens,
+    server_credentials,
+)
 from mcdropout_server.servicers import PredictionServicer
 from mcdropout_server.settings import ServerSettings
 
@@ -97,17 +103,22 @@ class ServerApp:
         self.runner = PredictionRunner(
             self.registry, s.workers, max_queue=s.max_queue, metrics=self.metrics,
             batching=BatchPolicy(s.batching, s.batch_max_rows, s.batch_max_wait_ms / 1000))
+        # The RPC limit is ours, not grpcio's maximum_concurrent_rpcs (which counts health
+        # checks too, so probes starved under load). Authentication runs first: a call without
+        # a token never takes a slot.
+        self.limit = ConcurrencyLimit(s.max_concurrent_rpcs, unlimited=OPEN_METHODS)
         self._server = grpc.aio.server(
-            interceptors=[self.auth] if self.auth else None,
+            interceptors=[*([self.auth] if self.auth else []), self.limit],
             options=[("grpc.max_receive_message_length", s.max_message_bytes),
                      ("grpc.max_send_message_length", s.max_message_bytes),
-                     ("grpc.so_reuseport", 0)],  # a port already in use fails loudly
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs)
+                     ("grpc.so_reuseport", 0)])  # a port already in use fails loudly
         pb_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.runner, self.gate, self.metrics), self._server)
         # The Open Inference Protocol (KServe v2): a second codec over the same runner and gate.
         oip_service = add_oip_to_server(self._server, self.runner, self.gate, self.metrics)
-        self.health = health_aio.HealthServicer()
+        self.health = HealthService(s.max_health_watches, s.max_health_watches_per_peer,
+                                    check_token=self.auth.check if self.auth else None,
+                                    open_names=("", SERVICE_NAME))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, oip_service, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -118,7 +129,8 @@ class ServerApp:
                          else self._server.add_insecure_port(address))
             await self._server.start()
             if s.metrics_port:
-                self.metrics_port = self.metrics.start_http(s.host, s.metrics_port)
+                self.metrics_port = self.metrics.start_http(s.metrics_host or s.host,
+                                                            s.metrics_port)
         except BaseException:
             await self._server.stop(0)
             self.runner.shutdown()
@@ -147,7 +159,7 @@ class ServerApp:
         ends = time.monotonic() + grace
         if self.reloads is not None:
             await self.reloads.stop()
-        await self.health.enter_graceful_shutdown()
+        await self.health.drain()  # Watch streams end now: they would hold server.stop
         self.gate.close()
         log.info("draining", extra=fields(in_flight=self.gate.in_flight, grace_seconds=grace))
         drained = await self.gate.wait_idle(grace)

@@ -45,11 +45,22 @@ class ServerSettings:
         "gRPC port; 0 picks a free port (the bound one is logged).", minimum=0))
     metrics_port: int = field(default=9090, metadata=_meta(
         "Prometheus metrics port; 0 disables the endpoint.", minimum=0))
+    metrics_host: str | None = field(default=None, metadata=_meta(
+        "Address the metrics endpoint binds to (plain HTTP, no token: bind it to an internal "
+        "address); unset: the same as host."))
     workers: int = field(default=4, metadata=_meta(
         "Threads that run model passes, off the gRPC event loop (TensorFlow parallelises each "
         "pass itself).", minimum=1))
     max_concurrent_rpcs: int = field(default=64, metadata=_meta(
-        "RPCs handled at once; more get RESOURCE_EXHAUSTED (bounds the queue).", minimum=1))
+        "RPCs handled at once; more get RESOURCE_EXHAUSTED (bounds the queue). Health checks "
+        "and OIP ServerLive/ServerReady are not counted (Watch streams have their own limits).",
+        minimum=1))
+    max_health_watches: int = field(default=256, metadata=_meta(
+        "Health Watch streams open at once, all clients together; more get RESOURCE_EXHAUSTED "
+        "(0 refuses every Watch; Check is never limited).", minimum=0))
+    max_health_watches_per_peer: int = field(default=8, metadata=_meta(
+        "Health Watch streams open at once from one client address (IP); more get "
+        "RESOURCE_EXHAUSTED.", minimum=0))
     max_queue: int = field(default=32, metadata=_meta(
         "Predict requests that may wait for a worker; beyond it new ones get RESOURCE_EXHAUSTED "
         "at once (running work is never dropped). Requests whose deadline is sooner than the "
