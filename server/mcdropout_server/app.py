@@ -26,6 +26,7 @@ from mcdropout_server.batching import BatchPolicy
 from mcdropout_server.concurrency import ConcurrencyLimit
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.health import HealthService
+from mcdropout_server.intake import intake_interceptor
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
@@ -108,7 +109,7 @@ class ServerApp:
         # a token never takes a slot.
         self.limit = ConcurrencyLimit(s.max_concurrent_rpcs, unlimited=OPEN_METHODS)
         self._server = grpc.aio.server(
-            interceptors=[*([self.auth] if self.auth else []), self.limit],
+            interceptors=[intake_interceptor(s), *([self.auth] if self.auth else []), self.limit],
             options=[("grpc.max_receive_message_length", s.max_message_bytes),
                      ("grpc.max_send_message_length", s.max_message_bytes),
                      ("grpc.so_reuseport", 0)])  # a port already in use fails loudly

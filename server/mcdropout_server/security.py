@@ -3,7 +3,8 @@
 TLS (optionally mutual) is configured from PEM files named in the settings. Authentication is a
 server interceptor: every RPC except the health checks must carry ``authorization: Bearer <token>``
 metadata with one of the configured tokens. A missing or malformed header is refused with
-UNAUTHENTICATED, a token that is not on the list with PERMISSION_DENIED. Tokens are compared as
+UNAUTHENTICATED, a token that is not on the list with PERMISSION_DENIED, in both cases before
+the request's body is read (see :func:`_refusing`). Tokens are compared as
 SHA-256 digests with :func:`hmac.compare_digest` against every configured token, so the time taken
 says nothing about how close a guess was; the token values themselves are not kept.
 """
@@ -153,10 +154,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if details.method in self._open:
             return await continuation(details)
         refusal = self.check(details.invocation_metadata)
-        handler = await continuation(details)
         if refusal is None:
-            return handler
-        return _refusing(handler, details.method, *refusal)
+            return await continuation(details)
+        return _refusing(details.method, *refusal)
 
 
 def auth_interceptor(settings: ServerSettings) -> TokenAuthInterceptor | None:
@@ -180,26 +180,21 @@ def refresh_tokens(interceptor: TokenAuthInterceptor, settings: ServerSettings) 
     log.info("auth tokens reloaded", extra=fields(tokens=len(tokens)))
 
 
-def _refusing(handler: grpc.RpcMethodHandler | None, method: str, code: grpc.StatusCode,
-              message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as ``handler`` that aborts with ``code``."""
+def _refusing(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler that aborts with ``code`` without reading, let alone parsing, the request.
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+    gRPC reads a unary request's whole message before a unary handler runs; a request-streaming
+    handler runs first and reads only what it asks for. So the refusal is request-streaming with
+    no deserializer, whatever the method's kind: it never asks for the body, and the client (of
+    any kind) sees only the status. Unknown methods get the same answer, so it reveals nothing.
+    """
+
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> None:
         log.warning("rpc refused", extra=fields(method=method, code=code.name,
                                                 peer=context.peer(), error=message))
         await context.abort(code, message)
 
-    if handler is None:  # an unknown method: still refused, so it reveals nothing
-        return grpc.unary_unary_rpc_method_handler(refuse)
-    serdes = {"request_deserializer": handler.request_deserializer,
-              "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse, **serdes)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, **serdes)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse, **serdes)
-    return grpc.unary_unary_rpc_method_handler(refuse, **serdes)
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 def _read_pem(setting: str, path: Path, label: bytes) -> bytes:

@@ -76,6 +76,11 @@ class ServerSettings:
         "(on an idle server requests start at once).", minimum=0))
     max_message_bytes: int = field(default=64 * 2**20, metadata=_meta(
         "Largest request or response message, bytes.", minimum=1024))
+    received_bytes_budget_mb: int = field(default=256, metadata=_meta(
+        "Received request messages that calls in progress may hold at once, all clients "
+        "together, MiB: a call counts its message from when the server first sees it until the "
+        "call ends, and one that would go beyond gets RESOURCE_EXHAUSTED. Bytes gRPC buffers "
+        "while a message is still arriving are not counted.", minimum=1))
     max_rows: int = field(default=10_000, metadata=_meta(
         "Largest number of input rows per request.", minimum=1))
     max_row_samples: int = field(default=10_000_000, metadata=_meta(

@@ -230,8 +230,8 @@ def test_server_answers_arbitrary_bytes_with_a_status(channel: grpc.Channel, dat
     except grpc.RpcError as error:
         if parses:
             assert error.code() in REFUSALS, (error.code(), error.details())
-        else:  # gRPC answers a body that is no PredictRequest itself, before our code runs
-            assert error.code() == Code.UNKNOWN and "Error parsing message" in error.details()
+        else:  # the intake parses the body itself and says why it does not parse
+            assert error.code() == Code.INVALID_ARGUMENT and "Error parsing message" in error.details()
 
 
 @settings(max_examples=100, deadline=None)

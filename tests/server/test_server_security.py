@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,28 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from gated_testkit import gated, gated_registry, running, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from mcdropout_client import Client
+from mcdropout_client import Client, tensors
 from mcdropout_client.errors import PermissionDenied, Unauthenticated, Unavailable
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_server.app import ServerApp, ServerThread, load_registry
+from mcdropout_server.intake import ByteBudget, IntakeInterceptor
+from mcdropout_server.logs import RateLimiter
 from mcdropout_server.registry import ModelRegistry
 from mcdropout_server.security import SecurityConfigError, TokenAuthInterceptor, refresh_tokens
 from mcdropout_server.settings import ServerSettings
-from server_testkit import REG_FEATURES, REG_INFO, cls_inputs, reg_inputs, settings
+from server_testkit import (
+    REG_FEATURES,
+    REG_INFO,
+    cls_inputs,
+    reg_inputs,
+    serve_process,
+    settings,
+)
 
 from mcdropout import ModelLoadError, ModelStore
 
@@ -260,6 +271,168 @@ def test_interceptor_check_without_a_server() -> None:
     assert code == grpc.StatusCode.UNAUTHENTICATED  # two headers: ambiguous, refused
     with pytest.raises(ValueError, match="at least one token"):
         TokenAuthInterceptor([])
+
+
+# -- request bodies: never read without a token, parsed by us, held within a budget -------------
+PREDICT = "/mcdropout.v1.PredictionService/Predict"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+GARBAGE = b"\xff" * 16  # a varint that never ends: no message parses from it
+AUTHORIZED = (("authorization", f"Bearer {TOKENS[0]}"),)
+
+
+def raw_call(channel: grpc.Channel, method: str, body: bytes,
+             metadata: Sequence[tuple[str, str]] | None = None) -> grpc.RpcError:
+    """Send ``body`` as it is (no serializer) and return the refusal it gets."""
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary(method)(body, metadata=metadata, timeout=10)
+    return info.value  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("method", [PREDICT, "/inference.GRPCInferenceService/ModelInfer"])
+def test_unparseable_body_without_a_token_is_unauthenticated(token_server: ServerApp,
+                                                             method: str) -> None:
+    with grpc.insecure_channel(address(token_server)) as channel:
+        error = raw_call(channel, method, GARBAGE)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+
+
+def test_unparseable_body_with_a_token_is_invalid_argument_logged_once_per_client(
+        registry: ModelRegistry, token_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with ServerThread(settings(auth_tokens_file=token_file),
+                      ModelRegistry(registry.models())) as app, \
+            caplog.at_level(logging.WARNING), grpc.insecure_channel(address(app)) as channel:
+        for _ in range(5):
+            error = raw_call(channel, PREDICT, GARBAGE, AUTHORIZED)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+            assert (f"the request body (16 bytes) is not a valid request message for {PREDICT}: "
+                    "Error parsing message") in (error.details() or "")
+        with Client(address(app), token=TOKENS[0], retries=0) as client:
+            assert client.predict(reg_inputs(1), model="reg", samples=3).samples_used == 3
+    lines = [r for r in caplog.records if r.getMessage() == "request body does not parse"]
+    assert len(lines) == 1, lines  # five failures from one client within the interval
+    assert lines[0].fields["peer"] == "ipv4:127.0.0.1"  # type: ignore[attr-defined]
+    assert lines[0].exc_info is None
+    assert not [r for r in caplog.records if r.name.startswith("grpc")]  # no traceback per call
+
+
+def padded(request: pb.PredictRequest, padding: int) -> bytes:
+    """``request`` serialised with an unknown field of ``padding`` bytes (parsed, then ignored)."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out + bytes([n]))
+
+    # Field 1000, wire type 2 (length-delimited): the tag, the length, the bytes.
+    return request.SerializeToString() + varint(1000 << 3 | 2) + varint(padding) + b"\0" * padding
+
+
+def test_received_bytes_beyond_the_budget_are_refused_until_held_calls_end(
+        store_root: Path) -> None:
+    registry = gated_registry(store_root)
+    body = padded(pb.PredictRequest(model_name="reg", inputs=tensors.to_proto(reg_inputs(1)),
+                                    samples=3), 700 * 1024)
+    assert pb.PredictRequest.FromString(body).samples == 3
+    with running(registry, received_bytes_budget_mb=1) as app, \
+            grpc.insecure_channel(address(app)) as channel:
+        predict = channel.unary_unary(PREDICT)
+        gate = gated(registry, "reg")
+        gate.gate.clear()
+        before = gate.started
+        held = predict.future(body, timeout=30)  # 700 KiB of the 1 MiB budget, held at the gate
+        wait_until(lambda: gate.started > before, what="the first request to reach the engine")
+        error = raw_call(channel, PREDICT, body)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert "MCDROPOUT_RECEIVED_BYTES_BUDGET_MB" in (error.details() or "")
+        gate.gate.set()
+        assert pb.PredictResponse.FromString(held.result(30)).samples_used == 3
+        # The held call's bytes were given back when it ended: the same body now fits.
+        assert pb.PredictResponse.FromString(predict(body, timeout=30)).samples_used == 3
+
+
+async def test_intake_serves_response_streams_of_either_sort_and_gives_every_byte_back() -> None:
+    async def generated(request: health_pb2.HealthCheckRequest, context: Any) -> Any:
+        for _ in range(3):
+            yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def written(request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        for _ in range(3):
+            await context.write(health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.SERVING))
+
+    def handler(behaviour: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_stream_rpc_method_handler(
+            behaviour, request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString)
+
+    budget = ByteBudget(1000)
+    server = grpc.aio.server(interceptors=[IntakeInterceptor(budget)])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "t.Streams", {"Generated": handler(generated), "Written": handler(written)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method in ("/t.Streams/Generated", "/t.Streams/Written"):
+                call = channel.unary_stream(
+                    method, response_deserializer=health_pb2.HealthCheckResponse.FromString)
+                answers = [r async for r in call(
+                    health_pb2.HealthCheckRequest(service="m").SerializeToString())]
+                assert len(answers) == 3
+                for body, code in ((GARBAGE, grpc.StatusCode.INVALID_ARGUMENT),
+                                   (health_pb2.HealthCheckRequest(service="m" * 2000)
+                                    .SerializeToString(), grpc.StatusCode.RESOURCE_EXHAUSTED)):
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        _ = [r async for r in call(body)]
+                    assert info.value.code() == code, info.value.details()
+                assert budget.held == 0
+    finally:
+        await server.stop(None)
+
+
+def test_rate_limiter_lets_one_line_per_key_and_interval_through_and_counts_the_rest() -> None:
+    now = [0.0]
+    limiter = RateLimiter(60.0, max_keys=2, clock=lambda: now[0])
+    assert [limiter.allow("a") for _ in range(4)] == [0, None, None, None]
+    assert limiter.allow("b") == 0
+    now[0] = 61.0
+    assert limiter.allow("a") == 3  # the three held back since the last line
+    assert limiter.allow("c") == 0  # a third key: the stale "b" is forgotten, not kept
+    assert limiter.allow("b") == 0
+
+
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def test_bursts_of_large_bodies_leave_memory_near_its_baseline_and_the_log_short(
+        store_root: Path) -> None:
+    body = bytes(range(256)) * (30 * 2**20 // 256)  # 30 MiB that parse as no message
+    with serve_process(store_root, "--auth-tokens", TOKENS[0], "--workers", "1",
+                       "--batching", "false") as served:
+        target = f"127.0.0.1:{served.port}"
+        with Client(target, token=TOKENS[0], retries=0) as client:
+            client.predict(reg_inputs(1), model="reg", samples=3)  # warm, then measure
+        baseline = rss_mib(served.process.pid)
+        with grpc.insecure_channel(target) as channel:
+            predict = channel.unary_unary(PREDICT)
+            for metadata, code in ((None, grpc.StatusCode.UNAUTHENTICATED),
+                                   (AUTHORIZED, grpc.StatusCode.INVALID_ARGUMENT)):
+                calls = [predict.future(body, metadata=metadata, timeout=60) for _ in range(8)]
+                codes = {call.exception().code() for call in calls}  # type: ignore[union-attr]
+                assert codes == {code}, [call.exception() for call in calls]
+            for _ in range(3):  # a request-streaming method: grpcio parses, our filter logs
+                with pytest.raises(grpc.RpcError):
+                    list(channel.stream_stream(REFLECTION)(iter([GARBAGE]), metadata=AUTHORIZED,
+                                                           timeout=10))
+        wait_until(lambda: rss_mib(served.process.pid) < baseline + 200, timeout=10,
+                   what=f"RSS to come back within 200 MiB of its baseline of {baseline:.0f} MiB")
+    log = "".join(served.lines)
+    assert log.count("request body does not parse") == 1
+    assert log.count("Unexpected [DecodeError]") == 1
+    assert "Traceback" not in log
 
 
 # -- bad security settings -----------------------------------------------------------------------
