@@ -8,7 +8,9 @@ hold while they wait in the queue and run (64 calls of 64 MiB each: 4 GiB of bod
 that grpcio gives it the raw body, and the handler then, first of all:
 
 1. charges ``len(body)`` to the server's :class:`ByteBudget`, refusing with RESOURCE_EXHAUSTED
-   when the budget would be exceeded; the charge is returned when the call ends, however it ends;
+   when the budget would be exceeded; the charge is returned when the call ends, however it ends.
+   Methods open without a token (the probes) take at most ``OPEN_BODY_LIMIT`` bytes, so that
+   nobody without a token can hold the budget;
 2. parses the body with the method's own deserializer; one that does not parse is refused with
    INVALID_ARGUMENT and logged once per client address per interval, without a traceback.
 
@@ -28,18 +30,23 @@ import functools
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from mcdropout_server.health import peer_address
 from mcdropout_server.logs import RateLimiter, fields
+from mcdropout_server.security import OPEN_METHODS
 from mcdropout_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 BUDGET_SETTING = "MCDROPOUT_RECEIVED_BYTES_BUDGET_MB"
 LOG_INTERVAL_SECONDS = 60.0
+# Methods that need no token take requests of a few bytes (a health service name at most); a
+# larger one could only be there to hold the shared budget (a Watch holds it while it is open).
+OPEN_BODY_LIMIT = 16 * 1024
 _MIB = 2**20
 
 
@@ -78,7 +85,7 @@ class ByteBudget:
 
 def intake_interceptor(settings: ServerSettings) -> IntakeInterceptor:
     """The interceptor over a budget of ``settings.received_bytes_budget_mb`` MiB."""
-    return IntakeInterceptor(ByteBudget(settings.received_bytes_budget_mb * _MIB))
+    return IntakeInterceptor(ByteBudget(settings.received_bytes_budget_mb * _MIB), OPEN_METHODS)
 
 
 class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -91,11 +98,15 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     Args:
         budget: The server-wide budget (``MCDROPOUT_RECEIVED_BYTES_BUDGET_MB``).
+        open_methods: Full method names served without a token: their bodies may be at most
+            ``OPEN_BODY_LIMIT`` bytes.
         log_interval: Seconds between two log lines about one client address's refusals.
     """
 
-    def __init__(self, budget: ByteBudget, log_interval: float = LOG_INTERVAL_SECONDS) -> None:
+    def __init__(self, budget: ByteBudget, open_methods: Iterable[str] = (),
+                 log_interval: float = LOG_INTERVAL_SECONDS) -> None:
         self.budget = budget
+        self._open = frozenset(open_methods)
         self._log_limiter = RateLimiter(log_interval)
         self._heap = HeapTrimmer()
 
@@ -143,6 +154,12 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                      context: grpc.aio.ServicerContext) -> Any:
         """The parsed request, its bytes charged; or the call aborted with nothing charged."""
         size = len(body)
+        if method in self._open and size > OPEN_BODY_LIMIT:
+            self._log("request refused: too large for a method open without a token", method,
+                      context, size)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{method} needs no token, so its request may be at most "
+                                f"{OPEN_BODY_LIMIT} bytes; got {size} bytes")
         if not self.budget.take(size):
             message = (f"the server is holding {self.budget.held / _MIB:.1f} MiB of received "
                        f"requests; this {size / _MIB:.1f} MiB one would go beyond its budget of "
@@ -168,7 +185,7 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _log(self, what: str, method: str, context: grpc.aio.ServicerContext, size: int,
              **more: Any) -> None:
         # A client can cause these at will: one line per client address and kind per interval.
-        address = client_address(context.peer())
+        address = peer_address(context.peer())
         held_back = self._log_limiter.allow(f"{what} {address}")
         if held_back is not None:
             log.warning(what, extra=fields(method=method, peer=address, bytes=size,
@@ -240,9 +257,3 @@ def _clear_frames(exc: BaseException) -> None:
     frames (and dropping the caller's own locals) lets reference counting free them at once.
     """
     traceback.clear_frames(exc.__traceback__)
-
-
-def client_address(peer: str) -> str:
-    """``ipv4:10.0.0.7`` for the peer ``ipv4:10.0.0.7:51234``: the client, whatever its port."""
-    host, _, port = peer.rpartition(":")
-    return host if host and port.isdigit() else peer

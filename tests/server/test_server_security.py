@@ -31,7 +31,7 @@ from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_server.app import ServerApp, ServerThread, load_registry
-from mcdropout_server.intake import ByteBudget, IntakeInterceptor
+from mcdropout_server.intake import OPEN_BODY_LIMIT, ByteBudget, IntakeInterceptor
 from mcdropout_server.logs import RateLimiter
 from mcdropout_server.registry import ModelRegistry
 from mcdropout_server.security import SecurityConfigError, TokenAuthInterceptor, refresh_tokens
@@ -315,7 +315,7 @@ def test_unparseable_body_with_a_token_is_invalid_argument_logged_once_per_clien
     assert not [r for r in caplog.records if r.name.startswith("grpc")]  # no traceback per call
 
 
-def padded(request: pb.PredictRequest, padding: int) -> bytes:
+def padded(request: Any, padding: int) -> bytes:
     """``request`` serialised with an unknown field of ``padding`` bytes (parsed, then ignored)."""
     def varint(n: int) -> bytes:
         out = bytearray()
@@ -326,6 +326,22 @@ def padded(request: pb.PredictRequest, padding: int) -> bytes:
 
     # Field 1000, wire type 2 (length-delimited): the tag, the length, the bytes.
     return request.SerializeToString() + varint(1000 << 3 | 2) + varint(padding) + b"\0" * padding
+
+
+def test_methods_open_without_a_token_take_only_small_bodies(token_server: ServerApp) -> None:
+    # A Watch holds its body while it is open: a large one could hold the shared budget.
+    large = padded(health_pb2.HealthCheckRequest(service=""), OPEN_BODY_LIMIT)
+    with grpc.insecure_channel(address(token_server)) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+        for call in (lambda: check(large, timeout=5), lambda: list(watch(large, timeout=5))):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+            assert f"may be at most {OPEN_BODY_LIMIT} bytes" in (info.value.details() or "")
 
 
 def test_received_bytes_beyond_the_budget_are_refused_until_held_calls_end(
