@@ -14,7 +14,8 @@ field, add its enum value and response field to ``protos/mcdropout/v1/mcdropout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 REGRESSION = "regression"
@@ -104,3 +105,29 @@ def allowed(task: str, has_tau: bool) -> tuple[str, ...]:
 def defaults(task: str, has_tau: bool) -> tuple[str, ...]:
     """The outputs sent when a request names none (see the proto's ``Output`` enum)."""
     return tuple(s.name for s in OUTPUTS if task in s.default and s.applies(task, has_tau))
+
+
+_ITEM_BYTES = {"float64": 8, "float32": 4, "int64": 8}
+# Field tags, lengths, dtype and shape of one tensor, and the reply's own scalar fields: generous.
+_TENSOR_FRAMING, _REPLY_FRAMING = 64, 1024
+
+
+def reply_bytes(outputs: Iterable[str], *, rows: int, width: int, samples: int,
+                levels: int) -> int:
+    """An upper estimate of the bytes a reply holding ``outputs`` takes on the wire.
+
+    Args:
+        outputs: Output names.
+        rows: Input rows answered.
+        width: Values per row of a per-row-and-output statistic (classes, targets).
+        samples: Passes (the raw samples hold one value per pass, row and output).
+        levels: Interval levels (each gives a lower and an upper bound tensor).
+    """
+    dims = {"rows": rows, "outputs": width, "passes": samples}
+    total = _REPLY_FRAMING
+    for name in outputs:
+        spec = BY_NAME[name]
+        tensors = 2 * levels if spec.name == "intervals" else 1
+        values = math.prod(dims[d] for d in spec.shape)
+        total += tensors * (values * _ITEM_BYTES[spec.dtype] + _TENSOR_FRAMING)
+    return total

@@ -103,7 +103,8 @@ class ServerApp:
         self.gate = DrainGate()
         self.runner = PredictionRunner(
             self.registry, s.workers, max_queue=s.max_queue, metrics=self.metrics,
-            batching=BatchPolicy(s.batching, s.batch_max_rows, s.batch_max_wait_ms / 1000))
+            batching=BatchPolicy(s.batching, s.batch_max_rows, s.batch_max_wait_ms / 1000),
+            max_reply_bytes=s.max_message_bytes)
         # The RPC limit is ours, not grpcio's maximum_concurrent_rpcs (which counts health
         # checks too, so probes starved under load). Authentication runs first: a call without
         # a token never takes a slot.

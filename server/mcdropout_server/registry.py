@@ -14,7 +14,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from mcdropout import InvalidArgumentError, ModelInfo, ModelLoadError, ModelStore, NotFoundError
+from mcdropout_client import outputs as catalogue
+
+from mcdropout import (
+    InvalidArgumentError,
+    ModelInfo,
+    ModelLoadError,
+    ModelStore,
+    NotFoundError,
+    ResourceLimitError,
+)
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.engine.request import Limits as RequestLimits
 from mcdropout.engine.request import Request
@@ -210,15 +219,16 @@ class ModelRegistry:
                                 f"{sorted(versions)}")
         return versions[version]
 
-    def prepare(self, call: PredictCall) -> PreparedCall:
+    def prepare(self, call: PredictCall, max_reply_bytes: int | None = None) -> PreparedCall:
         """Resolve ``call`` against its model and the size limits, before any work is queued.
 
         Raises:
             InvalidArgumentError, NotFoundError: see :meth:`get` and
                 :func:`~mcdropout_server.calls.resolve_outputs`; samples, seed, tolerance or
                 interval levels out of range.
-            ResourceLimitError: rows above max_rows, rows x samples above max_row_samples, or
-                raw passes above the model's limit.
+            ResourceLimitError: rows above max_rows, rows x samples above max_row_samples, raw
+                passes above the model's limit, or a reply that would be larger than
+                ``max_reply_bytes`` (checked before any pass runs).
         """
         served = self.get(call.model, call.version)
         predictor = served.predictor
@@ -227,6 +237,8 @@ class ModelRegistry:
             call.x, call.samples, call.seed, tolerance=call.tolerance,
             interval_levels=call.interval_levels, return_samples="samples" in outputs,
             limits=self._request_limits(served))
+        if max_reply_bytes is not None:
+            _check_reply_size(outputs, request, predictor.output_dim, max_reply_bytes)
         return PreparedCall(served, request, outputs, call.request_id)
 
     def _request_limits(self, served: ServedModel) -> RequestLimits:
@@ -243,6 +255,17 @@ class ModelRegistry:
         if versions is None:
             raise NotFoundError(f"model {name!r} not found; served models: {self.names()}")
         return versions
+
+
+def _check_reply_size(outputs: frozenset[str], request: Request, width: int, limit: int) -> None:
+    size = catalogue.reply_bytes(outputs, rows=request.rows, width=width, samples=request.samples,
+                                 levels=len(request.interval_levels))
+    if size > limit:
+        raw = " and raw samples" if "samples" in outputs else ""
+        raise ResourceLimitError(
+            f"the reply would hold about {size} bytes ({request.rows} rows x {width} outputs"
+            f"{raw}), above the server's message limit of {limit} bytes "
+            "(MCDROPOUT_MAX_MESSAGE_BYTES); ask for fewer rows, samples or outputs")
 
 
 def _by_name(models: Iterable[ServedModel]) -> dict[str, dict[int, ServedModel]]:

@@ -75,6 +75,7 @@ class Guarded(Protocol):
 
     gate: DrainGate
     metrics: ServerMetrics
+    max_reply_bytes: int | None
 
 
 Method = Callable[[Any, Any, Any, RpcRecord], Awaitable[Any]]
@@ -102,6 +103,7 @@ def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any
                 self.gate.enter()
                 try:
                     response = await method(self, request, context, record)
+                    _check_reply_size(response, self.max_reply_bytes)
                 finally:
                     self.gate.leave()
             except asyncio.CancelledError:
@@ -117,6 +119,16 @@ def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any
         return handler
 
     return decorate
+
+
+def _check_reply_size(response: Any, limit: int | None) -> None:
+    # Predict replies are bounded before any pass runs (registry.prepare); this catches any reply
+    # that still outgrew the limit, so that the call is refused and counted as what it is rather
+    # than failing in the transport after being counted OK.
+    if limit is not None and response.ByteSize() > limit:
+        raise ResourceLimitError(
+            f"the reply is {response.ByteSize()} bytes, above the server's message limit of "
+            f"{limit} bytes (MCDROPOUT_MAX_MESSAGE_BYTES); ask for fewer rows, samples or outputs")
 
 
 def _gave_up_code(context: Any) -> grpc.StatusCode:

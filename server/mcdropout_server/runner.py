@@ -31,12 +31,16 @@ class PredictionRunner:
         batching: When queued calls are merged (default: on, 64 rows, 2 ms).
         max_queue: Most calls waiting for a worker; more are refused with RESOURCE_EXHAUSTED.
         metrics: Where queue time, queue depth and batch sizes are recorded, if anywhere.
+        max_reply_bytes: Largest reply the transport sends; a call whose reply would be larger
+            is refused before it is queued. None: no check.
     """
 
     def __init__(self, registry: ModelRegistry, workers: int, *,
                  batching: BatchPolicy = DEFAULT_POLICY, max_queue: int = 32,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None,
+                 max_reply_bytes: int | None = None) -> None:
         self.registry = registry
+        self.max_reply_bytes = max_reply_bytes
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mcdropout-worker")
         self.scheduler = Scheduler(self._pool, workers, batching, Admission(max_queue),
                                    self._run, metrics)
@@ -62,7 +66,7 @@ class PredictionRunner:
                 passed while it was queued is not run at all.
             asyncio.CancelledError: the RPC was cancelled; the passes are stopped.
         """
-        prepared = self.registry.prepare(call)
+        prepared = self.registry.prepare(call, self.max_reply_bytes)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceededError("the request's deadline passed before the prediction "
                                         "was queued")

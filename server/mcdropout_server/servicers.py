@@ -35,6 +35,7 @@ class ServicerBase:
         self.registry = runner.registry
         self.gate = gate
         self.metrics = metrics
+        self.max_reply_bytes = runner.max_reply_bytes
 
     async def predict(self, call: PredictCall, context: Any, record: RpcRecord) -> Answer:
         """Run a decoded call within the RPC's deadline, noting what it did in ``record``."""
