@@ -138,7 +138,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json",
     root.setLevel(max(logging.getLevelName(level), logging.INFO))
     for ours in OWN_LOGGERS:
         logging.getLogger(ours).setLevel(level)
-    for noisy in ("tensorflow", "absl", "grpc"):
+    # matplotlib: Keras imports it when installed (the dev and report installs, not the image).
+    for noisy in ("tensorflow", "absl", "grpc", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     grpc_server = logging.getLogger(GRPC_SERVER_LOGGER)
     if not any(isinstance(f, GrpcParseFailureFilter) for f in grpc_server.filters):
