@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from mcdropout.engine.passes import PassRunner, StopCheck
+from mcdropout.engine.passes import PassRunner
 from mcdropout.engine.prediction import ROW_STATISTICS, Prediction
 from mcdropout.engine.request import Request
 from mcdropout.engine.rng import seed_words
+from mcdropout.engine.sampling import StopCheck
 
 
 def run_merged(runner: PassRunner, requests: Sequence[Request], rows: Sequence[np.ndarray],

@@ -16,9 +16,8 @@ from mcdropout.engine.graphs import PassGraphs
 from mcdropout.engine.prediction import Prediction
 from mcdropout.engine.request import Request
 from mcdropout.engine.rng import seed_words
+from mcdropout.engine.sampling import StopCheck
 from mcdropout.engine.summary import OutputSpace
-
-StopCheck = Callable[[], bool] | None
 
 
 class PassRunner:

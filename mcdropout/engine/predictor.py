@@ -12,7 +12,7 @@ case, several mergeable requests share their graph calls (:mod:`.merged`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -27,12 +27,11 @@ from mcdropout.engine.merged import run_merged
 from mcdropout.engine.passes import PassRunner
 from mcdropout.engine.prediction import Prediction, Task
 from mcdropout.engine.request import Limits, Request, resolve
+from mcdropout.engine.sampling import StopCheck
 from mcdropout.engine.split import split_model
 from mcdropout.engine.summary import OutputSpace
 from mcdropout.errors import InvalidArgumentError, MCDropoutError, NoStochasticLayersError
 from mcdropout.store import ModelInfo, as_array
-
-StopCheck = Callable[[], bool] | None
 
 
 class MCDropoutPredictor:

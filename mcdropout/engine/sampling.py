@@ -19,6 +19,8 @@ from mcdropout.errors import CancelledError
 
 # run_chunk(rows of the block, its frontier, first pass, passes) -> (passes, rows, outputs) float32
 ChunkRunner = Callable[[slice, list, int, int], np.ndarray]
+# should_stop() -> True once the caller gave up; polled between graph calls.
+StopCheck = Callable[[], bool] | None
 
 
 @dataclass
@@ -91,7 +93,7 @@ def plan(rows: int, samples: int, row_bytes: int, budget: int, adaptive: bool) -
 def sample(frontiers: list[list], blocks: list[slice], samples: int, chunk: int,
            run_chunk: ChunkRunner, *, classify: bool, keep_raw: bool = False,
            converged: Callable[[PassStats], bool] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> PassStats:
+           should_stop: StopCheck = None) -> PassStats:
     """Run ``samples`` passes over row blocks (their prefix outputs in ``frontiers``).
 
     Args:
