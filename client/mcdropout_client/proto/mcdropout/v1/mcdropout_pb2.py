@@ -25,41 +25,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmcdropout/v1/mcdropout.proto\x12\x0cmcdropout.v1\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.mcdropout.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xf5\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x0f\n\x07samples\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttolerance\x18\x06 \x01(\x01\x12\x17\n\x0finterval_levels\x18\x07 \x03(\x01\x12%\n\x07outputs\x18\x08 \x03(\x0e\x32\x14.mcdropout.v1.Output\x12\x12\n\nrequest_id\x18\t \x01(\tB\x07\n\x05_seed\"c\n\x08Interval\x12\r\n\x05level\x18\x01 \x01(\x01\x12#\n\x05lower\x18\x02 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12#\n\x05upper\x18\x03 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\"\xfd\x04\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x14\n\x0csamples_used\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12 \n\x04task\x18\x06 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\"\n\x04mean\x18\n \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12!\n\x03std\x18\x0b \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12,\n\x0epredictive_std\x18\x0c \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12,\n\x0estandard_error\x18\r \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12)\n\tintervals\x18\x0e \x03(\x0b\x32\x16.mcdropout.v1.Interval\x12-\n\x0fpredicted_class\x18\x0f \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x30\n\x12predictive_entropy\x18\x10 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12.\n\x10\x65xpected_entropy\x18\x11 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x30\n\x12mutual_information\x18\x12 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12-\n\x0fvariation_ratio\x18\x13 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12%\n\x07samples\x18\x14 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"P\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05\x64type\x18\x02 \x01(\x0e\x32\x16.mcdropout.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"P\n\x0c\x44ropoutLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x16\n\x0erecurrent_rate\x18\x04 \x01(\x01\"\xdb\x02\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12 \n\x04task\x18\x04 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\'\n\x05input\x18\x05 \x01(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12(\n\x06output\x18\x06 \x01(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x32\n\x0e\x64ropout_layers\x18\x08 \x03(\x0b\x32\x1a.mcdropout.v1.DropoutLayer\x12\x17\n\x0f\x64\x65\x66\x61ult_samples\x18\t \x01(\r\x12\x13\n\x0bmax_samples\x18\n \x01(\r\x12\x0b\n\x03tau\x18\x0b \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x10\n\x08max_rows\x18\r \x01(\r\"\x13\n\x11ListModelsRequest\"P\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\x10\n\x08versions\x18\x03 \x03(\x03\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.mcdropout.v1.ModelSummary*\xb0\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05INT16\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\t\n\x05UINT8\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\x08\n\x04\x42OOL\x10\x0c*\xe7\x01\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\x07\n\x03STD\x10\x02\x12\x12\n\x0ePREDICTIVE_STD\x10\x03\x12\r\n\tINTERVALS\x10\x04\x12\x13\n\x0fPREDICTED_CLASS\x10\x05\x12\x16\n\x12PREDICTIVE_ENTROPY\x10\x06\x12\x14\n\x10\x45XPECTED_ENTROPY\x10\x07\x12\x16\n\x12MUTUAL_INFORMATION\x10\x08\x12\x13\n\x0fVARIATION_RATIO\x10\t\x12\x12\n\x0eSTANDARD_ERROR\x10\n\x12\x0b\n\x07SAMPLES\x10\x0b*@\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0e\n\nREGRESSION\x10\x01\x12\x12\n\x0e\x43LASSIFICATION\x10\x02\x32\x84\x02\n\x11PredictionService\x12\x46\n\x07Predict\x12\x1c.mcdropout.v1.PredictRequest\x1a\x1d.mcdropout.v1.PredictResponse\x12V\n\x10GetModelMetadata\x12%.mcdropout.v1.GetModelMetadataRequest\x1a\x1b.mcdropout.v1.ModelMetadata\x12O\n\nListModels\x12\x1f.mcdropout.v1.ListModelsRequest\x1a .mcdropout.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmcdropout/v1/mcdropout.proto\x12\x0cmcdropout.v1\"L\n\x06Tensor\x12%\n\x05\x64type\x18\x01 \x01(\x0e\x32\x16.mcdropout.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x84\x03\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x0f\n\x07samples\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x11\n\ttolerance\x18\x06 \x01(\x01\x12\x17\n\x0finterval_levels\x18\x07 \x03(\x01\x12%\n\x07outputs\x18\x08 \x03(\x0e\x32\x14.mcdropout.v1.Output\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x43\n\x0cnamed_inputs\x18\n \x03(\x0b\x32-.mcdropout.v1.PredictRequest.NamedInputsEntry\x1aH\n\x10NamedInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.mcdropout.v1.Tensor:\x02\x38\x01\x42\x07\n\x05_seed\"c\n\x08Interval\x12\r\n\x05level\x18\x01 \x01(\x01\x12#\n\x05lower\x18\x02 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12#\n\x05upper\x18\x03 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\"\xa3\x04\n\nHeadResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\"\n\x04mean\x18\n \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12!\n\x03std\x18\x0b \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12,\n\x0epredictive_std\x18\x0c \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12,\n\x0estandard_error\x18\r \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12)\n\tintervals\x18\x0e \x03(\x0b\x32\x16.mcdropout.v1.Interval\x12-\n\x0fpredicted_class\x18\x0f \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x30\n\x12predictive_entropy\x18\x10 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12.\n\x10\x65xpected_entropy\x18\x11 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x30\n\x12mutual_information\x18\x12 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12-\n\x0fvariation_ratio\x18\x13 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12%\n\x07samples\x18\x14 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\"\xa6\x05\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x14\n\x0csamples_used\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12 \n\x04task\x18\x06 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\"\n\x04mean\x18\n \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12!\n\x03std\x18\x0b \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12,\n\x0epredictive_std\x18\x0c \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12,\n\x0estandard_error\x18\r \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12)\n\tintervals\x18\x0e \x03(\x0b\x32\x16.mcdropout.v1.Interval\x12-\n\x0fpredicted_class\x18\x0f \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x30\n\x12predictive_entropy\x18\x10 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12.\n\x10\x65xpected_entropy\x18\x11 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\x30\n\x12mutual_information\x18\x12 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12-\n\x0fvariation_ratio\x18\x13 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12%\n\x07samples\x18\x14 \x01(\x0b\x32\x14.mcdropout.v1.Tensor\x12\'\n\x05heads\x18\x15 \x03(\x0b\x32\x18.mcdropout.v1.HeadResult\"D\n\x17GetModelMetadataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"P\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05\x64type\x18\x02 \x01(\x0e\x32\x16.mcdropout.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"P\n\x0c\x44ropoutLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x16\n\x0erecurrent_rate\x18\x04 \x01(\x01\"\x81\x01\n\x08HeadSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12(\n\x06output\x18\x03 \x01(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0b\n\x03tau\x18\x05 \x01(\x01\"\xac\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12 \n\x04task\x18\x04 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\'\n\x05input\x18\x05 \x01(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12(\n\x06output\x18\x06 \x01(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12\x32\n\x0e\x64ropout_layers\x18\x08 \x03(\x0b\x32\x1a.mcdropout.v1.DropoutLayer\x12\x17\n\x0f\x64\x65\x66\x61ult_samples\x18\t \x01(\r\x12\x13\n\x0bmax_samples\x18\n \x01(\r\x12\x0b\n\x03tau\x18\x0b \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x10\n\x08max_rows\x18\r \x01(\r\x12(\n\x06inputs\x18\x0e \x03(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12%\n\x05heads\x18\x0f \x03(\x0b\x32\x16.mcdropout.v1.HeadSpec\"\x13\n\x11ListModelsRequest\"\xa1\x01\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0e\x32\x12.mcdropout.v1.Task\x12\x10\n\x08versions\x18\x03 \x03(\x03\x12(\n\x06inputs\x18\x04 \x03(\x0b\x32\x18.mcdropout.v1.TensorSpec\x12%\n\x05heads\x18\x05 \x03(\x0b\x32\x16.mcdropout.v1.HeadSpec\"@\n\x12ListModelsResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.mcdropout.v1.ModelSummary*\xb0\x01\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05INT16\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05INT64\x10\x07\x12\t\n\x05UINT8\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\x08\n\x04\x42OOL\x10\x0c*\xe7\x01\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\x07\n\x03STD\x10\x02\x12\x12\n\x0ePREDICTIVE_STD\x10\x03\x12\r\n\tINTERVALS\x10\x04\x12\x13\n\x0fPREDICTED_CLASS\x10\x05\x12\x16\n\x12PREDICTIVE_ENTROPY\x10\x06\x12\x14\n\x10\x45XPECTED_ENTROPY\x10\x07\x12\x16\n\x12MUTUAL_INFORMATION\x10\x08\x12\x13\n\x0fVARIATION_RATIO\x10\t\x12\x12\n\x0eSTANDARD_ERROR\x10\n\x12\x0b\n\x07SAMPLES\x10\x0b*@\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0e\n\nREGRESSION\x10\x01\x12\x12\n\x0e\x43LASSIFICATION\x10\x02\x32\x84\x02\n\x11PredictionService\x12\x46\n\x07Predict\x12\x1c.mcdropout.v1.PredictRequest\x1a\x1d.mcdropout.v1.PredictResponse\x12V\n\x10GetModelMetadata\x12%.mcdropout.v1.GetModelMetadataRequest\x1a\x1b.mcdropout.v1.ModelMetadata\x12O\n\nListModels\x12\x1f.mcdropout.v1.ListModelsRequest\x1a .mcdropout.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mcdropout.v1.mcdropout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=1867
-  _globals['_DATATYPE']._serialized_end=2043
-  _globals['_OUTPUT']._serialized_start=2046
-  _globals['_OUTPUT']._serialized_end=2277
-  _globals['_TASK']._serialized_start=2279
-  _globals['_TASK']._serialized_end=2343
+  _globals['_PREDICTREQUEST_NAMEDINPUTSENTRY']._loaded_options = None
+  _globals['_PREDICTREQUEST_NAMEDINPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_DATATYPE']._serialized_start=2896
+  _globals['_DATATYPE']._serialized_end=3072
+  _globals['_OUTPUT']._serialized_start=3075
+  _globals['_OUTPUT']._serialized_end=3306
+  _globals['_TASK']._serialized_start=3308
+  _globals['_TASK']._serialized_end=3372
   _globals['_TENSOR']._serialized_start=46
   _globals['_TENSOR']._serialized_end=122
   _globals['_PREDICTREQUEST']._serialized_start=125
-  _globals['_PREDICTREQUEST']._serialized_end=370
-  _globals['_INTERVAL']._serialized_start=372
-  _globals['_INTERVAL']._serialized_end=471
-  _globals['_PREDICTRESPONSE']._serialized_start=474
-  _globals['_PREDICTRESPONSE']._serialized_end=1111
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1113
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1181
-  _globals['_TENSORSPEC']._serialized_start=1183
-  _globals['_TENSORSPEC']._serialized_end=1263
-  _globals['_DROPOUTLAYER']._serialized_start=1265
-  _globals['_DROPOUTLAYER']._serialized_end=1345
-  _globals['_MODELMETADATA']._serialized_start=1348
-  _globals['_MODELMETADATA']._serialized_end=1695
-  _globals['_LISTMODELSREQUEST']._serialized_start=1697
-  _globals['_LISTMODELSREQUEST']._serialized_end=1716
-  _globals['_MODELSUMMARY']._serialized_start=1718
-  _globals['_MODELSUMMARY']._serialized_end=1798
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1800
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1864
-  _globals['_PREDICTIONSERVICE']._serialized_start=2346
-  _globals['_PREDICTIONSERVICE']._serialized_end=2606
+  _globals['_PREDICTREQUEST']._serialized_end=513
+  _globals['_PREDICTREQUEST_NAMEDINPUTSENTRY']._serialized_start=432
+  _globals['_PREDICTREQUEST_NAMEDINPUTSENTRY']._serialized_end=504
+  _globals['_INTERVAL']._serialized_start=515
+  _globals['_INTERVAL']._serialized_end=614
+  _globals['_HEADRESULT']._serialized_start=617
+  _globals['_HEADRESULT']._serialized_end=1164
+  _globals['_PREDICTRESPONSE']._serialized_start=1167
+  _globals['_PREDICTRESPONSE']._serialized_end=1845
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1847
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1915
+  _globals['_TENSORSPEC']._serialized_start=1917
+  _globals['_TENSORSPEC']._serialized_end=1997
+  _globals['_DROPOUTLAYER']._serialized_start=1999
+  _globals['_DROPOUTLAYER']._serialized_end=2079
+  _globals['_HEADSPEC']._serialized_start=2082
+  _globals['_HEADSPEC']._serialized_end=2211
+  _globals['_MODELMETADATA']._serialized_start=2214
+  _globals['_MODELMETADATA']._serialized_end=2642
+  _globals['_LISTMODELSREQUEST']._serialized_start=2644
+  _globals['_LISTMODELSREQUEST']._serialized_end=2663
+  _globals['_MODELSUMMARY']._serialized_start=2666
+  _globals['_MODELSUMMARY']._serialized_end=2827
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2829
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2893
+  _globals['_PREDICTIONSERVICE']._serialized_start=3375
+  _globals['_PREDICTIONSERVICE']._serialized_end=3635
 # @@protoc_insertion_point(module_scope)

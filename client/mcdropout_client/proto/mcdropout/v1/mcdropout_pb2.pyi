@@ -8,6 +8,12 @@ Every Predict call runs T stochastic forward passes of a Keras model with its dr
 left on (Gal & Ghahramani 2016) and returns the mean prediction with its spread and, for
 classifiers, the information-theoretic uncertainty measures. This file is the API reference:
 each field says its units and limits.
+
+A model has one or more named inputs and one or more named output heads (see ModelMetadata).
+A one-input model takes its rows in PredictRequest.inputs; a model with several inputs takes
+them by name in PredictRequest.named_inputs. A one-head model answers in the statistic fields
+of PredictResponse; a model with several heads answers in PredictResponse.heads, one
+HeadResult per head, every head computed from the same T passes (the same dropout masks).
 """
 
 from collections import abc as _abc
@@ -47,8 +53,9 @@ class _DataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataType.Val
     BOOL: _DataType.ValueType  # 12
 
 class DataType(_DataType, metaclass=_DataTypeEnumTypeWrapper):
-    """Element type of a tensor. Inputs are cast to the model's input dtype (float32 for the models
-    mcdropout builds); statistics are returned as FLOAT64, classes as INT64.
+    """Element type of a tensor. Inputs are cast to the model's input's dtype (float32 for the
+    models mcdropout builds; integer ids for an input feeding an Embedding); statistics are
+    returned as FLOAT64, classes as INT64.
     """
 
 DATA_TYPE_UNSPECIFIED: DataType.ValueType  # 0
@@ -78,7 +85,9 @@ class _OutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Output.ValueTy
     STD: _Output.ValueType  # 2
     """Standard deviation over the passes (epistemic uncertainty), same units as MEAN."""
     PREDICTIVE_STD: _Output.ValueType  # 3
-    """Regression only: sqrt(STD^2 + 1/tau), the total predictive standard deviation."""
+    """Regression only, when the head knows its noise precision tau: sqrt(STD^2 + 1/tau), the
+    total predictive standard deviation.
+    """
     INTERVALS: _Output.ValueType  # 4
     """Central predictive intervals at PredictRequest.interval_levels."""
     PREDICTED_CLASS: _Output.ValueType  # 5
@@ -95,13 +104,18 @@ class _OutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Output.ValueTy
     """STD / sqrt(passes): the Monte Carlo standard error of MEAN."""
     SAMPLES: _Output.ValueType  # 11
     """The raw per-pass outputs, shape (passes, rows, outputs), FLOAT32. Bounded by the server's
-    raw-sample limit (passes * rows * outputs); larger requests get RESOURCE_EXHAUSTED.
+    raw-sample limit (passes * rows * outputs, the outputs of every head counted together);
+    larger requests get RESOURCE_EXHAUSTED. Several heads' samples come from the same passes in
+    the same order, so they are joint draws.
     """
 
 class Output(_Output, metaclass=_OutputEnumTypeWrapper):
     """Which statistics a Predict call returns. An empty list means the task's default set:
     regression: MEAN, STD, PREDICTIVE_STD (when the model knows its noise precision);
     classification: MEAN, STD, PREDICTED_CLASS, PREDICTIVE_ENTROPY, MUTUAL_INFORMATION.
+    For a model with several heads the list applies to every head by that head's own task: each
+    head gets the listed outputs it has (an empty list: its task's default set); an output that
+    no head has is refused with INVALID_ARGUMENT.
     """
 
 OUTPUT_UNSPECIFIED: Output.ValueType  # 0
@@ -110,7 +124,9 @@ MEAN: Output.ValueType  # 1
 STD: Output.ValueType  # 2
 """Standard deviation over the passes (epistemic uncertainty), same units as MEAN."""
 PREDICTIVE_STD: Output.ValueType  # 3
-"""Regression only: sqrt(STD^2 + 1/tau), the total predictive standard deviation."""
+"""Regression only, when the head knows its noise precision tau: sqrt(STD^2 + 1/tau), the
+total predictive standard deviation.
+"""
 INTERVALS: Output.ValueType  # 4
 """Central predictive intervals at PredictRequest.interval_levels."""
 PREDICTED_CLASS: Output.ValueType  # 5
@@ -127,7 +143,9 @@ STANDARD_ERROR: Output.ValueType  # 10
 """STD / sqrt(passes): the Monte Carlo standard error of MEAN."""
 SAMPLES: Output.ValueType  # 11
 """The raw per-pass outputs, shape (passes, rows, outputs), FLOAT32. Bounded by the server's
-raw-sample limit (passes * rows * outputs); larger requests get RESOURCE_EXHAUSTED.
+raw-sample limit (passes * rows * outputs, the outputs of every head counted together);
+larger requests get RESOURCE_EXHAUSTED. Several heads' samples come from the same passes in
+the same order, so they are joint draws.
 """
 Global___Output: _TypeAlias = Output  # noqa: Y015
 
@@ -141,7 +159,10 @@ class _TaskEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Task.ValueType],
     REGRESSION: _Task.ValueType  # 1
     CLASSIFICATION: _Task.ValueType  # 2
 
-class Task(_Task, metaclass=_TaskEnumTypeWrapper): ...
+class Task(_Task, metaclass=_TaskEnumTypeWrapper):
+    """What a model (or one head of it) predicts. A PredictResponse of a model with several heads
+    says TASK_UNSPECIFIED; each of its HeadResults states that head's task.
+    """
 
 TASK_UNSPECIFIED: Task.ValueType  # 0
 REGRESSION: Task.ValueType  # 1
@@ -164,7 +185,8 @@ class Tensor(_message.Message):
     @_builtins.property
     def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Dimensions, outermost first; every dimension >= 0. The first dimension of an input is the
-        number of rows (the batch); a row's shape must equal the model's input shape.
+        number of rows (the batch); a row's shape must equal the model's input shape, where a
+        variable dimension (-1 in ModelMetadata) takes any size, the same for every row.
         """
 
     def __init__(
@@ -186,6 +208,27 @@ Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
 class PredictRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NamedInputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
@@ -195,6 +238,7 @@ class PredictRequest(_message.Message):
     INTERVAL_LEVELS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAMED_INPUTS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name of a served model (see ListModels). Required."""
     model_version: _builtins.int
@@ -218,7 +262,9 @@ class PredictRequest(_message.Message):
     """
     @_builtins.property
     def inputs(self) -> Global___Tensor:
-        """Input rows: shape (rows, *input_shape), rows >= 1. NaN and Inf are rejected."""
+        """Input rows of a one-input model: shape (rows, *input_shape), rows >= 1. NaN and Inf are
+        rejected. Set this or named_inputs, not both (both set: INVALID_ARGUMENT).
+        """
 
     @_builtins.property
     def interval_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -229,6 +275,15 @@ class PredictRequest(_message.Message):
     @_builtins.property
     def outputs(self) -> _containers.RepeatedScalarFieldContainer[Global___Output.ValueType]:
         """Statistics to return; empty for the task's default set (see Output)."""
+
+    @_builtins.property
+    def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
+        """The inputs by name (ModelMetadata.inputs): every input of the model exactly once, each of
+        shape (rows, *that input's shape) with the same number of rows. A model with several inputs
+        takes its rows here only; a one-input model takes them in `inputs` or here under its one
+        input's name. A missing or unknown name is INVALID_ARGUMENT (the message lists the model's
+        inputs).
+        """
 
     def __init__(
         self,
@@ -242,10 +297,11 @@ class PredictRequest(_message.Message):
         interval_levels: _abc.Iterable[_builtins.float] | None = ...,
         outputs: _abc.Iterable[Global___Output.ValueType] | None = ...,
         request_id: _builtins.str = ...,
+        named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "inputs", b"inputs", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "inputs", b"inputs", "interval_levels", b"interval_levels", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "request_id", b"request_id", "samples", b"samples", "seed", b"seed", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "inputs", b"inputs", "interval_levels", b"interval_levels", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "outputs", b"outputs", "request_id", b"request_id", "samples", b"samples", "seed", b"seed", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -285,6 +341,88 @@ class Interval(_message.Message):
 Global___Interval: _TypeAlias = Interval  # noqa: Y015
 
 @_typing.final
+class HeadResult(_message.Message):
+    """The statistics of one output head, for models with several heads (PredictResponse.heads).
+    Fields mean what PredictResponse's fields of the same names mean, in this head's units; a
+    statistic is set only when requested and meaningful for this head's task.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    STD_FIELD_NUMBER: _builtins.int
+    PREDICTIVE_STD_FIELD_NUMBER: _builtins.int
+    STANDARD_ERROR_FIELD_NUMBER: _builtins.int
+    INTERVALS_FIELD_NUMBER: _builtins.int
+    PREDICTED_CLASS_FIELD_NUMBER: _builtins.int
+    PREDICTIVE_ENTROPY_FIELD_NUMBER: _builtins.int
+    EXPECTED_ENTROPY_FIELD_NUMBER: _builtins.int
+    MUTUAL_INFORMATION_FIELD_NUMBER: _builtins.int
+    VARIATION_RATIO_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The head's name (ModelMetadata.heads)."""
+    task: Global___Task.ValueType
+    @_builtins.property
+    def mean(self) -> Global___Tensor:
+        """(rows, outputs) FLOAT64, outputs being this head's width."""
+
+    @_builtins.property
+    def std(self) -> Global___Tensor: ...
+    @_builtins.property
+    def predictive_std(self) -> Global___Tensor: ...
+    @_builtins.property
+    def standard_error(self) -> Global___Tensor: ...
+    @_builtins.property
+    def intervals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interval]: ...
+    @_builtins.property
+    def predicted_class(self) -> Global___Tensor:
+        """(rows,) INT64."""
+
+    @_builtins.property
+    def predictive_entropy(self) -> Global___Tensor:
+        """(rows,) FLOAT64, nats."""
+
+    @_builtins.property
+    def expected_entropy(self) -> Global___Tensor: ...
+    @_builtins.property
+    def mutual_information(self) -> Global___Tensor: ...
+    @_builtins.property
+    def variation_ratio(self) -> Global___Tensor:
+        """(rows,) FLOAT64 in [0, 1)."""
+
+    @_builtins.property
+    def samples(self) -> Global___Tensor:
+        """(passes, rows, outputs) FLOAT32; the same passes, in the same order, as every other head's."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        task: Global___Task.ValueType = ...,
+        mean: Global___Tensor | None = ...,
+        std: Global___Tensor | None = ...,
+        predictive_std: Global___Tensor | None = ...,
+        standard_error: Global___Tensor | None = ...,
+        intervals: _abc.Iterable[Global___Interval] | None = ...,
+        predicted_class: Global___Tensor | None = ...,
+        predictive_entropy: Global___Tensor | None = ...,
+        expected_entropy: Global___Tensor | None = ...,
+        mutual_information: Global___Tensor | None = ...,
+        variation_ratio: Global___Tensor | None = ...,
+        samples: Global___Tensor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "mean", b"mean", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "intervals", b"intervals", "mean", b"mean", "mutual_information", b"mutual_information", "name", b"name", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeadResult: _TypeAlias = HeadResult  # noqa: Y015
+
+@_typing.final
 class PredictResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -305,6 +443,7 @@ class PredictResponse(_message.Message):
     MUTUAL_INFORMATION_FIELD_NUMBER: _builtins.int
     VARIATION_RATIO_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     """The version that answered (useful when the request asked for the latest)."""
@@ -314,9 +453,11 @@ class PredictResponse(_message.Message):
     """The seed that drove the masks: send it back to reproduce this answer exactly."""
     request_id: _builtins.str
     task: Global___Task.ValueType
+    """The model's task; TASK_UNSPECIFIED for a model with several heads (see `heads`)."""
     @_builtins.property
     def mean(self) -> Global___Tensor:
-        """Each statistic is set only when requested and meaningful for the task.
+        """One-head models: each statistic is set only when requested and meaningful for the task.
+        Models with several heads leave these unset and answer in `heads`.
         (rows, outputs) FLOAT64.
         """
 
@@ -348,6 +489,12 @@ class PredictResponse(_message.Message):
     def samples(self) -> Global___Tensor:
         """(passes, rows, outputs) FLOAT32."""
 
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadResult]:
+        """Models with several heads: one HeadResult per head, in the model's head order
+        (ModelMetadata.heads). Empty for a one-head model.
+        """
+
     def __init__(
         self,
         *,
@@ -368,10 +515,11 @@ class PredictResponse(_message.Message):
         mutual_information: Global___Tensor | None = ...,
         variation_ratio: Global___Tensor | None = ...,
         samples: Global___Tensor | None = ...,
+        heads: _abc.Iterable[Global___HeadResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "mean", b"mean", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "variation_ratio", b"variation_ratio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "intervals", b"intervals", "mean", b"mean", "model_name", b"model_name", "model_version", b"model_version", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "request_id", b"request_id", "samples", b"samples", "samples_used", b"samples_used", "seed", b"seed", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "heads", b"heads", "intervals", b"intervals", "mean", b"mean", "model_name", b"model_name", "model_version", b"model_version", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "request_id", b"request_id", "samples", b"samples", "samples_used", b"samples_used", "seed", b"seed", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -402,7 +550,9 @@ Global___GetModelMetadataRequest: _TypeAlias = GetModelMetadataRequest  # noqa: 
 
 @_typing.final
 class TensorSpec(_message.Message):
-    """Shape and type of a tensor; -1 marks the batch (rows) dimension."""
+    """Shape and type of a tensor; -1 marks the batch (rows) dimension, the first, and any variable
+    dimension after it (e.g. a sequence length: any size, the same for every row of a request).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -462,6 +612,47 @@ class DropoutLayer(_message.Message):
 Global___DropoutLayer: _TypeAlias = DropoutLayer  # noqa: Y015
 
 @_typing.final
+class HeadSpec(_message.Message):
+    """One output head of a model: its own task, statistics and labels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    TAU_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The head's name: the Keras output's name (HeadResult.name)."""
+    task: Global___Task.ValueType
+    tau: _builtins.float
+    """Regression noise precision tau in the target's units (1/variance); 0 when unknown."""
+    @_builtins.property
+    def output(self) -> Global___TensorSpec:
+        """The head's mean: name "mean", FLOAT64, shape [-1, outputs]."""
+
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Classification: one label per class. Regression: names of the targets. May be empty."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        task: Global___Task.ValueType = ...,
+        output: Global___TensorSpec | None = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+        tau: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeadSpec: _TypeAlias = HeadSpec  # noqa: Y015
+
+@_typing.final
 class ModelMetadata(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -478,16 +669,21 @@ class ModelMetadata(_message.Message):
     TAU_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     MAX_ROWS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """The version described."""
     task: Global___Task.ValueType
+    """The task of the first head (see `heads` for every head's)."""
     default_samples: _builtins.int
     """Passes used when PredictRequest.samples is 0."""
     max_samples: _builtins.int
     """Largest accepted PredictRequest.samples."""
     tau: _builtins.float
-    """Regression noise precision tau in the target's units (1/variance); 0 when unknown."""
+    """The first head's regression noise precision tau in the target's units (1/variance); 0 when
+    unknown.
+    """
     description: _builtins.str
     max_rows: _builtins.int
     """Largest accepted number of input rows per request."""
@@ -496,15 +692,31 @@ class ModelMetadata(_message.Message):
         """Every version the server holds, ascending."""
 
     @_builtins.property
-    def input(self) -> Global___TensorSpec: ...
+    def input(self) -> Global___TensorSpec:
+        """The first input (the only one of a one-input model); every input is in `inputs`."""
+
     @_builtins.property
-    def output(self) -> Global___TensorSpec: ...
+    def output(self) -> Global___TensorSpec:
+        """The first head's mean; every head is in `heads`."""
+
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Classification: one label per output column. Regression: names of the targets."""
+        """The first head's labels. Classification: one label per output column. Regression: names
+        of the targets.
+        """
 
     @_builtins.property
     def dropout_layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DropoutLayer]: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
+        """Every input, in the model's order, named as PredictRequest.named_inputs takes them
+        (always filled, also for a one-input model).
+        """
+
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadSpec]:
+        """Every output head, in the model's order (always filled, also for a one-head model)."""
+
     def __init__(
         self,
         *,
@@ -521,10 +733,12 @@ class ModelMetadata(_message.Message):
         tau: _builtins.float = ...,
         description: _builtins.str = ...,
         max_rows: _builtins.int = ...,
+        inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        heads: _abc.Iterable[Global___HeadSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_samples", b"default_samples", "description", b"description", "dropout_layers", b"dropout_layers", "input", b"input", "labels", b"labels", "max_rows", b"max_rows", "max_samples", b"max_samples", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_samples", b"default_samples", "description", b"description", "dropout_layers", b"dropout_layers", "heads", b"heads", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_rows", b"max_rows", "max_samples", b"max_samples", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,22 +766,33 @@ class ModelSummary(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     task: Global___Task.ValueType
+    """The latest version's task (of its first head, as ModelMetadata.task)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Ascending; the last one answers requests that give no version."""
 
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]:
+        """The latest version's inputs and heads (as in ModelMetadata)."""
+
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadSpec]: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         task: Global___Task.ValueType = ...,
         versions: _abc.Iterable[_builtins.int] | None = ...,
+        inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
+        heads: _abc.Iterable[Global___HeadSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "task", b"task", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "inputs", b"inputs", "name", b"name", "task", b"task", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

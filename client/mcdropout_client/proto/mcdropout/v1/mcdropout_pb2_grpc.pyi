@@ -8,6 +8,12 @@ Every Predict call runs T stochastic forward passes of a Keras model with its dr
 left on (Gal & Ghahramani 2016) and returns the mean prediction with its spread and, for
 classifiers, the information-theoretic uncertainty measures. This file is the API reference:
 each field says its units and limits.
+
+A model has one or more named inputs and one or more named output heads (see ModelMetadata).
+A one-input model takes its rows in PredictRequest.inputs; a model with several inputs takes
+them by name in PredictRequest.named_inputs. A one-head model answers in the statistic fields
+of PredictResponse; a model with several heads answers in PredictResponse.heads, one
+HeadResult per head, every head computed from the same T passes (the same dropout masks).
 """
 
 from collections import abc as _abc
