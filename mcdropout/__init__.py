@@ -17,7 +17,7 @@ from mcdropout.errors import (
 from mcdropout.modeling.builders import build_mlp
 from mcdropout.modeling.defaults import ensure_default_store
 from mcdropout.modeling.training import TrainConfig, train
-from mcdropout.store import ModelInfo, ModelStore
+from mcdropout.store import HeadInfo, InputInfo, ModelInfo, ModelStore
 
 
 def __getattr__(name: str) -> object:
@@ -31,6 +31,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "CancelledError",
+    "HeadInfo",
+    "InputInfo",
     "Interval",
     "InvalidArgumentError",
     "MCDropoutError",

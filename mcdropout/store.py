@@ -12,92 +12,25 @@ store is told to follow such links.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError, ModelLoadError, NotFoundError, shorten
+from mcdropout.loading import load_keras_file
+from mcdropout.metadata import HeadInfo, InputInfo, ModelInfo
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the store records beside a model (``metadata.json``).
-
-    Attributes:
-        name: Model name, ``[A-Za-z0-9][A-Za-z0-9_.-]*``, at most 128 characters.
-        task: "regression" or "classification".
-        input_shape: Shape of one input row (no batch dimension).
-        input_dtype: Numpy dtype name the model expects, e.g. "float32".
-        labels: Class labels (classification) or target names (regression), one per output.
-        feature_mean, feature_std: Standardisation applied to inputs before the model, or None.
-        target_mean, target_std: The model predicts ``(y - target_mean) / target_std``; None if
-            it predicts y directly.
-        tau: Regression noise precision in the *standardised* target units, or None.
-        default_samples: T used when a request gives none.
-        max_samples: Largest T a request may ask for.
-        description: Free text shown in metadata.
-        provenance: How the model was made (data, hyper-parameters, metrics, library versions).
-        version: Filled in by the store when loading; 0 before the model is saved.
-    """
-
-    name: str
-    task: Task
-    input_shape: tuple[int, ...]
-    input_dtype: str = "float32"
-    labels: tuple[str, ...] = ()
-    feature_mean: tuple[float, ...] | None = None
-    feature_std: tuple[float, ...] | None = None
-    target_mean: tuple[float, ...] | None = None
-    target_std: tuple[float, ...] | None = None
-    tau: float | None = None
-    default_samples: int = 100
-    max_samples: int = 10_000
-    description: str = ""
-    provenance: dict[str, Any] = field(default_factory=dict)
-    version: int = 0
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("version")
-        return json.dumps(data, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, version: int = 0) -> ModelInfo:
-        """Parse ``metadata.json``; ``version`` is the one the store files it under.
-
-        Raises:
-            ValueError: not JSON, an unknown key, a bad task, or a ``"version"`` key that differs
-                from ``version`` (the folder numbers the version; the key may only agree).
-        """
-        data = json.loads(text)
-        stated = data.pop("version", version)
-        if stated != version:
-            raise ValueError(f"metadata says version {stated!r}, but its folder is version "
-                             f"{version}; the folder numbers the version")
-        tuples = ("input_shape", "labels", "feature_mean", "feature_std", "target_mean",
-                  "target_std")
-        for key in tuples:
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown metadata keys {sorted(unknown)}")
-        if data.get("task") not in ("regression", "classification"):
-            raise ValueError(f"task must be 'regression' or 'classification', got {data.get('task')!r}")
-        return cls(**data, version=version)
+__all__ = ["METADATA_FILE", "MODEL_FILE", "HeadInfo", "InputInfo", "ModelInfo", "ModelStore", "as_array",
+           "validate_name"]
 
 
 def validate_name(name: str) -> str:
@@ -186,15 +119,32 @@ class ModelStore:
                 f"model: move the version under {self.root / info.name} or correct the name")
         return info
 
-    def save(self, model: Any, info: ModelInfo, version: int | None = None) -> int:
+    def save(self, model: Any, info: ModelInfo, version: int | None = None, *,
+             validate: bool = True) -> int:
         """Write ``model`` (a keras.Model) and ``info`` as a new version and return its number.
+
+        The version's folder is readable by every user (folders 0755, files 0644): a server
+        often runs under another uid than whoever wrote the store.
 
         Args:
             model: The Keras model; saved in the native ``.keras`` format.
             info: Its metadata; ``info.name`` names the model.
             version: Explicit version number; default one above the latest.
+            validate: First check that the model can be served as ``info`` describes it (see
+                :func:`mcdropout.engine.validate.validate_model`: a short MC pass on zero
+                inputs), so that nothing unservable is stored.
+
+        Raises:
+            InvalidArgumentError: a bad name, an existing version, or (validating) inputs or
+                heads the model does not have.
+            NoStochasticLayersError: (validating) the model has no dropout-family layer.
+            ModelLoadError: (validating) the model cannot run in MC mode.
         """
         validate_name(info.name)
+        if validate:
+            from mcdropout.engine.validate import validate_model  # deferred: TensorFlow
+
+            validate_model(model, info)
         existing = self.versions(info.name)
         version = version or (existing[-1] + 1 if existing else 1)
         if version in existing:
@@ -205,6 +155,7 @@ class ModelStore:
         try:
             model.save(tmp / MODEL_FILE)
             (tmp / METADATA_FILE).write_text(info.to_json())
+            _readable(tmp)
             os.replace(tmp, folder / str(version))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -220,27 +171,15 @@ class ModelStore:
 
         Raises:
             NotFoundError: no such model or version.
-            ModelLoadError: the file is missing, corrupt, or unsafe while safe_mode is on.
+            ModelLoadError: the file is missing, corrupt, needs a class no imported module
+                registers, or needs arbitrary code while safe_mode is on (see
+                :func:`mcdropout.loading.load_keras_file`).
         """
-        import keras  # deferred: the store's listing functions should not pay for TensorFlow
-
         version = self.resolve(name, version)
         path = self.path(name, version) / MODEL_FILE
         if not path.is_file():
             raise ModelLoadError(f"model file {path} is missing")
-        real = self._inside_root(path)
-        try:
-            return keras.saving.load_model(real, compile=False, safe_mode=safe_mode)
-        except Exception as exc:
-            text = str(exc)
-            if "safe_mode" in text or "unsafe" in text.lower():
-                raise ModelLoadError(
-                    f"{path} needs arbitrary code to load (e.g. a Lambda layer) and safe mode is "
-                    "on; re-save the model without it, or allow unsafe models only for a trusted "
-                    f"source. Keras said: {text.splitlines()[0]}") from exc
-            raise ModelLoadError(f"{path} could not be loaded (corrupt or incompatible): "
-                                 f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-                                 ) from exc
+        return load_keras_file(self._inside_root(path), safe_mode=safe_mode, shown=path)
 
     def _inside_root(self, path: Path) -> Path:
         """``path`` with every link resolved, refused when that leaves the root.
@@ -258,6 +197,12 @@ class ModelStore:
                 f"{root}; the store reads only under its root (links that stay inside are fine; "
                 "the server's MCDROPOUT_ALLOW_STORE_SYMLINKS=true follows links out of it)")
         return real
+
+
+def _readable(folder: Path) -> None:
+    """Folders 0755 and files 0644 under ``folder`` (``mkdtemp`` makes a 0700 folder)."""
+    for path in (folder, *folder.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def as_array(values: tuple[float, ...] | None) -> np.ndarray | None:

@@ -19,11 +19,13 @@ class InputSpec:
     """What one input row must look like, and how it is standardised.
 
     Attributes:
+        name: The input's name (the Keras input's).
         shape: Shape of one row.
         dtype: The model's input dtype (numpy name).
         feature_mean, feature_std: Rows are fed as ``(x - mean) / std``; None for no shift/scale.
     """
 
+    name: str
     shape: tuple[int, ...]
     dtype: str
     feature_mean: np.ndarray | None = None

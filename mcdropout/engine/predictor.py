@@ -84,7 +84,8 @@ class MCDropoutPredictor:
             raise InvalidArgumentError(f"tau must be a positive finite number, got {tau}")
         self.task: Task = task or introspect.infer_task(model)
         shape, dtype = introspect.input_signature(model, input_shape)
-        self.inputs = InputSpec(shape, dtype, as_array(feature_mean), as_array(feature_std))
+        self.inputs = (InputSpec("inputs", shape, dtype, as_array(feature_mean),
+                                 as_array(feature_std)),)
         self.split = split = split_model(model, shape, dtype, prefix_caching)
         suffix = (list(model.layers[split.prefix_layers:])
                   if isinstance(model, keras.Sequential) and prefix_caching else [])
@@ -110,16 +111,17 @@ class MCDropoutPredictor:
         options.setdefault("default_samples", info.default_samples)
         return cls(model, task=info.task, tau=info.tau, feature_mean=info.feature_mean,
                    feature_std=info.feature_std, target_mean=info.target_mean,
-                   target_std=info.target_std, input_shape=info.input_shape, **options)
+                   target_std=info.target_std, input_shape=info.input_shape,  # type: ignore[arg-type]
+                   **options)
 
     # -- what the model accepts --------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.inputs.shape
+        return self.inputs[0].shape
 
     @property
     def input_dtype(self) -> str:
-        return self.inputs.dtype
+        return self.inputs[0].dtype
 
     @property
     def default_samples(self) -> int:
@@ -149,7 +151,7 @@ class MCDropoutPredictor:
 
     def check_inputs(self, x: Any) -> np.ndarray:
         """Check input rows and standardise them (see :meth:`InputSpec.check`)."""
-        return self.inputs.check(x)
+        return self.inputs[0].check(x)
 
     def resolve(self, x: Any, samples: int | None = None, seed: int | None = None, *,
                 tolerance: float | None = None, interval_levels: Sequence[float] = (),
@@ -159,6 +161,8 @@ class MCDropoutPredictor:
         Args:
             limits: Limits to apply instead of the model's own (a server adds its row limits).
         """
+        if isinstance(x, dict) and list(x) == [self.inputs[0].name]:
+            x = x[self.inputs[0].name]
         return resolve(x, limits or self.limits, samples=samples, seed=seed,
                        tolerance=tolerance, interval_levels=interval_levels,
                        return_samples=return_samples)
@@ -193,7 +197,7 @@ class MCDropoutPredictor:
         checked: list[np.ndarray | InvalidArgumentError] = []
         for request in requests:
             try:
-                checked.append(self.inputs.check(request.x))
+                checked.append(self.inputs[0].check(request.x))
             except InvalidArgumentError as exc:
                 checked.append(exc)
         good = [i for i, c in enumerate(checked) if isinstance(c, np.ndarray)]

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from mcdropout import (
+    HeadInfo,
+    InputInfo,
     InvalidArgumentError,
     MCDropoutPredictor,
     ModelInfo,
     ModelLoadError,
     ModelStore,
+    NoStochasticLayersError,
     NotFoundError,
 )
 
@@ -188,3 +191,66 @@ def test_links_that_stay_inside_the_root_are_followed(tmp_path: Path) -> None:
         assert linked.read_info("toy").version == 4
         assert linked.load_model("toy", 4) is not None
     assert store.names() == ["toy"]
+
+
+def test_metadata_without_a_name_says_which_keys_are_required(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.save(_model(), _info())
+    path = tmp_path / "toy" / "1" / "metadata.json"
+    data = json.loads(path.read_text())
+    del data["name"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=r"lacks the required key\(s\) \['name'\].*'name' "):
+        store.read_info("toy")
+
+
+def test_inputs_and_heads_round_trip_with_variable_dimensions() -> None:
+    info = ModelInfo(name="two", task="regression", input_shape=(),
+                     inputs=(InputInfo("ids", (None,), "int32"),
+                             InputInfo("x", (4,), feature_mean=(0, 1, 2, 3),
+                                       feature_std=(1, 1, 1, 2))),
+                     heads=(HeadInfo("kind", "classification", ("a", "b")),
+                            HeadInfo("price", "regression", tau=2.0)))
+    assert (info.input_shape, info.input_dtype, info.task, info.labels) == \
+        ((None,), "int32", "classification", ("a", "b"))  # the first input's and head's
+    text = info.to_json()
+    assert json.loads(text)["inputs"][0]["shape"] == [None]
+    assert ModelInfo.from_json(text) == info
+    assert info.input_infos() == info.inputs and info.head_infos() == info.heads
+
+
+def test_a_single_input_single_head_file_is_read_as_before(tmp_path: Path) -> None:
+    text = _info().to_json()
+    assert "inputs" not in json.loads(text) and "heads" not in json.loads(text)
+    info = ModelInfo.from_json(text)
+    assert info.input_infos() == (InputInfo("inputs", (3,), "float32", (0.0, 1.0, 2.0),
+                                            (1.0, 2.0, 3.0)),)
+    assert info.head_infos() == (HeadInfo("output", "regression", ("y",), (5.0,), (2.0,), 3.0),)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"name": "m", "task": "regression", "input_shape": [3], "heads": [{"name": "h", "task": "x"}]},
+     r"head 'h': task must be 'regression' or 'classification', got 'x'"),
+    ({"name": "m", "task": "regression", "input_shape": [3], "inputs": [{"name": "a"}]},
+     r"input 'a' needs 'shape'"),
+    ({"name": "m", "task": "regression", "input_shape": [3],
+      "inputs": [{"name": "a", "shape": [3], "dtype": "uint8"}]},
+     r"input 'a': dtype must be one of float16, float32, float64, int32, int64, got 'uint8'"),
+])
+def test_bad_inputs_and_heads_are_refused_with_what_is_allowed(body: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelInfo.from_json(json.dumps(body))
+
+
+def test_saved_versions_are_readable_by_other_users(tmp_path: Path) -> None:
+    ModelStore(tmp_path).save(_model(), _info())
+    folder = tmp_path / "toy" / "1"
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}
+
+
+def test_save_refuses_a_model_without_dropout(tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    with pytest.raises(NoStochasticLayersError, match="no dropout layer"):
+        ModelStore(tmp_path).save(model, _info())
+    assert ModelStore(tmp_path).versions("toy") == []
