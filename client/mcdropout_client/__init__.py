@@ -5,6 +5,10 @@
     with Client("localhost:50051") as client:
         result = client.predict([[0.1, 0.2, 0.3]], model="boston", samples=200, seed=0)
         print(result.mean, result.std)
+
+        # A model with several inputs and heads: a mapping of inputs, a result per head.
+        result = client.predict({"features": f, "ids": ids}, model="shop", seed=0)
+        print(result.heads["price"].mean, result.heads["kind"].predicted_class)
 """
 
 from mcdropout_client.aio import AsyncClient
@@ -13,9 +17,12 @@ from mcdropout_client.errors import ClientError
 from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.results import (
     DropoutLayer,
+    HeadResult,
+    HeadSpec,
     ModelDescription,
     ModelSummary,
     PredictResult,
+    Statistics,
     TensorSpec,
 )
 
@@ -25,8 +32,11 @@ __all__ = [
     "Client",
     "ClientError",
     "DropoutLayer",
+    "HeadResult",
+    "HeadSpec",
     "ModelDescription",
     "ModelSummary",
     "PredictResult",
+    "Statistics",
     "TensorSpec",
 ]

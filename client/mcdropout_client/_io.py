@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcdropout_client.results import PredictResult
+from mcdropout_client.results import PredictResult, Statistics
 
 INPUT_SUFFIXES = (".csv", ".npy")
 OUTPUT_SUFFIXES = (".json", ".csv")
@@ -61,29 +62,80 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def result_to_dict(result: PredictResult, labels: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A JSON-ready dict of every statistic present in ``result`` (arrays as nested lists)."""
+def load_inputs(specs: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """The ``--input`` values of the command line: one ``FILE``, or ``NAME=FILE`` per input.
+
+    A value is ``NAME=FILE`` when it holds ``=`` and is not itself an existing file.
+
+    Raises:
+        ValueError: files as in :func:`load_input`; a mix of named and unnamed inputs, an
+            unnamed input given twice, a name given twice or empty.
+    """
+    named: dict[str, np.ndarray] = {}
+    plain: list[str] = []
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep or Path(spec).exists():
+            plain.append(spec)
+            continue
+        if not name or name in named:
+            raise ValueError(f"--input NAME=FILE: {'empty' if not name else 'repeated'} input "
+                             f"name in {spec!r}")
+        named[name] = load_input(Path(file))
+    if named and plain:
+        raise ValueError(f"--input: name every input (NAME=FILE) or give one unnamed FILE, not "
+                         f"both; unnamed: {plain}")
+    if len(plain) > 1:
+        raise ValueError(f"--input: several inputs need names (NAME=FILE, see `metadata` for "
+                         f"the model's inputs); got {plain}")
+    return named or load_input(Path(plain[0]))
+
+
+def result_to_dict(result: PredictResult,
+                   labels: Mapping[str, Sequence[str]] | Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON-ready dict of every statistic present in ``result`` (arrays as nested lists).
+
+    Args:
+        result: The prediction.
+        labels: Class labels: a sequence for a one-head model, head name -> labels for a model
+            with several heads (used for classification heads only).
+    """
     out: dict[str, Any] = {
         "model": result.model, "version": result.version, "task": result.task,
         "samples_used": result.samples_used, "seed": result.seed,
         "request_id": result.request_id,
     }
-    for name in _ARRAYS:
-        value = getattr(result, name)
-        if value is not None:
-            out[name] = value.tolist()
-    if result.intervals:
-        out["intervals"] = {
-            str(level): {"lower": lower.tolist(), "upper": upper.tolist()}
-            for level, (lower, upper) in sorted(result.intervals.items())
-        }
-    if labels and result.predicted_class is not None:
-        out["predicted_label"] = [_label(labels, int(c)) for c in result.predicted_class]
+    if result.heads:
+        by_head = labels if isinstance(labels, Mapping) else {}
+        out["heads"] = {name: {"task": head.task, **_statistics_dict(head, by_head.get(name, ()))}
+                        for name, head in result.heads.items()}
+    else:
+        out.update(_statistics_dict(result, () if isinstance(labels, Mapping) else labels))
     return out
 
 
-def write_output(path: Path, result: PredictResult, labels: tuple[str, ...] = ()) -> None:
+def _statistics_dict(stats: Statistics, labels: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in _ARRAYS:
+        value = getattr(stats, name)
+        if value is not None:
+            out[name] = value.tolist()
+    if stats.intervals:
+        out["intervals"] = {
+            str(level): {"lower": lower.tolist(), "upper": upper.tolist()}
+            for level, (lower, upper) in sorted(stats.intervals.items())
+        }
+    if labels and stats.predicted_class is not None:
+        out["predicted_label"] = [_label(labels, int(c)) for c in stats.predicted_class]
+    return out
+
+
+def write_output(path: Path, result: PredictResult,
+                 labels: Mapping[str, Sequence[str]] | Sequence[str] = ()) -> None:
     """Write ``result`` as ``.json`` (everything) or ``.csv`` (one line per input row).
+
+    With several heads, CSV columns are named ``<head>/<column>``. ``labels`` as in
+    :func:`result_to_dict`.
 
     Raises:
         ValueError: unknown suffix.
@@ -93,11 +145,17 @@ def write_output(path: Path, result: PredictResult, labels: tuple[str, ...] = ()
     if suffix == ".json":
         path.write_text(json.dumps(result_to_dict(result, labels), indent=2) + "\n")
     elif suffix == ".csv":
-        header, rows = _csv_table(result, labels)
+        if result.heads:
+            by_head = labels if isinstance(labels, Mapping) else {}
+            columns = [(f"{name}/{column}", values) for name, head in result.heads.items()
+                       for column, values in _columns(head, by_head.get(name, ()))]
+        else:
+            columns = _columns(result, () if isinstance(labels, Mapping) else labels)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
+            writer.writerow(["row", *(name for name, _ in columns)])
+            writer.writerows([i, *(_cell(values[i]) for _, values in columns)]
+                             for i in range(result.rows))
     else:
         raise ValueError(f"output must be a {' or '.join(OUTPUT_SUFFIXES)} file, got {str(path)!r}")
 
@@ -111,35 +169,33 @@ _PER_ROW = ("predicted_class", "predictive_entropy", "expected_entropy", "mutual
 _PER_OUTPUT = ("mean", "std", "predictive_std", "standard_error")
 
 
-def _csv_table(result: PredictResult, labels: tuple[str, ...]) -> tuple[list[str], list[list[Any]]]:
-    columns: list[tuple[str, np.ndarray]] = []
+def _columns(stats: Statistics, labels: Sequence[str]) -> list[tuple[str, Any]]:
+    columns: list[tuple[str, Any]] = []
     for name in _PER_OUTPUT:
-        value = getattr(result, name)
+        value = getattr(stats, name)
         if value is not None:
             columns += _split(name, value)
-    for level, (lower, upper) in sorted(result.intervals.items()):
+    for level, (lower, upper) in sorted(stats.intervals.items()):
         columns += _split(f"lower_{level:g}", lower) + _split(f"upper_{level:g}", upper)
     for name in _PER_ROW:
-        value = getattr(result, name)
+        value = getattr(stats, name)
         if value is not None:
             columns.append((name, value))
-    header = ["row", *(name for name, _ in columns)]
-    rows: list[list[Any]] = [
-        [i, *(col[i].item() for _, col in columns)] for i in range(result.rows)
-    ]
-    if labels and result.predicted_class is not None:
-        header.append("predicted_label")
-        for row, cls in zip(rows, result.predicted_class, strict=True):
-            row.append(_label(labels, int(cls)))
-    return header, rows
+    if labels and stats.predicted_class is not None:
+        columns.append(("predicted_label", [_label(labels, int(c)) for c in stats.predicted_class]))
+    return columns
 
 
-def _split(name: str, value: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def _cell(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _split(name: str, value: np.ndarray) -> list[tuple[str, Any]]:
     matrix = value.reshape(value.shape[0], -1)
     if matrix.shape[1] == 1:
         return [(name, matrix[:, 0])]
     return [(f"{name}_{j}", matrix[:, j]) for j in range(matrix.shape[1])]
 
 
-def _label(labels: tuple[str, ...], cls: int) -> str:
+def _label(labels: Sequence[str], cls: int) -> str:
     return labels[cls] if 0 <= cls < len(labels) else str(cls)

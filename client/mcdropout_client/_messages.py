@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpc_health.v1 import health_pb2
@@ -12,6 +12,8 @@ from mcdropout_client.outputs import OUTPUT_NAMES, TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2
 from mcdropout_client.results import (
     DropoutLayer,
+    HeadResult,
+    HeadSpec,
     ModelDescription,
     ModelSummary,
     PredictResult,
@@ -26,7 +28,10 @@ def predict_request(
     tolerance: float | None, interval_levels: Sequence[float], outputs: Sequence[str] | None,
     request_id: str | None,
 ) -> mcdropout_pb2.PredictRequest:
-    """Build a PredictRequest, checking locally what the wire types cannot carry."""
+    """Build a PredictRequest, checking locally what the wire types cannot carry.
+
+    ``x`` is one array (sent as ``inputs``) or a mapping input name -> array (``named_inputs``).
+    """
     if not model:
         raise ValueError("model must be a non-empty model name, got ''")
     if seed is not None and not 0 <= seed < _MAX_SEED:
@@ -38,13 +43,19 @@ def predict_request(
     request = mcdropout_pb2.PredictRequest(
         model_name=model,
         model_version=version or 0,
-        inputs=tensors.to_proto(x),
         samples=samples or 0,
         tolerance=tolerance or 0.0,
         interval_levels=[float(level) for level in interval_levels],
         outputs=[output_enum(name) for name in outputs or ()],
         request_id=request_id or "",
     )
+    if isinstance(x, Mapping):
+        for name, value in x.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"input names must be non-empty strings, got {name!r}")
+            request.named_inputs[name].CopyFrom(tensors.to_proto(value))
+    else:
+        request.inputs.CopyFrom(tensors.to_proto(x))
     if seed is not None:
         request.seed = seed
     return request
@@ -59,15 +70,8 @@ def output_enum(name: str) -> mcdropout_pb2.Output.ValueType:
 
 def predict_result(response: mcdropout_pb2.PredictResponse) -> PredictResult:
     """Turn a PredictResponse into a :class:`PredictResult` of numpy arrays."""
-    arrays = {
-        spec.attribute: tensors.from_proto(getattr(response, spec.name))
-        for spec in TENSOR_OUTPUTS
-        if response.HasField(spec.name)  # type: ignore[arg-type]
-    }
-    intervals = {
-        iv.level: (tensors.from_proto(iv.lower), tensors.from_proto(iv.upper))
-        for iv in response.intervals
-    }
+    heads = {head.name: HeadResult(name=head.name, task=task_name(head.task), **_statistics(head))
+             for head in response.heads}
     return PredictResult(
         model=response.model_name,
         version=response.model_version,
@@ -75,9 +79,24 @@ def predict_result(response: mcdropout_pb2.PredictResponse) -> PredictResult:
         seed=response.seed,
         request_id=response.request_id,
         task=task_name(response.task),
-        intervals=intervals,
-        **arrays,
+        heads=heads,
+        **_statistics(response),
     )
+
+
+def _statistics(message: mcdropout_pb2.PredictResponse | mcdropout_pb2.HeadResult
+                ) -> dict[str, Any]:
+    # A HeadResult holds its statistics in fields of the same names as a PredictResponse.
+    found: dict[str, Any] = {
+        spec.attribute: tensors.from_proto(getattr(message, spec.name))
+        for spec in TENSOR_OUTPUTS
+        if message.HasField(spec.name)  # type: ignore[arg-type]
+    }
+    found["intervals"] = {
+        iv.level: (tensors.from_proto(iv.lower), tensors.from_proto(iv.upper))
+        for iv in message.intervals
+    }
+    return found
 
 
 def metadata_request(model: str, version: int | None) -> mcdropout_pb2.GetModelMetadataRequest:
@@ -105,12 +124,17 @@ def model_description(meta: mcdropout_pb2.ModelMetadata) -> ModelDescription:
         tau=meta.tau or None,
         description=meta.description,
         max_rows=meta.max_rows,
+        inputs=tuple(_spec(spec) for spec in meta.inputs),
+        heads=tuple(_head(head) for head in meta.heads),
     )
 
 
 def model_summaries(response: mcdropout_pb2.ListModelsResponse) -> list[ModelSummary]:
     """Turn a ListModelsResponse into :class:`ModelSummary` entries, in server order."""
-    return [ModelSummary(m.name, task_name(m.task), tuple(m.versions)) for m in response.models]
+    return [ModelSummary(m.name, task_name(m.task), tuple(m.versions),
+                         tuple(_spec(spec) for spec in m.inputs),
+                         tuple(_head(head) for head in m.heads))
+            for m in response.models]
 
 
 def health_request(service: str) -> health_pb2.HealthCheckRequest:
@@ -137,3 +161,8 @@ def _spec(spec: mcdropout_pb2.TensorSpec) -> TensorSpec:
     except ValueError:  # unspecified, or a dtype newer than this client
         dtype = "unspecified" if spec.dtype == 0 else f"dtype_{spec.dtype}"
     return TensorSpec(name=spec.name, dtype=dtype, shape=tuple(spec.shape))
+
+
+def _head(head: mcdropout_pb2.HeadSpec) -> HeadSpec:
+    return HeadSpec(name=head.name, task=task_name(head.task), output=_spec(head.output),
+                    labels=tuple(head.labels), tau=head.tau or None)

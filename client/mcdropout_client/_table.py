@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -11,6 +11,8 @@ from mcdropout_client.results import (
     ModelDescription,
     ModelSummary,
     PredictResult,
+    Statistics,
+    TensorSpec,
 )
 
 
@@ -22,16 +24,32 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                      for line in lines)
 
 
-def prediction(result: PredictResult, labels: Sequence[str] = ()) -> str:
-    """A summary line and one table row per input row (per output for regression)."""
-    title = (f"model {result.model} v{result.version} ({result.task}), "
+def prediction(result: PredictResult,
+               labels: Mapping[str, Sequence[str]] | Sequence[str] = ()) -> str:
+    """A summary line and one table row per input row (per output for regression).
+
+    A model with several heads gets one titled table per head. ``labels``: a sequence for a
+    one-head model, head name -> labels for several heads.
+    """
+    kind = f"{len(result.heads)} heads" if result.heads else result.task
+    title = (f"model {result.model} v{result.version} ({kind}), "
              f"{result.samples_used} passes, seed {result.seed}, request {result.request_id}")
-    if result.task == CLASSIFICATION and result.predicted_class is not None:
-        return title + "\n" + _classification(result, labels)
-    return title + "\n" + _regression(result, labels)
+    if not result.heads:
+        return title + "\n" + _statistics(result, result.task, () if isinstance(
+            labels, Mapping) else labels)
+    by_head = labels if isinstance(labels, Mapping) else {}
+    return title + "".join(f"\n\nhead {name} ({head.task})\n"
+                           + _statistics(head, head.task, by_head.get(name, ()))
+                           for name, head in result.heads.items())
 
 
-def _regression(result: PredictResult, labels: Sequence[str]) -> str:
+def _statistics(stats: Statistics, task: str, labels: Sequence[str]) -> str:
+    if task == CLASSIFICATION and stats.predicted_class is not None:
+        return _classification(stats, labels)
+    return _regression(stats, labels)
+
+
+def _regression(result: Statistics, labels: Sequence[str]) -> str:
     if result.mean is None:
         return "(no mean requested)"
     mean = _matrix(result.mean)
@@ -53,7 +71,7 @@ def _regression(result: PredictResult, labels: Sequence[str]) -> str:
     return render(header, rows)
 
 
-def _classification(result: PredictResult, labels: Sequence[str]) -> str:
+def _classification(result: Statistics, labels: Sequence[str]) -> str:
     assert result.predicted_class is not None
     header = ["row", "class", "probability"]
     optional = [("entropy", result.predictive_entropy),
@@ -71,8 +89,11 @@ def _classification(result: PredictResult, labels: Sequence[str]) -> str:
 
 def models(summaries: Sequence[ModelSummary]) -> str:
     """One row per model: name, task, versions."""
-    rows = [[m.name, m.task, ", ".join(map(str, m.versions))] for m in summaries]
-    return render(["model", "task", "versions"], rows) if rows else "(no models)"
+    rows = [[m.name, m.task, ", ".join(map(str, m.versions)),
+             ", ".join(i.name for i in m.inputs) or "-",
+             ", ".join(f"{h.name} ({h.task})" for h in m.heads) or "-"] for m in summaries]
+    header = ["model", "task", "versions", "inputs", "heads"]
+    return render(header, rows) if rows else "(no models)"
 
 
 def description(meta: ModelDescription) -> str:
@@ -85,9 +106,8 @@ def description(meta: ModelDescription) -> str:
     pairs = [
         ("name", meta.name), ("version", str(meta.version)),
         ("versions", ", ".join(map(str, meta.versions))), ("task", meta.task),
-        ("input", f"{meta.input.dtype} {list(meta.input.shape)}"),
-        ("output", f"{meta.output.dtype} {list(meta.output.shape)}"),
-        ("labels", ", ".join(meta.labels) or "-"), ("dropout layers", layers or "-"),
+        *_inputs_and_heads(meta),
+        ("dropout layers", layers or "-"),
         ("default samples", str(meta.default_samples)), ("max samples", str(meta.max_samples)),
         ("max rows", str(meta.max_rows) if meta.max_rows else "unlimited"),
         ("tau", f"{meta.tau:.6g}" if meta.tau is not None else "unknown"),
@@ -95,6 +115,23 @@ def description(meta: ModelDescription) -> str:
     ]
     width = max(len(key) for key, _ in pairs)
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in pairs)
+
+
+def _inputs_and_heads(meta: ModelDescription) -> list[tuple[str, str]]:
+    # One input and one head (or an older server that lists none): today's lines.
+    if len(meta.inputs) <= 1 and len(meta.heads) <= 1:
+        return [("input", _tensor(meta.input)), ("output", _tensor(meta.output)),
+                ("labels", ", ".join(meta.labels) or "-")]
+    lines = [(f"input {spec.name}", _tensor(spec)) for spec in meta.inputs]
+    for head in meta.heads:
+        tau = f", tau {head.tau:.6g}" if head.tau is not None else ""
+        labels = f", labels {', '.join(head.labels)}" if head.labels else ""
+        lines.append((f"head {head.name}", f"{head.task} {_tensor(head.output)}{tau}{labels}"))
+    return lines
+
+
+def _tensor(spec: TensorSpec) -> str:
+    return f"{spec.dtype} {list(spec.shape)}"
 
 
 def _matrix(value: np.ndarray) -> np.ndarray:

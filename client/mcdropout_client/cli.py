@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", parents=[common], help="predict with uncertainty")
     predict.add_argument("--model", required=True, help="model name")
     predict.add_argument("--version", type=int, help="model version (default: latest)")
-    predict.add_argument("--input", required=True, type=Path,
-                         help="input rows: .npy array or numeric .csv (header row optional)")
+    predict.add_argument("--input", required=True, action="append", metavar="[NAME=]FILE",
+                         help="input rows: .npy array or numeric .csv (header row optional); "
+                              "for a model with several inputs, NAME=FILE once per input "
+                              "(`metadata` lists them)")
     predict.add_argument("--samples", type=int, help="stochastic passes T (default: the model's)")
     predict.add_argument("--seed", type=int, help="seed of the dropout masks (reproducible)")
     predict.add_argument("--tolerance", type=float,
@@ -111,19 +113,25 @@ def _connect(args: argparse.Namespace) -> Client:
 
 
 def _predict(client: Client, args: argparse.Namespace) -> int:
-    x = _io.load_input(args.input)
+    x = _io.load_inputs(args.input)
     result = client.predict(
         x, model=args.model, version=args.version, samples=args.samples, seed=args.seed,
         tolerance=args.tolerance, interval_levels=args.interval, outputs=args.outputs,
     )
     labels: tuple[str, ...] = ()
+    head_labels: dict[str, tuple[str, ...]] = {}
     # Labels only decorate the table: a failure here must not hide the prediction.
     with contextlib.suppress(ClientError):
-        labels = client.metadata(result.model, result.version).labels
-    print(_table.prediction(result, labels))
+        meta = client.metadata(result.model, result.version)
+        labels, head_labels = meta.labels, {head.name: head.labels for head in meta.heads}
+    print(_table.prediction(result, head_labels if result.heads else labels))
     if args.output is not None:
-        class_labels = labels if result.task == CLASSIFICATION else ()
-        _io.write_output(args.output, result, class_labels)
+        # Files carry class labels only: a regression head's labels name its columns instead.
+        tasks = {name: head.task for name, head in result.heads.items()}
+        class_labels = {name: head_labels.get(name, ()) for name, task in tasks.items()
+                        if task == CLASSIFICATION}
+        _io.write_output(args.output, result, class_labels if result.heads else
+                         labels if result.task == CLASSIFICATION else ())
         print(f"wrote {args.output}", file=sys.stderr)
     return 0
 

@@ -51,7 +51,10 @@ class Client(ClientBase):
         """Run T stochastic passes of ``model`` over the rows of ``x``.
 
         Args:
-            x: input rows, shape (rows, *input_shape); any numeric dtype (the server casts).
+            x: input rows of a one-input model, shape (rows, *input_shape); or, for any model,
+                a mapping input name -> rows, every input of the model once, all with the same
+                number of rows (``metadata(model).inputs`` names them). Any numeric dtype (the
+                server casts to each input's dtype).
             model: model name.
             version: model version; ``None`` for the latest.
             samples: passes T; ``None`` for the model's default. With ``tolerance``, the ceiling.
@@ -64,7 +67,8 @@ class Client(ClientBase):
             request_id: id echoed in server logs and the result.
 
         Returns:
-            A :class:`PredictResult`.
+            A :class:`PredictResult`; for a model with several heads, its ``heads`` hold one
+            :class:`HeadResult` per head.
 
         Raises:
             ValueError: an unknown output name, a seed out of range, an unsupported dtype.

@@ -11,20 +11,14 @@ CLASSIFICATION = "classification"
 
 
 # eq=False: the fields are arrays, whose == is elementwise and has no single truth value.
-@dataclass(frozen=True, eq=False)
-class PredictResult:
-    """The answer to one Predict call.
+# kw_only: the statistics follow each subclass's own fields in its constructor.
+@dataclass(frozen=True, eq=False, kw_only=True)
+class Statistics:
+    """The statistics of one prediction (a one-head model's, or one head's of several).
 
     Statistics that were not requested, or do not apply to the task, are ``None``.
 
     Attributes:
-        model: name of the model that answered.
-        version: the model version that answered.
-        samples_used: stochastic passes actually run (below the request only when adaptive
-            sampling met its tolerance early).
-        seed: seed of the dropout masks; send it back to reproduce the answer exactly.
-        request_id: the request id (the caller's, or the one the server made).
-        task: ``"regression"`` or ``"classification"``.
         mean: (rows, outputs) mean over passes; for classifiers the mean class probabilities.
         std: (rows, outputs) standard deviation over passes (epistemic), in output units.
         predictive_std: (rows, outputs) regression only, sqrt(std**2 + 1/tau).
@@ -38,12 +32,6 @@ class PredictResult:
         raw_samples: (passes, rows, outputs) float32 per-pass outputs, when requested.
     """
 
-    model: str
-    version: int
-    samples_used: int
-    seed: int
-    request_id: str
-    task: str
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     predictive_std: np.ndarray | None = None
@@ -65,9 +53,59 @@ class PredictResult:
         return 0
 
 
+@dataclass(frozen=True, eq=False)
+class HeadResult(Statistics):
+    """The statistics of one output head of a model with several heads.
+
+    Attributes:
+        name: the head's name (the Keras output's name; see ``ModelDescription.heads``).
+        task: ``"regression"`` or ``"classification"``: this head's own task.
+    """
+
+    name: str
+    task: str
+
+
+@dataclass(frozen=True, eq=False)
+class PredictResult(Statistics):
+    """The answer to one Predict call.
+
+    A one-head model's statistics are the attributes inherited from :class:`Statistics`
+    (``mean``, ``std``, ...), and ``heads`` is empty. A model with several heads answers in
+    ``heads``, one :class:`HeadResult` per head in the model's order, all computed from the same
+    passes; its top-level statistics are then ``None`` and ``task`` is ``"unspecified"``.
+
+    Attributes:
+        model: name of the model that answered.
+        version: the model version that answered.
+        samples_used: stochastic passes actually run (below the request only when adaptive
+            sampling met its tolerance early).
+        seed: seed of the dropout masks; send it back to reproduce the answer exactly.
+        request_id: the request id (the caller's, or the one the server made).
+        task: ``"regression"`` or ``"classification"``; ``"unspecified"`` with several heads.
+        heads: head name -> :class:`HeadResult`, for a model with several heads; else empty.
+    """
+
+    model: str
+    version: int
+    samples_used: int
+    seed: int
+    request_id: str
+    task: str
+    heads: dict[str, HeadResult] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """Number of input rows answered."""
+        return next((head.rows for head in self.heads.values()), 0) or super().rows
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """Shape and numpy dtype name of a model input or output; -1 marks the rows dimension."""
+    """Shape and numpy dtype name of a model input or output.
+
+    -1 marks the rows dimension (the first) and any variable dimension (e.g. a sequence length).
+    """
 
     name: str
     dtype: str
@@ -92,13 +130,37 @@ class DropoutLayer:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """One output head of a model.
+
+    Attributes:
+        name: the head's name, as ``PredictResult.heads`` keys it.
+        task: ``"regression"`` or ``"classification"``.
+        output: the head's mean: dtype and shape ``(-1, outputs)``.
+        labels: class labels (classification) or target names (regression); may be empty.
+        tau: regression noise precision (1/variance, target units), ``None`` when unknown.
+    """
+
+    name: str
+    task: str
+    output: TensorSpec
+    labels: tuple[str, ...] = ()
+    tau: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Metadata of one model version, as ``GetModelMetadata`` describes it.
+
+    ``input``, ``output``, ``task``, ``labels`` and ``tau`` describe the first input and head
+    (the only ones of a one-input, one-head model); ``inputs`` and ``heads`` list them all.
 
     Attributes:
         tau: regression noise precision (1/variance, target units), ``None`` when unknown.
         labels: class labels (classification) or target names (regression); may be empty.
         max_rows: largest accepted number of rows per request (0 when the server sets no limit).
+        inputs: every input, in the model's order, named as ``predict`` takes them in a mapping.
+        heads: every output head, in the model's order.
     """
 
     name: str
@@ -114,12 +176,19 @@ class ModelDescription:
     tau: float | None
     description: str
     max_rows: int
+    inputs: tuple[TensorSpec, ...] = ()
+    heads: tuple[HeadSpec, ...] = ()
 
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """One entry of ``ListModels``: a model name, its task and its versions (ascending)."""
+    """One entry of ``ListModels``: a model name, its task and its versions (ascending).
+
+    ``task`` is the first head's; ``inputs`` and ``heads`` describe the latest version.
+    """
 
     name: str
     task: str
     versions: tuple[int, ...]
+    inputs: tuple[TensorSpec, ...] = ()
+    heads: tuple[HeadSpec, ...] = ()

@@ -26,8 +26,14 @@ DEFAULT_SAMPLES = 10
 DEFAULT_SEED = 1234
 
 
+SHOP_HEADS = ("price", "kind")
+
+
 class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
-    """Two models: "reg" (regression, 2 outputs, tau 4) and "clf" (3 classes), versions 1 and 2."""
+    """Two models: "reg" (regression, 2 outputs, tau 4) and "clf" (3 classes), versions 1 and 2;
+    and "shop", inputs "features" (3 floats) and "ids" (2 ints, one per sequence step: variable
+    length), heads "price" (regression, like reg) and "kind" (3 classes, like clf), version 1.
+    """
 
     def __init__(self) -> None:
         self.calls = 0
@@ -57,13 +63,18 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
 
     def Predict(self, request, context):
         self._enter(request, context)
+        if request.model_name == "shop":
+            return _shop(request, context)
         if request.model_name not in ("reg", "clf"):
             context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.model_name!r} not found")
         passes = request.samples or DEFAULT_SAMPLES
         if passes > MAX_SAMPLES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"samples must be in 1..{MAX_SAMPLES}, got {passes}")
-        x = tensors.from_proto(request.inputs).astype(np.float64)
+        # A one-input model takes its rows in inputs, or under any one name in named_inputs.
+        rows = request.inputs if request.HasField("inputs") else next(
+            iter(request.named_inputs.values()))
+        x = tensors.from_proto(rows).astype(np.float64)
         if x.ndim != 2 or x.shape[1] != FEATURES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"inputs must have shape (rows, {FEATURES}), got {x.shape}")
@@ -88,6 +99,11 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context):
         self._enter(request, context)
+        if request.model_name == "shop":
+            return pb.ModelMetadata(name="shop", version=1, versions=[1], task=pb.REGRESSION,
+                                    input=_SHOP_SPECS[0], output=_SHOP_HEAD_SPECS[0].output,
+                                    labels=["price"], inputs=_SHOP_SPECS, heads=_SHOP_HEAD_SPECS,
+                                    default_samples=DEFAULT_SAMPLES, max_samples=MAX_SAMPLES)
         if request.model_name not in ("reg", "clf") or request.model_version not in (0, 1, 2):
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"model {request.model_name!r} version {request.model_version} not found")
@@ -110,7 +126,45 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
         return pb.ListModelsResponse(models=[
             pb.ModelSummary(name="clf", task=pb.CLASSIFICATION, versions=[1, 2]),
             pb.ModelSummary(name="reg", task=pb.REGRESSION, versions=[1, 2]),
+            pb.ModelSummary(name="shop", task=pb.REGRESSION, versions=[1], inputs=_SHOP_SPECS,
+                            heads=_SHOP_HEAD_SPECS),
         ])
+
+
+_SHOP_SPECS = [pb.TensorSpec(name="features", dtype=pb.FLOAT32, shape=[-1, FEATURES]),
+               pb.TensorSpec(name="ids", dtype=pb.INT32, shape=[-1, -1])]
+_SHOP_HEAD_SPECS = [
+    pb.HeadSpec(name="price", task=pb.REGRESSION, labels=["price"], tau=4.0,
+                output=pb.TensorSpec(name="mean", dtype=pb.FLOAT64, shape=[-1, 2])),
+    pb.HeadSpec(name="kind", task=pb.CLASSIFICATION, labels=list(LABELS),
+                output=pb.TensorSpec(name="mean", dtype=pb.FLOAT64, shape=[-1, 3])),
+]
+
+
+def _shop(request, context):
+    """The two-input, two-head model: "reg"'s statistics on "price", "clf"'s on "kind"."""
+    if request.HasField("inputs") or sorted(request.named_inputs) != ["features", "ids"]:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      "model 'shop' takes named_inputs 'features' and 'ids'")
+    x = tensors.from_proto(request.named_inputs["features"]).astype(np.float64)
+    ids = tensors.from_proto(request.named_inputs["ids"])
+    passes = request.samples or DEFAULT_SAMPLES
+    seed = request.seed if request.HasField("seed") else DEFAULT_SEED
+    rng = np.random.default_rng(seed)
+    reply = pb.PredictResponse(model_name="shop", model_version=1, samples_used=passes, seed=seed,
+                               request_id=request.request_id or "server-made-id")
+    wanted = set(request.outputs)
+    shift = ids.sum(axis=1)[None, :, None]
+    price = x.sum(axis=1)[None, :, None] * np.array([1.0, -2.0]) + shift + rng.normal(
+        size=(passes, len(x), 2))
+    logits = x @ np.arange(9.0).reshape(3, 3) / 10 + rng.normal(size=(passes, len(x), 3))
+    kind = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    _regression(reply.heads.add(name="price"), price, wanted, request.interval_levels)
+    _classification(reply.heads.add(name="kind"), kind, wanted)
+    if pb.SAMPLES in wanted:
+        reply.heads[0].samples.CopyFrom(tensors.to_proto(price.astype(np.float32)))
+        reply.heads[1].samples.CopyFrom(tensors.to_proto(kind.astype(np.float32)))
+    return reply
 
 
 def _regression(reply, draws, wanted, levels) -> None:

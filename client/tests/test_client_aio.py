@@ -33,7 +33,7 @@ async def test_every_method(fake: FakeServer) -> None:
     assert list(reg.intervals) == [0.8] and reg.predictive_std is None
     assert clf.predicted_class is not None and clf.mutual_information is not None
     assert meta.labels == LABELS and meta.version == 1
-    assert [m.name for m in listed] == ["clf", "reg"]
+    assert [m.name for m in listed] == ["clf", "reg", "shop"]
     assert statuses == ["SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
 
 
@@ -62,7 +62,7 @@ async def test_typed_errors_and_no_retry_of_other_codes(fake: FakeServer) -> Non
 async def test_unavailable_is_retried(fake: FakeServer) -> None:
     fake.service.fail_with = [grpc.StatusCode.UNAVAILABLE] * 2
     async with AsyncClient(fake.address, retries=2, initial_backoff=0.001) as client:
-        assert len(await client.models()) == 2
+        assert len(await client.models()) == 3
         assert fake.service.calls == 3
         fake.service.fail_with = [grpc.StatusCode.UNAVAILABLE] * 3
         with pytest.raises(errors.Unavailable):
@@ -73,7 +73,7 @@ async def test_unavailable_is_retried(fake: FakeServer) -> None:
 async def test_cancelled_before_any_handler_ran_is_retried(fake: FakeServer) -> None:
     fake.service.drop_with = [grpc.StatusCode.CANCELLED] * 2
     async with AsyncClient(fake.address, retries=2, initial_backoff=0.001) as client:
-        assert len(await client.models()) == 2
+        assert len(await client.models()) == 3
         assert fake.service.calls == 3
         fake.service.fail_with = [grpc.StatusCode.CANCELLED]  # with a request id: an answer
         with pytest.raises(errors.Cancelled) as caught:

@@ -91,7 +91,8 @@ def test_metadata_and_models(fake: FakeServer) -> None:
     assert meta.dropout_layers[1].kind == "LSTM" and meta.dropout_layers[1].recurrent_rate == 0.3
     assert old.version == 1 and old.tau == 4.0 and old.task == "regression"
     assert [(m.name, m.task, m.versions) for m in listed] == [
-        ("clf", "classification", (1, 2)), ("reg", "regression", (1, 2))]
+        ("clf", "classification", (1, 2)), ("reg", "regression", (1, 2)),
+        ("shop", "regression", (1,))]
 
 
 def test_health(fake: FakeServer) -> None:

@@ -60,7 +60,7 @@ def test_mutual_tls_call_succeeds(mtls_server, pki) -> None:
     address, service = mtls_server
     with Client(address, root_certificates=pki["ca_pem"], private_key=pki["client_key"],
                 certificate_chain=pki["client_pem"], token="over-tls") as client:
-        assert [m.name for m in client.models()] == ["clf", "reg"]
+        assert [m.name for m in client.models()] == ["clf", "reg", "shop"]
     assert service.seen_metadata[0]["authorization"] == "Bearer over-tls"
 
 
