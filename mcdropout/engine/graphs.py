@@ -9,7 +9,7 @@ common request that fits the memory budget at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,41 +59,48 @@ def _two_rows(values: list[Any], concat: Callable[[list[Any]], Any]) -> list[Any
 class PassGraphs:
     """The compiled graphs of a split model in MC mode.
 
+    A model with several inputs takes them as several arguments, in its input order; a model
+    with several outputs (heads) gives them flattened and concatenated on the last axis, in its
+    output order (split per head in numpy, :class:`.sampling.JointStats`).
+
     Args:
         model: The Keras model (its stochastic layers are patched while tracing only).
         split: The model cut into prefix and suffix.
-        input_shape, input_dtype: One input row.
+        inputs: Each input's (row shape, dtype); None marks a variable dimension.
         mask_first: The suffix's layers when its first layer is a dropout layer fed by the
             frontier alone (it then masks the rows straight into passes x rows), else None.
-        binary: A one-unit sigmoid classifier: outputs become two class probabilities.
+        binary: Per output: a one-unit sigmoid classifier, whose outputs become two class
+            probabilities.
 
     Attributes:
         trace_count: How many times a graph body was traced (tests check there is no retrace).
     """
 
-    def __init__(self, model: Any, split: SplitModel, input_shape: tuple[int, ...],
-                 input_dtype: str, mask_first: list[Any] | None, binary: bool) -> None:
+    def __init__(self, model: Any, split: SplitModel,
+                 inputs: Sequence[tuple[tuple[int | None, ...], str]],
+                 mask_first: list[Any] | None, binary: Sequence[bool]) -> None:
         self._model, self._split = model, split
-        self._mask_first, self._binary = mask_first, binary
+        self._mask_first, self._binary = mask_first, tuple(binary)
         self.trace_count = 0
-        rows = tf.TensorSpec((None, *input_shape), input_dtype)
+        rows = [tf.TensorSpec((None, *shape), dtype) for shape, dtype in inputs]
         seed, seeds = tf.TensorSpec((2,), tf.uint32), tf.TensorSpec((None, 2), tf.uint32)
         segments, scalar = tf.TensorSpec((None,), tf.int32), tf.TensorSpec((), tf.int32)
-        self._prefix_fn = _Graph(self._prefix, [rows])
+        self._prefix_fn = _Graph(self._prefix, rows)
         self._chunk_fn = _Graph(self._chunk, [*split.frontier, seed, scalar, scalar])
         self._segments_fn = _Graph(self._segments_chunk,
                                    [*split.frontier, seeds, segments, scalar, scalar])
-        self._whole_fn = _Graph(self._whole, [rows, scalar, seed, scalar])
+        self._whole_fn = _Graph(self._whole, [*rows, scalar, seed, scalar])
         self._whole_segments_fn = _Graph(self._whole_segments,
-                                         [rows, scalar, seeds, segments, scalar])
+                                         [*rows, scalar, seeds, segments, scalar])
 
     # -- calls from the host ---------------------------------------------------------------------
-    def frontier(self, x: np.ndarray) -> list[tf.Tensor]:
-        """The prefix outputs of rows ``x`` (standardised, the model's dtype)."""
-        if x.shape[0] > 1:
-            return list(self._prefix_fn(tf.constant(x)))
-        padded = _two_rows([x], np.concatenate)[0]
-        return [h[:1] for h in self._prefix_fn(tf.constant(padded))]
+    def frontier(self, xs: Sequence[np.ndarray]) -> list[tf.Tensor]:
+        """The prefix outputs of rows ``xs`` (one array per input, standardised, the model's
+        dtypes)."""
+        if xs[0].shape[0] > 1:
+            return list(self._prefix_fn(*(tf.constant(x) for x in xs)))
+        padded = _two_rows(list(xs), np.concatenate)
+        return [h[:1] for h in self._prefix_fn(*(tf.constant(p) for p in padded))]
 
     def chunk(self, frontier: list[tf.Tensor], seeds: np.ndarray, segments: np.ndarray | None,
               first: int, count: int) -> np.ndarray:
@@ -113,20 +120,22 @@ class PassGraphs:
                                     *passes)).numpy()
         return y[:, :1] if single else y
 
-    def whole(self, x: np.ndarray, seeds: np.ndarray, segments: np.ndarray | None,
+    def whole(self, xs: Sequence[np.ndarray], seeds: np.ndarray, segments: np.ndarray | None,
               count: int) -> np.ndarray:
         """The prefix and all ``count`` passes in one call: (passes, rows, outputs)."""
-        rows = x.shape[0]
-        padded = tf.constant(x if rows > 1 else _two_rows([x], np.concatenate)[0])
+        rows = xs[0].shape[0]
+        padded = [tf.constant(x) for x in (xs if rows > 1 else _two_rows(list(xs),
+                                                                         np.concatenate))]
         if segments is None:
-            return self._whole_fn(padded, _int32(rows), tf.constant(seeds), _int32(count)).numpy()
-        return self._whole_segments_fn(padded, _int32(rows), tf.constant(seeds),
+            return self._whole_fn(*padded, _int32(rows), tf.constant(seeds),
+                                  _int32(count)).numpy()
+        return self._whole_segments_fn(*padded, _int32(rows), tf.constant(seeds),
                                        tf.constant(segments), _int32(count)).numpy()
 
     # -- traced bodies ---------------------------------------------------------------------------
-    def _prefix(self, x: tf.Tensor) -> list[tf.Tensor]:
+    def _prefix(self, *xs: tf.Tensor) -> list[tf.Tensor]:
         self.trace_count += 1
-        return list(self._split.prefix(x))
+        return list(self._split.prefix(xs))
 
     def _chunk(self, *args: tf.Tensor) -> tf.Tensor:
         *frontier, seed, first, count = args
@@ -136,14 +145,14 @@ class PassGraphs:
         *frontier, seeds, segments, first, count = args
         return self._passes(frontier, PassWindow(seeds, first, count, segments))
 
-    def _whole(self, x: tf.Tensor, rows: tf.Tensor, seed: tf.Tensor, count: tf.Tensor
-               ) -> tf.Tensor:
-        frontier = [h[:rows] for h in self._split.prefix(x)]  # x may hold a lone row twice
+    def _whole(self, *args: tf.Tensor) -> tf.Tensor:
+        *xs, rows, seed, count = args
+        frontier = [h[:rows] for h in self._split.prefix(xs)]  # xs may hold a lone row twice
         return self._passes(frontier, PassWindow(seed, tf.constant(0), count))
 
-    def _whole_segments(self, x: tf.Tensor, rows: tf.Tensor, seeds: tf.Tensor,
-                        segments: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
-        frontier = [h[:rows] for h in self._split.prefix(x)]
+    def _whole_segments(self, *args: tf.Tensor) -> tf.Tensor:
+        *xs, rows, seeds, segments, count = args
+        frontier = [h[:rows] for h in self._split.prefix(xs)]
         return self._passes(frontier, PassWindow(seeds, tf.constant(0), count, segments))
 
     def _passes(self, frontier: list[tf.Tensor], window: PassWindow) -> tf.Tensor:
@@ -157,14 +166,17 @@ class PassGraphs:
                 y = first.call(frontier[0], untiled=True)
                 for layer in rest:
                     y = layer(y)
+                outputs = [y]
             else:
                 tiled = []
                 for h in frontier:
                     reps = tf.concat([[count], tf.ones([len(h.shape)], tf.int32)], axis=0)
                     tiled.append(tf.reshape(tf.tile(h[None], reps),
                                             tf.concat([[-1], tf.shape(h)[1:]], axis=0)))
-                y = self._split.suffix(tiled)
-        y = tf.reshape(tf.cast(y, tf.float32), [count, tf.shape(frontier[0])[0], -1])
-        if self._binary:
-            y = tf.concat([1.0 - y, y], axis=-1)
-        return y  # (passes, rows, outputs); the statistics are taken in sampling.PassStats
+                outputs = self._split.suffix(tiled)
+        heads = []
+        for y, binary in zip(outputs, self._binary, strict=True):
+            y = tf.reshape(tf.cast(y, tf.float32), [count, tf.shape(frontier[0])[0], -1])
+            heads.append(tf.concat([1.0 - y, y], axis=-1) if binary else y)
+        # (passes, rows, outputs of every head); the statistics are taken in sampling.JointStats
+        return heads[0] if len(heads) == 1 else tf.concat(heads, axis=-1)

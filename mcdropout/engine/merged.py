@@ -13,56 +13,98 @@ answers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from mcdropout.engine import heads
 from mcdropout.engine.passes import PassRunner
-from mcdropout.engine.prediction import ROW_STATISTICS, Prediction
+from mcdropout.engine.prediction import ROW_STATISTICS, AnyPrediction, MultiHeadPrediction, Prediction
 from mcdropout.engine.request import Request
 from mcdropout.engine.rng import seed_words
 from mcdropout.engine.sampling import StopCheck
+from mcdropout.errors import InvalidArgumentError
+
+Rows = Sequence[np.ndarray]  # one request's checked arrays, one per input
 
 
-def run_merged(runner: PassRunner, requests: Sequence[Request], rows: Sequence[np.ndarray],
-               should_stop: StopCheck) -> list[Prediction]:
-    """Answer mergeable ``requests`` (same ``samples``) whose checked rows are ``rows``.
+def answer(runner: PassRunner, requests: Sequence[Request],
+           check: Callable[[Sequence[np.ndarray]], tuple[np.ndarray, ...]],
+           should_stop: StopCheck) -> list[AnyPrediction | InvalidArgumentError]:
+    """Answer resolved requests: one alone, several merged (see ``MCDropoutPredictor.run``).
+
+    ``check`` checks and standardises one request's input arrays; a request it refuses gets
+    its :class:`InvalidArgumentError` in place of an answer and the others run without it.
+    Requests whose rows differ in shape (:attr:`Request.shape_key`) never share a graph call:
+    each shape runs as a group of its own.
+    """
+    if not requests:
+        raise InvalidArgumentError("at least one request is needed, got none")
+    if len(requests) > 1 and not all(r.mergeable and r.samples == requests[0].samples
+                                     for r in requests):
+        raise InvalidArgumentError("merged requests must share samples and ask for no "
+                                   "adaptive sampling, intervals or raw samples")
+    out: list[Any] = []
+    shapes: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        try:
+            out.append(check(request.inputs))
+            shapes.setdefault(request.shape_key, []).append(i)
+        except InvalidArgumentError as exc:
+            out.append(exc)
+    for members in shapes.values():
+        if len(members) == 1:
+            answers = [runner.run_one(out[members[0]], requests[members[0]], should_stop)]
+        else:
+            answers = run_merged(runner, [requests[i] for i in members],
+                                 [out[i] for i in members], should_stop)
+        for i, one in zip(members, answers, strict=True):
+            out[i] = one
+    return out
+
+
+def run_merged(runner: PassRunner, requests: Sequence[Request], rows: Sequence[Rows],
+               should_stop: StopCheck) -> list[AnyPrediction]:
+    """Answer mergeable ``requests`` (same ``samples`` and ``shape_key``) whose checked rows are
+    ``rows``.
 
     Returns:
         One prediction per request, in order.
     """
     samples = requests[0].samples
     groups: dict[int, list[int]] = {}
-    for i, arr in enumerate(rows):
-        groups.setdefault(runner.plan(arr.shape[0], samples)[1], []).append(i)
-    results: dict[int, Prediction] = {}
+    for i, arrays in enumerate(rows):
+        chunk = runner.plan(arrays[0].shape[0], samples, shape_key=requests[i].shape_key)[1]
+        groups.setdefault(chunk, []).append(i)
+    results: dict[int, AnyPrediction] = {}
     for chunk, members in groups.items():
         results.update(_run_group(runner, chunk, [requests[i] for i in members],
                                   [rows[i] for i in members], members, should_stop))
     return [results[i] for i in range(len(requests))]
 
 
-def _run_group(runner: PassRunner, chunk: int, requests: list[Request], rows: list[np.ndarray],
-               indices: list[int], should_stop: StopCheck) -> dict[int, Prediction]:
+def _run_group(runner: PassRunner, chunk: int, requests: list[Request], rows: list[Rows],
+               indices: list[int], should_stop: StopCheck) -> dict[int, AnyPrediction]:
     samples = requests[0].samples
-    sizes = [arr.shape[0] for arr in rows]
-    x = np.concatenate(rows)
+    sizes = [arrays[0].shape[0] for arrays in rows]
+    xs = [np.concatenate(parts) for parts in zip(*rows, strict=True)]
     segments = np.repeat(np.arange(len(requests), dtype=np.int32), sizes)
     words = np.array([seed_words(r.seed) for r in requests], dtype=np.uint32)
-    block = max(1, min(x.shape[0], runner.memory_budget_bytes // (chunk * runner.row_bytes)))
+    row_bytes = runner.request_row_bytes(requests[0].shape_key)
+    block = max(1, min(xs[0].shape[0], runner.memory_budget_bytes // (chunk * row_bytes)))
     graphs = runner.graphs
 
     def run_chunk(block_rows: slice, frontier: list[tf.Tensor], first: int, count: int
                   ) -> np.ndarray:
         return graphs.chunk(frontier, words, segments[block_rows], first, count)
 
-    sampled = runner.sample(x, samples, block, chunk, run_chunk,
-                            lambda: graphs.whole(x, words, segments, samples),
+    sampled = runner.sample(xs, samples, block, chunk, run_chunk,
+                            lambda: graphs.whole(xs, words, segments, samples),
                             should_stop=should_stop)
     # Every statistic is per row, so all rows are summarised at once and then split.
-    together = runner.space.summarise(sampled, 0, (), False)
+    together = heads.summarise(runner.heads, sampled, 0, (), False)
     out, start = {}, 0
     for i, request, size in zip(indices, requests, sizes, strict=True):
         out[i] = _rows_of(together, slice(start, start + size), request.seed)
@@ -70,8 +112,15 @@ def _run_group(runner: PassRunner, chunk: int, requests: list[Request], rows: li
     return out
 
 
-def _rows_of(prediction: Prediction, rows: slice, seed: int) -> Prediction:
+def _rows_of(prediction: AnyPrediction, rows: slice, seed: int) -> AnyPrediction:
     """The prediction for some rows of a merged batch (it has no intervals or raw samples)."""
+    if isinstance(prediction, MultiHeadPrediction):
+        return MultiHeadPrediction(prediction.samples, seed, {
+            name: _head_rows(head, rows, seed) for name, head in prediction.heads.items()})
+    return _head_rows(prediction, rows, seed)
+
+
+def _head_rows(prediction: Prediction, rows: slice, seed: int) -> Prediction:
     arrays: dict[str, Any] = {name: np.array(getattr(prediction, name)[rows])
                               for name in ROW_STATISTICS if getattr(prediction, name) is not None}
     return dataclasses.replace(prediction, seed=seed, **arrays)

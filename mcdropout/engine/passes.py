@@ -1,23 +1,34 @@
 """Running a request's passes: in one graph call when they fit the memory budget, else in chunks.
 
 :class:`PassRunner` plans blocks of rows and chunks of passes, calls the graphs, folds the
-statistics and summarises them into a :class:`Prediction`, for one request or for a merged
-batch of requests (each row with its own request's seed).
+statistics of every head and summarises them, for one request or for a merged batch of requests
+(each row with its own request's seed).
+
+Variable dimensions: the activation bytes of one (pass, row) are measured with every variable
+dimension at its probe size (:data:`.split.PROBE_SIZES`, the first); a request's rows are budgeted
+at that size times the factor by which its own sizes exceed the probe's (per input, the product
+over its variable dimensions of actual / probe; the largest over inputs; never below 1). Activations
+grow at most in proportion to a sequence's length or an image's area, so that bound holds;
+shorter rows are budgeted as if they had the probe size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mcdropout.engine import heads as heads_
 from mcdropout.engine import sampling
 from mcdropout.engine.graphs import PassGraphs
-from mcdropout.engine.prediction import Prediction
+from mcdropout.engine.heads import HeadSpec
+from mcdropout.engine.prediction import AnyPrediction
 from mcdropout.engine.request import Request
 from mcdropout.engine.rng import seed_words
 from mcdropout.engine.sampling import StopCheck
-from mcdropout.engine.summary import OutputSpace
+from mcdropout.engine.split import PROBE_SIZES
+
+ShapeKey = tuple[tuple[int, ...], ...]
 
 
 class PassRunner:
@@ -25,57 +36,68 @@ class PassRunner:
 
     Args:
         graphs: The model's compiled graphs.
-        space: What the outputs mean (task, target scaling, tau).
-        row_bytes: Activation bytes of one (pass, row), outputs included.
+        heads: The model's heads (what each one's outputs mean, and where they lie).
+        row_bytes: Activation bytes of one (pass, row), outputs included, variable dimensions
+            at their probe size.
         memory_budget_bytes: Most activation bytes of one graph call.
+        shapes: Each input's row shape (None for a variable dimension).
     """
 
-    def __init__(self, graphs: PassGraphs, space: OutputSpace, row_bytes: int,
-                 memory_budget_bytes: int) -> None:
-        self.graphs, self.space = graphs, space
+    def __init__(self, graphs: PassGraphs, heads: Sequence[HeadSpec], row_bytes: int,
+                 memory_budget_bytes: int, shapes: Sequence[tuple[int | None, ...]] = ()) -> None:
+        self.graphs, self.heads = graphs, tuple(heads)
         self.row_bytes, self.memory_budget_bytes = row_bytes, memory_budget_bytes
-        self._classify = space.task == "classification"
+        self._variable = [[i for i, d in enumerate(shape) if d is None] for shape in shapes]
+        self.layout = tuple(h.columns for h in self.heads)
 
-    def plan(self, rows: int, samples: int, adaptive: bool = False) -> tuple[int, int]:
+    def request_row_bytes(self, shape_key: ShapeKey | None) -> int:
+        """Activation bytes of one (pass, row) of rows shaped ``shape_key`` (see the module)."""
+        if shape_key is None or not any(self._variable):
+            return self.row_bytes
+        factor = 1.0
+        for dims, shape in zip(self._variable, shape_key, strict=True):
+            factor = max(factor, float(np.prod([shape[i] / PROBE_SIZES[0] for i in dims])))
+        return int(np.ceil(self.row_bytes * factor))
+
+    def plan(self, rows: int, samples: int, adaptive: bool = False,
+             shape_key: ShapeKey | None = None) -> tuple[int, int]:
         """Rows per block and passes per chunk (see :func:`sampling.plan`)."""
-        return sampling.plan(rows, samples, self.row_bytes, self.memory_budget_bytes, adaptive)
+        return sampling.plan(rows, samples, self.request_row_bytes(shape_key),
+                             self.memory_budget_bytes, adaptive)
 
-    def run_one(self, x: np.ndarray, request: Request, should_stop: StopCheck) -> Prediction:
-        """The prediction for one request whose rows ``x`` are checked and standardised."""
-        block, chunk = self.plan(x.shape[0], request.samples, request.tolerance is not None)
+    def run_one(self, xs: Sequence[np.ndarray], request: Request, should_stop: StopCheck
+                ) -> AnyPrediction:
+        """The prediction for one request whose rows ``xs`` are checked and standardised."""
+        block, chunk = self.plan(xs[0].shape[0], request.samples, request.tolerance is not None,
+                                 request.shape_key)
         words = np.array(seed_words(request.seed), dtype=np.uint32)
         graphs, tolerance = self.graphs, request.tolerance
-
-        def converged(so_far: sampling.PassStats) -> bool:
-            m = so_far.moments
-            assert tolerance is not None
-            return float(np.max(np.sqrt(m.variance() / m.count)) * self.space.scale()) <= tolerance
-
         sampled = self.sample(
-            x, request.samples, block, chunk,
+            xs, request.samples, block, chunk,
             lambda rows, frontier, first, count: graphs.chunk(frontier, words, None, first, count),
-            lambda: graphs.whole(x, words, None, request.samples), request.keep_raw,
-            None if tolerance is None else converged, should_stop)
-        return self.space.summarise(sampled, request.seed, request.interval_levels,
-                                    request.return_samples)
+            lambda: graphs.whole(xs, words, None, request.samples), request.keep_raw,
+            None if tolerance is None else heads_.converged(self.heads, tolerance), should_stop)
+        return heads_.summarise(self.heads, sampled, request.seed, request.interval_levels,
+                                request.return_samples)
 
-    def sample(self, x: np.ndarray, samples: int, block: int, chunk: int,
+    def sample(self, xs: Sequence[np.ndarray], samples: int, block: int, chunk: int,
                run_chunk: sampling.ChunkRunner, whole: Callable[[], np.ndarray],
                keep_raw: bool = False,
-               converged: Callable[[sampling.PassStats], bool] | None = None,
-               should_stop: StopCheck = None) -> sampling.PassStats:
+               converged: Callable[[sampling.JointStats], bool] | None = None,
+               should_stop: StopCheck = None) -> sampling.JointStats:
         """Run the passes: with ``whole()`` when they fit one call, else chunk by chunk.
 
         ``whole()`` is not used for a single pass of a single row, whose product would be a
         one-row one (see :func:`mcdropout.engine.graphs._two_rows`).
         """
-        if block >= x.shape[0] and chunk >= samples and x.shape[0] * samples > 1:
-            out = sampling.PassStats()
-            out.add(whole(), self._classify, keep_raw)
+        out = sampling.JointStats(self.layout, keep_raw)
+        rows = xs[0].shape[0]
+        if block >= rows and chunk >= samples and rows * samples > 1:
+            out.add(whole())
             if should_stop is not None and should_stop():
                 raise sampling.cancelled()
             return out
-        blocks = [slice(i, min(i + block, x.shape[0])) for i in range(0, x.shape[0], block)]
-        return sampling.sample([self.graphs.frontier(x[b]) for b in blocks], blocks, samples,
-                               chunk, run_chunk, classify=self._classify, keep_raw=keep_raw,
-                               converged=converged, should_stop=should_stop)
+        blocks = [slice(i, min(i + block, rows)) for i in range(0, rows, block)]
+        return sampling.sample([self.graphs.frontier([x[b] for x in xs]) for b in blocks], blocks,
+                               samples, chunk, run_chunk, out, converged=converged,
+                               should_stop=should_stop)

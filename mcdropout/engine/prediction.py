@@ -77,3 +77,35 @@ class Prediction:
 
 ROW_STATISTICS: tuple[str, ...] = tuple(f.name for f in fields(Prediction) if f.metadata.get("per_row"))
 """The per-row statistics of a :class:`Prediction`, in field order."""
+
+
+@dataclass(frozen=True)
+class MultiHeadPrediction:
+    """The predictions of a model with several output heads, all from the same passes.
+
+    Every head's statistics come from the same T passes (the same dropout masks), so the heads'
+    raw samples, when asked for, are joint: pass t of one head and pass t of another are two
+    outputs of one network.
+
+    Attributes:
+        samples: Number of passes T actually run (adaptive sampling stops when every head's
+            every mean meets the tolerance).
+        seed: The seed that drove the dropout masks.
+        heads: One :class:`Prediction` per head, keyed by head name, in the model's head order.
+    """
+
+    samples: int
+    seed: int
+    heads: dict[str, Prediction]
+
+    @property
+    def rows(self) -> int:
+        return next(iter(self.heads.values())).rows
+
+    def __getitem__(self, head: str) -> Prediction:
+        return self.heads[head]
+
+
+AnyPrediction = Prediction | MultiHeadPrediction
+"""What a predictor answers: a :class:`Prediction` for a one-head model, else a
+:class:`MultiHeadPrediction`."""

@@ -11,58 +11,73 @@ case, several mergeable requests share their graph calls (:mod:`.merged`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from mcdropout.engine import heads as heads_
 from mcdropout.engine import introspect
 from mcdropout.engine.graphs import PassGraphs
-from mcdropout.engine.inputs import InputSpec
+from mcdropout.engine.heads import HeadSpec
+from mcdropout.engine.inputs import InputSpec, arrange, label
 from mcdropout.engine.layers import StochasticLayer, find_stochastic_layers, is_mask_layer
-from mcdropout.engine.merged import run_merged
+from mcdropout.engine.merged import answer
 from mcdropout.engine.passes import PassRunner
-from mcdropout.engine.prediction import Prediction, Task
+from mcdropout.engine.prediction import AnyPrediction, Task
 from mcdropout.engine.request import Limits, Request, resolve
 from mcdropout.engine.sampling import StopCheck
-from mcdropout.engine.split import split_model
-from mcdropout.engine.summary import OutputSpace
+from mcdropout.engine.split import PROBE_SIZES, split_model
+from mcdropout.engine.warmup import warm
 from mcdropout.errors import InvalidArgumentError, MCDropoutError, NoStochasticLayersError
-from mcdropout.store import ModelInfo, as_array
+from mcdropout.metadata import HeadInfo, InputInfo, ModelInfo
+
+Inputs = Any  # an array (one-input models) or a mapping from input name to array
 
 
 class MCDropoutPredictor:
     """Monte Carlo dropout predictions with uncertainty for a Keras model.
 
     Args:
-        model: A Keras model (Sequential, Functional or subclassed) with one input and one output
-            that holds at least one layer of the dropout family (Dropout, SpatialDropout1D/2D/3D,
-            GaussianDropout, AlphaDropout, or a recurrent layer with dropout/recurrent_dropout).
-        task: "regression" or "classification"; inferred from the output activation if None
-            (softmax or sigmoid means classification).
-        tau: Regression noise precision in the model's (standardised) output units, or None.
-        feature_mean, feature_std: Inputs are standardised as ``(x - mean) / std`` first.
-        target_mean, target_std: The model predicts ``(y - mean) / std``; results are mapped
-            back to y's units.
-        input_shape: Shape of one row; needed only when the model does not declare it.
+        model: A Keras model (Sequential, Functional or subclassed) with one or more inputs and
+            one or more outputs (heads) that holds at least one layer of the dropout family
+            (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, AlphaDropout, or a recurrent
+            layer with dropout/recurrent_dropout).
+        task: One-head models: "regression" or "classification"; inferred from the output
+            activation if None (softmax or sigmoid means classification).
+        tau: One-head regression: noise precision in the model's (standardised) output units.
+        feature_mean, feature_std: One-input models: inputs are standardised as
+            ``(x - mean) / std`` first.
+        target_mean, target_std: One-head models: the model predicts ``(y - mean) / std``;
+            results are mapped back to y's units.
+        input_shape: One-input models: shape of one row; needed only when the model does not
+            declare it.
+        labels: One-head models: class labels or target names (carried in :attr:`heads`).
+        inputs: Every input (name, row shape with None for variable dimensions, dtype,
+            standardisation), instead of ``input_shape``/``feature_*``; needed for a subclassed
+            model with several inputs (it is then called with a dict by name, or a list).
+        heads: Every head (name, task, labels, target scaling, tau), instead of the one-head
+            keywords; a head left out of ``heads`` is not possible (one per model output).
         memory_budget_bytes: Upper bound for the activations of one chunk of passes.
         max_samples: Largest T accepted.
         default_samples: T used when a request names none.
-        max_raw_sample_values: Largest samples x rows x outputs kept when raw passes are needed
-            (intervals or ``return_samples``).
+        max_raw_sample_values: Largest samples x rows x outputs (all heads) kept when raw passes
+            are needed (intervals or ``return_samples``).
         prefix_caching: Run the deterministic prefix once per row (False: the whole model T times).
 
     Raises:
         NoStochasticLayersError: the model has no dropout-family layer with a rate above 0.
-        InvalidArgumentError: an option is out of range or the input shape cannot be told.
+        InvalidArgumentError: an option is out of range; inputs or heads do not match the
+            model's; a shape cannot be told; or a head's output size depends on a variable
+            input dimension.
     """
 
     def __init__(self, model: Any, *, task: Task | None = None, tau: float | None = None,
                  feature_mean: Any = None, feature_std: Any = None, target_mean: Any = None,
-                 target_std: Any = None, input_shape: Sequence[int] | None = None,
+                 target_std: Any = None, input_shape: Sequence[int | None] | None = None,
+                 labels: Sequence[str] = (), inputs: Sequence[InputInfo] | None = None,
+                 heads: Sequence[HeadInfo] | None = None,
                  memory_budget_bytes: int = 256 * 2**20, max_samples: int = 10_000,
                  default_samples: int = 100, max_raw_sample_values: int = 10_000_000,
                  prefix_caching: bool = True) -> None:
@@ -80,47 +95,59 @@ class MCDropoutPredictor:
         if memory_budget_bytes < 2**20:
             raise InvalidArgumentError(
                 f"memory_budget_bytes must be at least 1 MiB, got {memory_budget_bytes}")
-        if tau is not None and not (math.isfinite(tau) and tau > 0):
-            raise InvalidArgumentError(f"tau must be a positive finite number, got {tau}")
-        self.task: Task = task or introspect.infer_task(model)
-        shape, dtype = introspect.input_signature(model, input_shape)
-        self.inputs = (InputSpec("inputs", shape, dtype, as_array(feature_mean),
-                                 as_array(feature_std)),)
-        self.split = split = split_model(model, shape, dtype, prefix_caching)
-        suffix = (list(model.layers[split.prefix_layers:])
-                  if isinstance(model, keras.Sequential) and prefix_caching else [])
-        width = int(np.prod(model(tf.zeros((1, *shape), dtype)).shape[1:]))
-        binary = self.task == "classification" and width == 1
-        self.output_dim = 2 if binary else width
+        heads_.check_tau(tau)
+        self.inputs: tuple[InputSpec, ...] = introspect.build_inputs(
+            model, inputs, input_shape, feature_mean, feature_std)
+        signature = [(spec.shape, spec.dtype) for spec in self.inputs]
+        self.split = split = split_model(model, signature, prefix_caching,
+                                         [spec.name for spec in self.inputs])
+        one_head = {k: v for k, v in (("task", task), ("tau", tau), ("target_mean", target_mean),
+                                      ("target_std", target_std)) if v is not None}
+        if labels:
+            one_head["labels"] = tuple(labels)
+        self.heads: tuple[HeadSpec, ...] = heads_.build(model, split.outputs,
+                                                        split.output_keys, heads, one_head)
+        self.task: Task = self.heads[0].task
+        self.tau = self.heads[0].tau
+        self.output_dim = sum(head.width for head in self.heads)
         self.limits = Limits(int(default_samples), int(max_samples), int(max_raw_sample_values),
                              self.output_dim)
-        target_mean, target_std = as_array(target_mean), as_array(target_std)
-        scale = float(target_std[0]) if target_std is not None else 1.0
-        self.tau = None if tau is None else float(tau) / scale**2
-        self.graphs = PassGraphs(model, split, shape, dtype,
-                                 suffix if suffix and is_mask_layer(suffix[0]) else None, binary)
-        self._passes = PassRunner(self.graphs, OutputSpace(self.task, target_mean, target_std,
-                                                            self.tau),
+        suffix = (list(model.layers[split.prefix_layers:])
+                  if isinstance(model, keras.Sequential) and prefix_caching else [])
+        self.graphs = PassGraphs(model, split, signature,
+                                 suffix if suffix and is_mask_layer(suffix[0]) else None,
+                                 [head.binary for head in self.heads])
+        self._passes = PassRunner(self.graphs, self.heads,
                                   split.per_row_bytes + 16 * self.output_dim,
-                                  int(memory_budget_bytes))
+                                  int(memory_budget_bytes), [spec.shape for spec in self.inputs])
 
     @classmethod
     def from_info(cls, model: Any, info: ModelInfo, **options: Any) -> MCDropoutPredictor:
-        """A predictor configured from a store entry's metadata (standardisation, tau, limits)."""
+        """A predictor configured from a store entry's metadata (inputs, heads, standardisation,
+        tau, limits)."""
         options.setdefault("max_samples", info.max_samples)
         options.setdefault("default_samples", info.default_samples)
-        return cls(model, task=info.task, tau=info.tau, feature_mean=info.feature_mean,
-                   feature_std=info.feature_std, target_mean=info.target_mean,
-                   target_std=info.target_std, input_shape=info.input_shape,  # type: ignore[arg-type]
-                   **options)
+        if info.inputs:
+            options.setdefault("inputs", info.inputs)
+        else:
+            options.update(input_shape=info.input_shape, feature_mean=info.feature_mean,
+                           feature_std=info.feature_std)
+        if info.heads:
+            options.setdefault("heads", info.heads)
+        else:
+            options.update(task=info.task, tau=info.tau, target_mean=info.target_mean,
+                           target_std=info.target_std, labels=info.labels)
+        return cls(model, **options)
 
     # -- what the model accepts --------------------------------------------------------------------
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int | None, ...]:
+        """The first input's row shape (None: a variable dimension)."""
         return self.inputs[0].shape
 
     @property
     def input_dtype(self) -> str:
+        """The first input's dtype."""
         return self.inputs[0].dtype
 
     @property
@@ -137,103 +164,93 @@ class MCDropoutPredictor:
 
     @property
     def row_bytes(self) -> int:
-        """Activation bytes of one (pass, row), the unit of the memory budget."""
+        """Activation bytes of one (pass, row), the unit of the memory budget (variable
+        dimensions at their probe size; see :mod:`.passes` for how requests scale it)."""
         return self._passes.row_bytes
 
-    def plan(self, rows: int, samples: int, adaptive: bool = False) -> tuple[int, int]:
-        """Rows per block and passes per chunk a request of this size runs in."""
-        return self._passes.plan(rows, samples, adaptive)
+    def plan(self, rows: int, samples: int, adaptive: bool = False,
+             shape_key: tuple[tuple[int, ...], ...] | None = None) -> tuple[int, int]:
+        """Rows per block and passes per chunk a request of this size (and row shapes, see
+        :attr:`Request.shape_key`) runs in."""
+        return self._passes.plan(rows, samples, adaptive, shape_key)
 
     @property
     def trace_count(self) -> int:
         """Graph traces so far (each graph traces once; a later trace would be a retrace)."""
         return self.graphs.trace_count
 
-    def check_inputs(self, x: Any) -> np.ndarray:
-        """Check input rows and standardise them (see :meth:`InputSpec.check`)."""
-        return self.inputs[0].check(x)
+    def check_inputs(self, x: Inputs) -> tuple[np.ndarray, ...]:
+        """Arrange a request's inputs (see :func:`.inputs.arrange`), check their values and
+        standardise them (see :meth:`InputSpec.check`): one array per input, in model order."""
+        return self._check(arrange(self.inputs, x))
 
-    def resolve(self, x: Any, samples: int | None = None, seed: int | None = None, *,
+    def _check(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return tuple(spec.check(a, label(self.inputs, spec))
+                     for spec, a in zip(self.inputs, arrays, strict=True))
+
+    def resolve(self, x: Inputs, samples: int | None = None, seed: int | None = None, *,
                 tolerance: float | None = None, interval_levels: Sequence[float] = (),
                 return_samples: bool = False, limits: Limits | None = None) -> Request:
-        """Resolve a request against this model's limits (see :func:`request.resolve`).
+        """Resolve a request against this model's inputs and limits (see
+        :func:`request.resolve`).
 
         Args:
+            x: An array (one-input models) or a mapping from input name to array.
             limits: Limits to apply instead of the model's own (a server adds its row limits).
         """
-        if isinstance(x, dict) and list(x) == [self.inputs[0].name]:
-            x = x[self.inputs[0].name]
         return resolve(x, limits or self.limits, samples=samples, seed=seed,
                        tolerance=tolerance, interval_levels=interval_levels,
-                       return_samples=return_samples)
+                       return_samples=return_samples, inputs=self.inputs)
 
     # -- running -----------------------------------------------------------------------------------
     def run(self, requests: Sequence[Request], should_stop: StopCheck = None
-            ) -> list[Prediction | InvalidArgumentError]:
+            ) -> list[AnyPrediction | InvalidArgumentError]:
         """Answer resolved requests, sharing graph calls when there are several.
 
         Several requests must be mergeable (:attr:`Request.mergeable`) and have the same
-        ``samples``. Each request's input values are checked first; a request whose values are
-        refused gets its :class:`InvalidArgumentError` in place of an answer and the others run
-        without it.
+        ``samples``; those of the same :attr:`Request.shape_key` share graph calls. Each
+        request's input values are checked first; a request whose values are refused gets its
+        :class:`InvalidArgumentError` in place of an answer and the others run without it.
 
         Args:
             requests: At least one request, resolved against this model.
             should_stop: Polled between chunks; True abandons all the work.
 
         Returns:
-            One prediction (or refusal) per request, in order.
+            One answer (or refusal) per request, in order: a :class:`Prediction` for a one-head
+            model, a :class:`MultiHeadPrediction` for several heads.
 
         Raises:
             InvalidArgumentError: no request, or several that cannot be merged.
             CancelledError: ``should_stop`` returned True.
         """
-        if not requests:
-            raise InvalidArgumentError("at least one request is needed, got none")
-        if len(requests) > 1 and not all(r.mergeable and r.samples == requests[0].samples
-                                         for r in requests):
-            raise InvalidArgumentError("merged requests must share samples and ask for no "
-                                       "adaptive sampling, intervals or raw samples")
-        checked: list[np.ndarray | InvalidArgumentError] = []
-        for request in requests:
-            try:
-                checked.append(self.inputs[0].check(request.x))
-            except InvalidArgumentError as exc:
-                checked.append(exc)
-        good = [i for i, c in enumerate(checked) if isinstance(c, np.ndarray)]
-        rows = [c for c in checked if isinstance(c, np.ndarray)]
-        answers: list[Prediction] = []
-        if len(good) == 1:
-            answers = [self._passes.run_one(rows[0], requests[good[0]], should_stop)]
-        elif good:
-            answers = run_merged(self._passes, [requests[i] for i in good], rows, should_stop)
-        out: list[Prediction | InvalidArgumentError] = list(checked)  # type: ignore[arg-type]
-        for i, answer in zip(good, answers, strict=True):
-            out[i] = answer
-        return out
+        return answer(self._passes, requests, self._check, should_stop)
 
-    def predict(self, x: Any, samples: int | None = None, seed: int | None = None, *,
+    def predict(self, x: Inputs, samples: int | None = None, seed: int | None = None, *,
                 tolerance: float | None = None, interval_levels: Sequence[float] = (),
-                return_samples: bool = False, should_stop: StopCheck = None) -> Prediction:
+                return_samples: bool = False, should_stop: StopCheck = None) -> AnyPrediction:
         """Run T stochastic passes over the rows of ``x`` and summarise them.
 
         Args:
-            x: Input rows, shape (rows, *input_shape), finite numbers.
+            x: Input rows: an array (rows, *input_shape) for a one-input model, or a mapping
+                from each input's name to its rows (every input, the same number of rows).
             samples: Number of passes T, 1..max_samples (default: default_samples). With
                 ``tolerance``, the most passes to run.
             seed: 0 <= seed < 2**64. The same seed, inputs and model give identical results;
                 None draws a fresh seed (returned in the result).
             tolerance: Adaptive sampling: stop once the Monte Carlo standard error of every mean
-                is at most this (in output units). None runs exactly ``samples`` passes.
+                of every head is at most this (each in its head's units). None runs exactly
+                ``samples`` passes.
             interval_levels: Coverage levels in (0, 1) of central predictive intervals.
-            return_samples: Also return the raw per-pass outputs.
+            return_samples: Also return the raw per-pass outputs (joint across heads).
             should_stop: Polled between chunks; returning True abandons the work.
 
         Returns:
-            A :class:`Prediction`.
+            A :class:`Prediction` (one head) or :class:`MultiHeadPrediction` (several).
 
         Raises:
-            InvalidArgumentError: bad shape, dtype, NaN/Inf, samples, seed, tolerance or levels.
+            InvalidArgumentError: bad names, shape, dtype, ids, NaN/Inf, samples, seed,
+                tolerance or levels.
             ResourceLimitError: keeping the raw passes would exceed ``max_raw_sample_values``.
             CancelledError: ``should_stop`` returned True.
         """
@@ -241,16 +258,17 @@ class MCDropoutPredictor:
                                interval_levels=interval_levels, return_samples=return_samples)
         return _answers(self.run([request], should_stop))[0]
 
-    def predict_many(self, inputs: Sequence[Any], samples: int | None = None,
+    def predict_many(self, inputs: Sequence[Inputs], samples: int | None = None,
                      seeds: Sequence[int | None] | None = None, *,
-                     should_stop: StopCheck = None) -> list[Prediction]:
+                     should_stop: StopCheck = None) -> list[AnyPrediction]:
         """Answer several independent requests with shared graph calls (a merged batch).
 
         Answer i is what ``predict(inputs[i], samples, seeds[i])`` returns (see
         :mod:`mcdropout.engine.merged` for when that holds bit for bit).
 
         Args:
-            inputs: One array per request, each (rows_i, *input_shape), finite numbers.
+            inputs: One request's inputs each (an array or a mapping, as for :meth:`predict`);
+                requests whose rows differ in shape (variable dimensions) run in separate calls.
             samples: Passes T for every request, 1..max_samples (default: default_samples).
             seeds: One seed per request (0 <= seed < 2**64) or None for a fresh one; None for
                 all fresh.
@@ -268,10 +286,15 @@ class MCDropoutPredictor:
                                        f"{len(seeds)} seeds for {len(inputs)} inputs")
         requests = [self.resolve(x, samples, seed) for x, seed in zip(inputs, seeds, strict=True)]
         answers = self.run(requests, should_stop)
-        for i, answer in enumerate(answers):
-            if isinstance(answer, MCDropoutError):
-                raise InvalidArgumentError(f"inputs[{i}]: {answer}") from None
+        for i, one in enumerate(answers):
+            if isinstance(one, MCDropoutError):
+                raise InvalidArgumentError(f"inputs[{i}]: {one}") from None
         return _answers(answers)
+
+    def zeros(self, rows: int = 1, size: int = PROBE_SIZES[0]) -> dict[str, np.ndarray]:
+        """Zero rows for every input, variable dimensions at ``size`` (for warm-up and checks)."""
+        return {spec.name: np.zeros((rows, *(size if d is None else d for d in spec.shape)),
+                                    spec.dtype) for spec in self.inputs}
 
     def warmup(self, batch_rows: int = 0) -> None:
         """Trace and run the graphs once so the first real request pays no compile time.
@@ -280,24 +303,10 @@ class MCDropoutPredictor:
             batch_rows: Also prepare merged batches of up to this many rows at
                 ``default_samples`` passes (their mask kernels compile per size class).
         """
-        zeros = np.zeros((1, *self.input_shape), self.input_dtype)
-        self.predict(zeros, samples=2, seed=0)
-        # Mask kernels compile once per power-of-two class of passes: make the default's now.
-        self.predict(zeros, samples=self.default_samples, seed=0)
-        frontier = self.graphs.frontier(zeros)  # the graphs of requests that run in chunks
-        self.graphs.chunk(frontier, np.zeros(2, np.uint32), None, 0, 2)
-        if batch_rows >= 2:
-            self.graphs.chunk(frontier, np.zeros((1, 2), np.uint32), np.zeros(1, np.int32), 0, 2)
-        rows = 2
-        while batch_rows >= 2:
-            self.predict_many([zeros] * rows, samples=self.default_samples)
-            if rows >= batch_rows:
-                break
-            rows = min(2 * rows, batch_rows)
+        warm(self, self.graphs, batch_rows)
 
-
-def _answers(answers: Sequence[Prediction | InvalidArgumentError]) -> list[Prediction]:
-    for answer in answers:
-        if not isinstance(answer, Prediction):
-            raise answer
-    return list(answers)  # type: ignore[arg-type]
+def _answers(answers: Sequence[Any]) -> list[AnyPrediction]:
+    for one in answers:
+        if isinstance(one, Exception):
+            raise one
+    return list(answers)

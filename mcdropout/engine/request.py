@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mcdropout.engine.inputs import InputSpec, arrange
 from mcdropout.errors import InvalidArgumentError, ResourceLimitError
 
 MAX_INTERVAL_LEVELS = 16
@@ -32,7 +33,8 @@ class Limits:
         max_samples: Largest T.
         max_raw_sample_values: Largest samples x rows x outputs kept when the raw passes are
             needed (intervals or raw samples returned).
-        output_dim: Values per row and pass (the raw-sample limit counts them).
+        output_dim: Values per row and pass, all heads together (the raw-sample limit counts
+            them).
         max_rows: Most input rows per request; None for no limit.
         max_row_samples: Most rows x samples per request; None for no limit.
     """
@@ -50,7 +52,8 @@ class Request:
     """One request, resolved: what the engine runs.
 
     Attributes:
-        x: Input rows as sent, (rows, *input_shape); their values are checked when they run.
+        inputs: The input arrays as sent, in the model's input order, each (rows, *row shape);
+            their values are checked when they run.
         samples: Passes T (with ``tolerance``, the most that may run).
         seed: The mask seed, 0 <= seed < 2**64 (drawn at resolution when none was given).
         tolerance: Adaptive sampling: stop once every mean's standard error is at most this
@@ -59,7 +62,7 @@ class Request:
         return_samples: Whether the raw per-pass outputs are returned.
     """
 
-    x: np.ndarray
+    inputs: tuple[np.ndarray, ...]
     samples: int
     seed: int
     tolerance: float | None = None
@@ -67,8 +70,23 @@ class Request:
     return_samples: bool = False
 
     @property
+    def x(self) -> np.ndarray:
+        """The input array of a one-input request."""
+        if len(self.inputs) != 1:
+            raise AttributeError(f"Request.x is for one-input requests; this one has "
+                                 f"{len(self.inputs)} inputs (see Request.inputs)")
+        return self.inputs[0]
+
+    @property
     def rows(self) -> int:
-        return int(self.x.shape[0]) if self.x.ndim else 0
+        first = self.inputs[0]
+        return int(first.shape[0]) if first.ndim else 0
+
+    @property
+    def shape_key(self) -> tuple[tuple[int, ...], ...]:
+        """The per-row shapes of its inputs: only requests with equal keys share graph calls
+        (variable dimensions make rows of different requests different shapes)."""
+        return tuple(tuple(int(d) for d in a.shape[1:]) for a in self.inputs)
 
     @property
     def keep_raw(self) -> bool:
@@ -80,30 +98,34 @@ class Request:
         """Whether it may share graph calls with other requests (see ``predict_many``).
 
         Adaptive sampling stops on its own rows' errors, and intervals and raw samples keep
-        every pass: those run alone.
+        every pass: those run alone. Mergeable requests share graph calls only with requests of
+        the same :attr:`shape_key`.
         """
         return self.tolerance is None and not self.keep_raw
 
 
 def resolve(x: Any, limits: Limits, *, samples: int | None = None, seed: int | None = None,
             tolerance: float | None = None, interval_levels: Sequence[float] = (),
-            return_samples: bool = False) -> Request:
+            return_samples: bool = False, inputs: Sequence[InputSpec] | None = None) -> Request:
     """Resolve a request against ``limits``.
 
     Args:
-        x: Input rows (any array-like; converted, not yet checked).
+        x: Input rows: an array-like (one-input models), or a mapping from input name to
+            array-like (see :func:`.inputs.arrange`); converted, values not yet checked.
         samples: Passes T in 1..max_samples; None for the default.
         seed: 0 <= seed < 2**64; None draws a fresh one.
         tolerance: Adaptive-sampling target standard error, a finite number >= 0; None for off.
         interval_levels: At most 16 levels, each strictly between 0 and 1.
         return_samples: Return the raw passes too.
+        inputs: The model's inputs; None takes ``x`` as the one input's array.
 
     Raises:
-        InvalidArgumentError: samples, seed, tolerance or a level out of range.
+        InvalidArgumentError: samples, seed, tolerance or a level out of range; input names or
+            row counts that do not match the model's inputs.
         ResourceLimitError: more rows, rows x samples or raw values than the limits allow.
     """
-    arr = np.asarray(x)
-    request = Request(arr, _samples(samples, limits), _seed(seed), _tolerance(tolerance),
+    arrays = (np.asarray(x),) if inputs is None else arrange(inputs, x)
+    request = Request(arrays, _samples(samples, limits), _seed(seed), _tolerance(tolerance),
                       _levels(interval_levels), bool(return_samples))
     _check_size(request, limits)
     return request

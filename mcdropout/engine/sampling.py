@@ -9,7 +9,7 @@ which is what lets a merged batch give each request exactly its answer alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +59,47 @@ class PassStats:
             self.raw.append(y)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Where one head's values lie in a pass's outputs: columns ``start .. stop - 1``.
+
+    Attributes:
+        start, stop: The head's columns in the concatenated outputs of all heads.
+        classify: A classifier head: its entropies and votes are counted too.
+    """
+
+    start: int
+    stop: int
+    classify: bool
+
+
+class JointStats:
+    """The statistics of every head, all folded from the same passes.
+
+    One :class:`PassStats` per head: a classifier's entropy and votes are taken over its own
+    columns only. A one-head model folds the whole output array, exactly as it always has.
+    """
+
+    def __init__(self, layout: Sequence[Columns], keep_raw: bool = False) -> None:
+        self.layout, self.keep_raw = tuple(layout), keep_raw
+        self.heads = [PassStats() for _ in self.layout]
+
+    @property
+    def count(self) -> int:
+        """Passes folded in so far."""
+        return self.heads[0].moments.count
+
+    def add(self, y: np.ndarray) -> None:
+        """Fold in one chunk of passes ``y``, (passes, rows, all heads' outputs) float32."""
+        if len(self.layout) == 1:
+            self.heads[0].add(y, self.layout[0].classify, self.keep_raw)
+            return
+        for columns, head in zip(self.layout, self.heads, strict=True):
+            # A contiguous copy: numpy's sums then run the same way whatever the other heads.
+            part = np.ascontiguousarray(y[..., columns.start:columns.stop])
+            head.add(part, columns.classify, self.keep_raw)
+
+
 def cancelled() -> CancelledError:
     """The error a prediction stopped by its ``should_stop`` raises."""
     return CancelledError("prediction cancelled: the caller gave up or its deadline passed")
@@ -91,9 +132,9 @@ def plan(rows: int, samples: int, row_bytes: int, budget: int, adaptive: bool) -
 
 
 def sample(frontiers: list[list], blocks: list[slice], samples: int, chunk: int,
-           run_chunk: ChunkRunner, *, classify: bool, keep_raw: bool = False,
-           converged: Callable[[PassStats], bool] | None = None,
-           should_stop: StopCheck = None) -> PassStats:
+           run_chunk: ChunkRunner, out: JointStats, *,
+           converged: Callable[[JointStats], bool] | None = None,
+           should_stop: StopCheck = None) -> JointStats:
     """Run ``samples`` passes over row blocks (their prefix outputs in ``frontiers``).
 
     Args:
@@ -101,12 +142,13 @@ def sample(frontiers: list[list], blocks: list[slice], samples: int, chunk: int,
         samples: Passes to run (at most).
         chunk: Passes per graph call.
         run_chunk: Runs one graph call, see :data:`ChunkRunner`.
-        classify: Also count entropies and votes.
-        keep_raw: Keep every pass's outputs.
+        out: Where the passes are folded in (its layout says which columns are which head's).
         converged: Checked after each chunk; True stops early (adaptive sampling).
         should_stop: Polled after each graph call; True raises CancelledError.
+
+    Returns:
+        ``out``.
     """
-    out = PassStats()
     done = 0
     while done < samples:
         count = min(chunk, samples - done)
@@ -115,8 +157,7 @@ def sample(frontiers: list[list], blocks: list[slice], samples: int, chunk: int,
             parts.append(run_chunk(rows, frontier, done, count))
             if should_stop is not None and should_stop():
                 raise cancelled()
-        out.add(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1), classify,
-                keep_raw)
+        out.add(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
         done += count
         if converged is not None and done >= 2 and converged(out):
             break

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from mcdropout.engine.predictor import MCDropoutPredictor
 from mcdropout.errors import MCDropoutError, ModelLoadError
 from mcdropout.metadata import ModelInfo
-
-PROBE_LENGTH = 3
-"""The size a variable dimension takes in the validation pass (small, above 1 so that pooling
-and strided layers still see more than one step)."""
 
 _ACCEPTED = ("accepted: Sequential, Functional or subclassed Keras models with one or more "
              "named inputs (float, or integer ids for an Embedding) and one or more output heads, "
@@ -25,16 +19,13 @@ _ACCEPTED = ("accepted: Sequential, Functional or subclassed Keras models with o
              "or recurrent layer with dropout/recurrent_dropout")
 
 
-def zero_inputs(predictor: MCDropoutPredictor, rows: int = 1) -> dict[str, np.ndarray]:
-    """Zero rows for every input of ``predictor``, variable dimensions at ``PROBE_LENGTH``."""
-    return {spec.name: np.zeros((rows, *(PROBE_LENGTH if d is None else d for d in spec.shape)),
-                                spec.dtype)
-            for spec in predictor.inputs}
-
-
 def validate_model(model: Any, info: ModelInfo | None = None, **options: Any
                    ) -> MCDropoutPredictor:
     """Build the predictor of ``model`` and run two MC passes on zero inputs.
+
+    Zero rows of every input's shape and dtype, a variable dimension at the first probe size
+    (:data:`.split.PROBE_SIZES`, at which the model was already probed): zero ids are valid
+    for any Embedding.
 
     Args:
         model: A Keras model.
@@ -56,7 +47,7 @@ def validate_model(model: Any, info: ModelInfo | None = None, **options: Any
     try:
         predictor = (MCDropoutPredictor.from_info(model, info, **options) if info is not None
                      else MCDropoutPredictor(model, **options))
-        predictor.predict(zero_inputs(predictor), samples=2, seed=0)
+        predictor.predict(predictor.zeros(), samples=2, seed=0)
     except MCDropoutError:
         raise
     except Exception as exc:

@@ -182,8 +182,10 @@ def estimate_tau(model: Any, x: np.ndarray, y: np.ndarray, samples: int, seed: i
         seed: Dropout seed.
     """
     from mcdropout.engine import MCDropoutPredictor
+    from mcdropout.engine.prediction import Prediction
 
     prediction = MCDropoutPredictor(model, task="regression").predict(x, samples, seed)
+    assert isinstance(prediction, Prediction)  # a one-head model
     residual = float(np.mean((np.asarray(y, np.float64).reshape(prediction.mean.shape)
                               - prediction.mean) ** 2))
     noise = max(residual - float(np.mean(prediction.std**2)), _MIN_NOISE_SHARE * residual)
