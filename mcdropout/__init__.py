@@ -1,10 +1,11 @@
 """mcdropout: Monte Carlo dropout predictions with their uncertainty.
 
 The public API: build or load a Keras model with dropout, wrap it in an
-:class:`MCDropoutPredictor`, and call ``predict`` to get a :class:`Prediction`.
+:class:`MCDropoutPredictor`, and call ``predict`` to get a :class:`Prediction` (a
+:class:`MultiHeadPrediction` for a model with several output heads).
 """
 
-from mcdropout.engine.prediction import Interval, Prediction, Task
+from mcdropout.engine.prediction import Interval, MultiHeadPrediction, Prediction, Task
 from mcdropout.errors import (
     CancelledError,
     InvalidArgumentError,
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> object:
         from mcdropout.engine import layers, predictor
 
         return getattr(predictor if name == "MCDropoutPredictor" else layers, name)
+    if name == "validate_model":
+        from mcdropout.engine.validate import validate_model
+
+        return validate_model
     raise AttributeError(f"module 'mcdropout' has no attribute {name!r}")
 
 
@@ -40,6 +45,7 @@ __all__ = [
     "ModelInfo",
     "ModelLoadError",
     "ModelStore",
+    "MultiHeadPrediction",
     "NoStochasticLayersError",
     "NotFoundError",
     "Prediction",
@@ -51,4 +57,5 @@ __all__ = [
     "ensure_default_store",
     "find_stochastic_layers",
     "train",
+    "validate_model",
 ]
