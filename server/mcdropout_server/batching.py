@@ -1,13 +1,14 @@
 """Dynamic batching: concurrent Predict calls for the same model merged into one engine call.
 
 Requests wait in one FIFO queue for a worker. When a worker frees up, the oldest request is taken
-with every queued request that can share its engine call: same model version and the same number
-of passes T, and none of adaptive sampling, intervals or raw samples (those run alone). The
-merged call stops growing at ``max_rows`` input rows. A call that is not full yet waits for
-company while an earlier merged call of the same kind still runs (requests pile up meanwhile, so
-the next call takes them all: one large call costs far less than many small ones running side by
-side on the same cores), and waits up to ``max_wait`` while other work runs. On an idle server a
-request starts at once, so batching adds no latency when there is nothing to merge.
+with every queued request that can share its engine call: same model version, the same number
+of passes T and the same per-row input shapes (a variable dimension, such as a sequence length,
+makes requests of different lengths different shapes), and none of adaptive sampling, intervals
+or raw samples (those run alone). The merged call stops growing at ``max_rows`` input rows. A
+call that is not full yet waits for company while an earlier merged call of the same kind still
+runs (requests pile up meanwhile, so the next call takes them all: one large call costs far less
+than many small ones running side by side on the same cores), and waits up to ``max_wait`` while
+other work runs. On an idle server a request starts at once: no latency when nothing can merge.
 
 Requests are grouped by T rather than padded to the largest T: a request's answer is taken from
 exactly its own passes, and no request pays for another's extra passes. Each request keeps its
@@ -53,7 +54,7 @@ class BatchPolicy:
         request = prepared.request
         if not self.enabled or not request.mergeable or request.rows >= self.max_rows:
             return None
-        return (id(prepared.model), request.samples)
+        return (id(prepared.model), request.samples, request.shape_key)
 
 
 DEFAULT_POLICY = BatchPolicy()

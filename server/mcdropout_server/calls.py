@@ -8,14 +8,23 @@ declared once in :mod:`mcdropout_client.outputs`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from mcdropout_client import outputs as catalogue
 
-from mcdropout import InvalidArgumentError, Prediction, Task
+from mcdropout import (
+    InvalidArgumentError,
+    MultiHeadPrediction,
+    Prediction,
+    ResourceLimitError,
+    Task,
+)
 
 MAX_REQUEST_ID_CHARS = 128
+LEGACY_INPUT_NAME = "inputs"
 
 
 def is_valid_request_id(request_id: str) -> bool:
@@ -35,7 +44,9 @@ class PredictCall:
     Attributes:
         model: Model name.
         version: Model version; None for the latest.
-        x: Input rows, (rows, *input_shape), any numeric dtype (the engine casts and checks it).
+        x: Input rows: one array (rows, *input_shape), or input name -> such an array (names
+            and shapes are checked against the model when the call is resolved); any numeric
+            dtype (the engine casts and checks it).
         samples: Passes T; None for the model's default. With ``tolerance``, the ceiling.
         seed: Mask seed in 0..2**64-1, or None for a fresh one.
         tolerance: Adaptive-sampling target standard error in output units, or None.
@@ -46,7 +57,7 @@ class PredictCall:
 
     model: str
     version: int | None
-    x: np.ndarray
+    x: np.ndarray | dict[str, np.ndarray]
     samples: int | None = None
     seed: int | None = None
     tolerance: float | None = None
@@ -56,40 +67,113 @@ class PredictCall:
 
     @property
     def rows(self) -> int:
-        return int(self.x.shape[0]) if self.x.ndim else 0
+        """Rows of the (first) input, for logs; the engine checks that every input agrees."""
+        first = next(iter(self.x.values()), None) if isinstance(self.x, dict) else self.x
+        return int(first.shape[0]) if first is not None and first.ndim else 0
+
+
+HeadOutputs = Mapping[str, frozenset[str]]
+"""Head name -> the output names to send for that head (one entry for a one-head model)."""
 
 
 @dataclass(frozen=True)
 class Answer:
-    """The result of a Predict call: which model answered, the prediction, the outputs to send."""
+    """The result of a Predict call: which model answered, the prediction, the outputs to send.
+
+    ``prediction`` is a :class:`Prediction` for a one-head model and a
+    :class:`MultiHeadPrediction` (one ``Prediction`` per head) for a model with several.
+    """
 
     model: str
     version: int
-    prediction: Prediction
-    outputs: frozenset[str]
+    prediction: Prediction | MultiHeadPrediction
+    outputs: HeadOutputs
+
+    def heads(self) -> list[tuple[str, Prediction, frozenset[str]]]:
+        """(head name, its prediction, its outputs) per head, in the model's order."""
+        if isinstance(self.prediction, Prediction):
+            ((name, outputs),) = self.outputs.items()
+            return [(name, self.prediction, outputs)]
+        return [(name, head, self.outputs[name]) for name, head in self.prediction.heads.items()]
 
 
-def resolve_outputs(call: PredictCall, task: Task, has_tau: bool) -> frozenset[str]:
-    """The outputs to compute for ``call`` on a model of ``task``.
+class Head(Protocol):
+    """What output rules need of a head (the engine's ``HeadSpec`` has it)."""
 
-    Non-empty ``interval_levels`` add "intervals" implicitly.
+    @property
+    def name(self) -> str: ...
+    @property
+    def task(self) -> Task: ...
+    @property
+    def has_tau(self) -> bool: ...
+
+
+def resolve_outputs(call: PredictCall, heads: Sequence[Head]) -> dict[str, frozenset[str]]:
+    """The outputs to compute for ``call``, per head of its model.
+
+    Each head gets the requested outputs that apply to its task (all of them for a one-head
+    model, where any that does not apply is refused); no outputs requested gives each head its
+    task's default set. Non-empty ``interval_levels`` add "intervals" implicitly.
 
     Raises:
-        InvalidArgumentError: an output that does not apply to the task (the message lists the
-            allowed ones), or "intervals" without levels.
+        InvalidArgumentError: an output that no head has (the message lists each head's
+            allowed outputs), or "intervals" without levels.
     """
-    allowed = catalogue.allowed(task, has_tau)
-    chosen = set(call.outputs or catalogue.defaults(task, has_tau))
-    wrong = sorted(chosen - set(allowed))
-    if wrong:
-        why = (" (the model has no noise precision tau)"
-               if wrong == ["predictive_std"] and task == "regression" else "")
-        raise InvalidArgumentError(
-            f"outputs {wrong} do not apply to this {task} model{why}; allowed outputs: "
-            f"{', '.join(allowed)}")
     if call.interval_levels:
-        chosen.add("intervals")
-    elif "intervals" in chosen:
+        extra = {"intervals"}
+    elif "intervals" in call.outputs:
         raise InvalidArgumentError("output 'intervals' needs interval_levels, each strictly "
                                    "between 0 and 1 (e.g. [0.9, 0.95]); got none")
-    return frozenset(chosen)
+    else:
+        extra = set()
+    allowed = {head.name: set(catalogue.allowed(head.task, head.has_tau)) for head in heads}
+    wrong = sorted(set(call.outputs) - set().union(*allowed.values()))
+    if wrong:
+        raise InvalidArgumentError(_not_applicable(wrong, heads))
+    return {head.name: frozenset(extra | (set(call.outputs) & allowed[head.name] if call.outputs
+                                          else set(catalogue.defaults(head.task, head.has_tau))))
+            for head in heads}
+
+
+def _not_applicable(wrong: list[str], heads: Sequence[Head]) -> str:
+    if len(heads) == 1:
+        (head,) = heads
+        why = (" (the model has no noise precision tau)"
+               if wrong == ["predictive_std"] and head.task == "regression" else "")
+        return (f"outputs {wrong} do not apply to this {head.task} model{why}; allowed "
+                f"outputs: {', '.join(catalogue.allowed(head.task, head.has_tau))}")
+    each = "; ".join(f"{head.name} ({head.task}): "
+                     f"{', '.join(catalogue.allowed(head.task, head.has_tau))}" for head in heads)
+    return f"outputs {wrong} apply to no head of this model; allowed outputs per head: {each}"
+
+
+def model_inputs(x: np.ndarray | dict[str, np.ndarray],
+                 names: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """The inputs to give a model with input ``names``: a one-input model's rows sent by name
+    under "inputs" (the name both APIs gave every model's single input before inputs were
+    named) become its array; anything else goes on as sent, for the engine to check."""
+    if isinstance(x, dict) and len(names) == 1 and list(x) == [LEGACY_INPUT_NAME]:
+        return x[LEGACY_INPUT_NAME]
+    return x
+
+
+def check_reply_size(outputs: HeadOutputs, widths: Mapping[str, int], *, rows: int,
+                     samples: int, levels: int, limit: int) -> None:
+    """Refuse a call whose reply would be larger than ``limit`` bytes, before any pass runs.
+
+    Args:
+        outputs: The outputs each head sends.
+        widths: Values per row of each head's per-row-and-output statistics.
+        rows, samples, levels: The resolved request's rows, passes and interval levels.
+
+    Raises:
+        ResourceLimitError: the reply, every head counted, would exceed ``limit``.
+    """
+    size = sum(catalogue.reply_bytes(sent, rows=rows, width=widths[name], samples=samples,
+                                     levels=levels) for name, sent in outputs.items())
+    if size > limit:
+        raw = " and raw samples" if any("samples" in sent for sent in outputs.values()) else ""
+        raise ResourceLimitError(
+            f"the reply would hold about {size} bytes ({rows} rows x {sum(widths.values())} "
+            f"outputs{raw}), above the server's message limit of {limit} bytes "
+            "(MCDROPOUT_MAX_MESSAGE_BYTES); ask for fewer rows, samples or outputs")

@@ -13,9 +13,15 @@ from mcdropout_client import tensors
 from mcdropout_client.outputs import TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
-from mcdropout import InvalidArgumentError, Task
+from mcdropout import InvalidArgumentError, Prediction, Task
 from mcdropout.errors import shorten
-from mcdropout_server.calls import MAX_REQUEST_ID_CHARS, Answer, PredictCall, is_valid_request_id
+from mcdropout_server.calls import (
+    LEGACY_INPUT_NAME,
+    MAX_REQUEST_ID_CHARS,
+    Answer,
+    PredictCall,
+    is_valid_request_id,
+)
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
 _TASKS = {"regression": pb.REGRESSION, "classification": pb.CLASSIFICATION}
@@ -29,24 +35,19 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
         request_id: The id to carry (the request's own, or one the server made).
 
     Raises:
-        InvalidArgumentError: missing or malformed inputs, an unknown output enum value, a
-            request id that is over-long or not printable ASCII. Values with a range (samples,
-            seed, tolerance, levels) are checked once, by the registry's resolution.
+        InvalidArgumentError: no inputs, both ``inputs`` and ``named_inputs``, a malformed
+            tensor, an unknown output enum value, a request id that is over-long or not
+            printable ASCII. Which input names a model takes, and values with a range (samples,
+            seed, tolerance, levels), are checked once, by the registry's resolution.
     """
     if request.request_id and not is_valid_request_id(request.request_id):
         raise InvalidArgumentError(
             f"request_id must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters (it is "
             f"echoed in the x-request-id trailer), got {shorten(request.request_id)}")
-    if not request.HasField("inputs"):
-        raise InvalidArgumentError("inputs is required: a Tensor of shape (rows, *input_shape)")
-    try:
-        x = tensors.from_proto(request.inputs)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"inputs: {exc}") from None
     return PredictCall(
         model=request.model_name,
         version=request.model_version or None,
-        x=x,
+        x=_inputs(request),
         samples=request.samples or None,
         seed=request.seed if request.HasField("seed") else None,
         tolerance=request.tolerance or None,  # 0, the wire's default, turns it off
@@ -56,37 +57,80 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
     )
 
 
+def _inputs(request: pb.PredictRequest) -> np.ndarray | dict[str, np.ndarray]:
+    if request.HasField("inputs") and request.named_inputs:
+        raise InvalidArgumentError(
+            f"set inputs or named_inputs, not both: inputs is for a one-input model, "
+            f"named_inputs names every input of a model; got inputs and named_inputs "
+            f"{shorten(sorted(request.named_inputs))}")
+    if request.named_inputs:
+        return {name: _input(name, tensor) for name, tensor in request.named_inputs.items()}
+    if not request.HasField("inputs"):
+        raise InvalidArgumentError(
+            "inputs is required: a Tensor of shape (rows, *input_shape), or named_inputs with "
+            "every input of the model by name (GetModelMetadata lists them)")
+    return _input(LEGACY_INPUT_NAME, request.inputs)
+
+
+def _input(name: str, tensor: pb.Tensor) -> np.ndarray:
+    # Named as the OIP codec names a bad tensor, so both APIs give one message for one mistake.
+    try:
+        return tensors.from_proto(tensor)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"input {shorten(name)}: {exc}") from None
+
+
 def encode_predict(answer: Answer, request_id: str) -> pb.PredictResponse:
-    """The PredictResponse for ``answer``, holding exactly the outputs it selected."""
+    """The PredictResponse for ``answer``, holding exactly the outputs it selected.
+
+    A one-head model's statistics fill the response's own fields; a model with several heads
+    answers in ``heads`` (one HeadResult each, in the model's order) and says TASK_UNSPECIFIED.
+    """
     prediction = answer.prediction
     response = pb.PredictResponse(
         model_name=answer.model, model_version=answer.version, samples_used=prediction.samples,
-        seed=prediction.seed, request_id=request_id, task=_TASKS[prediction.task])
-    for spec in TENSOR_OUTPUTS:
-        if spec.name in answer.outputs:
-            value = getattr(prediction, spec.attribute)
-            if value is not None:
-                getattr(response, spec.name).CopyFrom(_tensor(value, spec.dtype))
-    if "intervals" in answer.outputs:
-        for interval in prediction.intervals:
-            response.intervals.add(level=interval.level,
-                                   lower=_tensor(interval.lower, np.float64),
-                                   upper=_tensor(interval.upper, np.float64))
+        seed=prediction.seed, request_id=request_id)
+    if isinstance(prediction, Prediction):
+        ((_, outputs),) = answer.outputs.items()
+        response.task = _TASKS[prediction.task]
+        _fill(response, prediction, outputs)
+    else:
+        for name, head, outputs in answer.heads():
+            _fill(response.heads.add(name=name, task=_TASKS[head.task]), head, outputs)
     return response
 
 
+def _fill(message: pb.PredictResponse | pb.HeadResult, prediction: Prediction,
+          outputs: frozenset[str]) -> None:
+    # A HeadResult holds its statistics in fields of the same names as a PredictResponse.
+    for spec in TENSOR_OUTPUTS:
+        if spec.name in outputs:
+            value = getattr(prediction, spec.attribute)
+            if value is not None:
+                getattr(message, spec.name).CopyFrom(_tensor(value, spec.dtype))
+    if "intervals" in outputs:
+        for interval in prediction.intervals:
+            message.intervals.add(level=interval.level,
+                                  lower=_tensor(interval.lower, np.float64),
+                                  upper=_tensor(interval.upper, np.float64))
+
+
 def encode_metadata(served: ServedModel, registry: ModelRegistry) -> pb.ModelMetadata:
-    """The ModelMetadata describing one served model version."""
+    """The ModelMetadata describing one served model version.
+
+    ``input``, ``output``, ``task``, ``labels`` and ``tau`` describe the first input and head,
+    as they did before models had several; ``inputs`` and ``heads`` list them all.
+    """
     predictor, info = served.predictor, served.info
+    inputs, heads = input_specs(served), head_specs(served)
     return pb.ModelMetadata(
         name=served.name,
         version=served.version,
         versions=registry.versions(served.name),
-        task=_TASKS[predictor.task],
-        input=pb.TensorSpec(name="inputs", dtype=tensors.dtype_to_enum(predictor.input_dtype),
-                            shape=[-1, *predictor.input_shape]),
-        output=pb.TensorSpec(name="mean", dtype=pb.FLOAT64, shape=[-1, predictor.output_dim]),
-        labels=info.labels,
+        task=heads[0].task,
+        input=inputs[0],
+        output=heads[0].output,
+        labels=heads[0].labels,
         dropout_layers=[
             pb.DropoutLayer(name=layer.name, kind=layer.kind, rate=layer.rate,
                             recurrent_rate=layer.recurrent_rate)
@@ -94,19 +138,40 @@ def encode_metadata(served: ServedModel, registry: ModelRegistry) -> pb.ModelMet
         ],
         default_samples=predictor.default_samples,
         max_samples=predictor.max_samples,
-        tau=predictor.tau or 0.0,
+        tau=heads[0].tau,
         description=info.description,
         max_rows=registry.limits.max_rows,
+        inputs=inputs,
+        heads=heads,
     )
 
 
 def encode_models(registry: ModelRegistry) -> pb.ListModelsResponse:
-    """The ListModelsResponse of every served model with its versions."""
-    return pb.ListModelsResponse(models=[
-        pb.ModelSummary(name=name, task=task_enum(registry.get(name).predictor.task),
-                        versions=registry.versions(name))
-        for name in registry.names()
-    ])
+    """The ListModelsResponse of every served model with its versions, inputs and heads."""
+    summaries = []
+    for name in registry.names():
+        latest = registry.get(name)
+        heads = head_specs(latest)
+        summaries.append(pb.ModelSummary(name=name, task=heads[0].task,
+                                         versions=registry.versions(name),
+                                         inputs=input_specs(latest), heads=heads))
+    return pb.ListModelsResponse(models=summaries)
+
+
+def input_specs(served: ServedModel) -> list[pb.TensorSpec]:
+    """Every input of a model version, -1 for the rows and for each variable dimension."""
+    return [pb.TensorSpec(name=spec.name, dtype=tensors.dtype_to_enum(spec.dtype),
+                          shape=[-1, *(-1 if d is None else d for d in spec.shape)])
+            for spec in served.predictor.inputs]
+
+
+def head_specs(served: ServedModel) -> list[pb.HeadSpec]:
+    """Every head of a model version: task, the shape of its mean, labels, tau (target units)."""
+    return [pb.HeadSpec(name=head.name, task=_TASKS[head.task],
+                        output=pb.TensorSpec(name="mean", dtype=pb.FLOAT64,
+                                             shape=[-1, head.width]),
+                        labels=head.labels, tau=head.tau or 0.0)
+            for head in served.predictor.heads]
 
 
 def task_enum(task: Task) -> Any:

@@ -2,15 +2,16 @@
 
 The second codec over the same registry and engine as :mod:`mcdropout_server.codec`: a
 ModelInferRequest becomes the same :class:`PredictCall` a native Predict would, so equal requests
-give equal numbers and equal errors. What is OIP-specific lives here: string datatypes and
-versions, typed or raw tensor contents, request parameters, and output names. Raw bytes are
-converted by :mod:`mcdropout_client.tensors`, shared with the native API.
+give equal numbers and equal errors. What is OIP-specific lives here: versions as strings,
+request parameters, output names (``<head>/<statistic>`` for a model with several heads) and
+typed or raw output contents; input tensors are read by :mod:`mcdropout_server.oip_tensors`.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,31 +20,20 @@ from mcdropout_client import outputs as catalogue
 from mcdropout_client import tensors
 from mcdropout_client.outputs import OutputSpec
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
-from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Task
 from mcdropout.errors import shorten
-from mcdropout_server.calls import Answer, PredictCall
+from mcdropout_server import oip_tensors
+from mcdropout_server.calls import Answer, Head, PredictCall
+from mcdropout_server.oip_tensors import DATATYPES
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
 PLATFORM = "mcdropout_keras"
-INPUT_NAME = "inputs"
 DEFAULT_INTERVAL_LEVEL = 0.95
 PARAMETERS = ("samples", "seed", "tolerance", "interval_level")
 # Set by Triton clients for Triton's scheduler, which mcdropout does not have: accepted, unused.
 IGNORED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                       "headers", "binary_data_output")
-# OIP datatype -> (native wire dtype, InferTensorContents field holding its typed values).
-DATATYPES: dict[str, tuple[int, str]] = {
-    "FP32": (pb.FLOAT32, "fp32_contents"), "FP64": (pb.FLOAT64, "fp64_contents"),
-    "INT8": (pb.INT8, "int_contents"), "INT16": (pb.INT16, "int_contents"),
-    "INT32": (pb.INT32, "int_contents"), "INT64": (pb.INT64, "int64_contents"),
-    "UINT8": (pb.UINT8, "uint_contents"), "UINT16": (pb.UINT16, "uint_contents"),
-    "UINT32": (pb.UINT32, "uint_contents"), "UINT64": (pb.UINT64, "uint64_contents"),
-}
-_NAME_OF_ENUM = {enum: name for name, (enum, _) in DATATYPES.items()}
-
-
 _DATATYPE_OF_DTYPE = {"float64": "FP64", "float32": "FP32", "int64": "INT64"}
 # ASCII digits only, and few enough that int() never meets Python's 4,300-digit conversion limit:
 # 19 digits hold every int64 version, 20 every uint64 seed.
@@ -86,10 +76,24 @@ class InferCall:
 
 
 def output_names(task: Task, has_tau: bool, native: tuple[str, ...] | None = None) -> list[str]:
-    """The OIP output names of a model, or of the given native outputs (default: all allowed)."""
+    """The OIP output names of a head's task, or of the given native outputs (default: all)."""
     wanted = set(catalogue.allowed(task, has_tau) if native is None else native)
     return [name for name, out in OUTPUTS.items()
             if out.native.name in wanted and name in out.native.oip.get(task, ())]
+
+
+def model_outputs(heads: Sequence[Head], *, defaults: bool = False) -> dict[str, tuple[str, str]]:
+    """OIP output name -> (head name, statistic name) of a model (or its default outputs).
+
+    A one-head model's outputs carry the statistic's name alone (``mean``); a model with
+    several heads names them ``<head>/<statistic>`` (``price/mean``, ``kind/predicted_class``).
+    """
+    found = {}
+    for head in heads:
+        native = catalogue.defaults(head.task, head.has_tau) if defaults else None
+        for stat in output_names(head.task, head.has_tau, native):
+            found[stat if len(heads) == 1 else f"{head.name}/{stat}"] = (head.name, stat)
+    return found
 
 
 def parse_version(version: str) -> int | None:
@@ -111,33 +115,35 @@ def parse_version(version: str) -> int | None:
 def decode_infer(request: oip.ModelInferRequest, registry: ModelRegistry) -> InferCall:
     """The :class:`InferCall` a ModelInferRequest asks for.
 
+    Inputs go by name; which names the model takes is checked, as for the native API, when the
+    call is resolved.
+
     Raises:
-        InvalidArgumentError: not exactly one input, a wrong input name, an unsupported datatype,
-            contents that do not match the shape, a malformed version or parameter, an output
-            name the model does not have.
+        InvalidArgumentError: an input name given twice, an unsupported datatype, contents that
+            do not match the shape, a malformed version or parameter, an output name the model
+            does not have.
         NotFoundError: unknown model or version.
     """
     version = parse_version(request.model_version)
     served = registry.get(request.model_name, version)
-    predictor = served.predictor
-    allowed = output_names(predictor.task, predictor.tau is not None)
-    names = tuple(o.name for o in request.outputs) or tuple(
-        output_names(predictor.task, predictor.tau is not None,
-                     catalogue.defaults(predictor.task, predictor.tau is not None)))
+    heads = served.predictor.heads
+    allowed = model_outputs(heads)
+    names = tuple(o.name for o in request.outputs) or tuple(model_outputs(heads, defaults=True))
     wrong = sorted(set(names) - set(allowed))
     if wrong:
-        raise InvalidArgumentError(f"outputs {shorten(wrong)} do not apply to this "
-                                   f"{predictor.task} model; allowed outputs: {', '.join(allowed)}")
+        kind = heads[0].task if len(heads) == 1 else f"{len(heads)}-head"
+        raise InvalidArgumentError(f"outputs {shorten(wrong)} do not apply to this {kind} "
+                                   f"model; allowed outputs: {', '.join(allowed)}")
     params = _parameters(request.parameters)
     level = params.get("interval_level")
     if level is None and {"lower", "upper"} & set(names):
         level = DEFAULT_INTERVAL_LEVEL
     call = PredictCall(
-        model=request.model_name, version=version, x=_input(request, served),
+        model=request.model_name, version=version, x=oip_tensors.decode_inputs(request),
         samples=params.get("samples") or None, seed=params.get("seed"),
         tolerance=params.get("tolerance") or None,
         interval_levels=() if level is None else (level,),
-        outputs=tuple(dict.fromkeys(OUTPUTS[n].native.name for n in names)),
+        outputs=tuple(dict.fromkeys(OUTPUTS[allowed[n][1]].native.name for n in names)),
         request_id=request.id)
     return InferCall(call, names, bool(request.raw_input_contents), level)
 
@@ -151,13 +157,15 @@ def encode_infer(answer: Answer, decoded: InferCall) -> oip.ModelInferResponse:
     response.parameters["seed"].uint64_param = prediction.seed
     if decoded.interval_level is not None:
         response.parameters["interval_level"].double_param = decoded.interval_level
+    heads = dict((name, head) for name, head, _ in answer.heads())
     for name in decoded.outputs:
-        spec = OUTPUTS[name]
-        owner: Any = prediction.intervals[0] if spec.native.name == "intervals" else prediction
+        head, stat = name.rpartition("/")[::2] if len(heads) > 1 else ("", name)
+        spec, source = OUTPUTS[stat], heads[head] if head else next(iter(heads.values()))
+        owner: Any = source.intervals[0] if spec.native.name == "intervals" else source
         value = getattr(owner, spec.attribute)
         if value is None:
             continue
-        wire = tensors.to_proto(np.asarray(value, dtype=_dtype(spec.datatype)))
+        wire = tensors.to_proto(np.asarray(value, dtype=oip_tensors.dtype_of(spec.datatype)))
         tensor = response.outputs.add(name=name, datatype=spec.datatype, shape=wire.shape)
         if decoded.raw:
             response.raw_output_contents.append(wire.data)
@@ -169,65 +177,24 @@ def encode_infer(answer: Answer, decoded: InferCall) -> oip.ModelInferResponse:
 
 def encode_model_metadata(served: ServedModel,
                           registry: ModelRegistry) -> oip.ModelMetadataResponse:
-    """The ModelMetadataResponse of one model version: its input and every output it can return."""
+    """The ModelMetadataResponse of one model version: its inputs and every output it can return.
+
+    -1 marks the rows and each variable dimension; raw samples have -1 passes too.
+    """
     predictor = served.predictor
     meta = oip.ModelMetadataResponse.TensorMetadata
-    width = predictor.output_dim
-    shapes = {1: [-1], 2: [-1, width], 3: [-1, -1, width]}
+    widths = {head.name: head.width for head in predictor.heads}
+    outputs = []
+    for name, (head, stat) in model_outputs(predictor.heads).items():
+        shape = {1: [-1], 2: [-1, widths[head]], 3: [-1, -1, widths[head]]}[OUTPUTS[stat].rank]
+        outputs.append(meta(name=name, datatype=OUTPUTS[stat].datatype, shape=shape))
     return oip.ModelMetadataResponse(
         name=served.name, versions=[str(v) for v in registry.versions(served.name)],
         platform=PLATFORM,
-        inputs=[meta(name=INPUT_NAME, datatype=_NAME_OF_ENUM[tensors.dtype_to_enum(
-            predictor.input_dtype)], shape=[-1, *predictor.input_shape])],
-        outputs=[meta(name=name, datatype=OUTPUTS[name].datatype, shape=shapes[OUTPUTS[name].rank])
-                 for name in output_names(predictor.task, predictor.tau is not None)])
-
-
-def _input(request: oip.ModelInferRequest, served: ServedModel) -> np.ndarray:
-    row_shape = [-1, *served.predictor.input_shape]
-    if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
-        got = [t.name for t in request.inputs]
-        raise InvalidArgumentError(f"model {served.name!r} takes exactly one input, {INPUT_NAME!r} "
-                                   f"of shape {row_shape}; got inputs {shorten(got)}")
-    tensor = request.inputs[0]
-    if tensor.datatype not in DATATYPES:
-        raise InvalidArgumentError(f"input datatype {shorten(tensor.datatype)} is not supported; "
-                                   f"expected one of {', '.join(DATATYPES)}")
-    enum, field = DATATYPES[tensor.datatype]
-    raw = request.raw_input_contents
-    if raw:
-        if len(raw) != 1:
-            raise InvalidArgumentError(f"raw_input_contents must hold one entry per input, got "
-                                       f"{len(raw)} for 1 input")
-        if tensor.HasField("contents"):
-            raise InvalidArgumentError("an input must not set contents when raw_input_contents "
-                                       "is used")
-        data = raw[0]
-    else:
-        sent = [f.name for f, _ in tensor.contents.ListFields()]
-        if sent not in ([], [field]):
-            raise InvalidArgumentError(f"input datatype {tensor.datatype} takes its values in "
-                                       f"contents.{field}, got {', '.join(sent)}")
-        values = getattr(tensor.contents, field)
-        # Typed contents are wider than the datatype (e.g. int32 for INT8): check the range.
-        wide = np.asarray(values, dtype=np.float64 if field.startswith("fp") else np.int64
-                          if field.startswith("int") else np.uint64)
-        narrow = wide.astype(_dtype(tensor.datatype))
-        if not field.startswith("fp") and not np.array_equal(narrow, wide):
-            limits = np.iinfo(narrow.dtype)
-            raise InvalidArgumentError(
-                f"input values {wide[narrow != wide][:5].tolist()} are out of the range of "
-                f"{tensor.datatype}, {limits.min}..{limits.max}")
-        count, shape = narrow.size, list(tensor.shape)
-        if all(d >= 0 for d in shape) and count != math.prod(shape):
-            raise InvalidArgumentError(f"input has {count} values in contents.{field} but shape "
-                                       f"{shorten(shape)} needs {shorten(math.prod(shape))}")
-        data = narrow.tobytes()
-    try:
-        return tensors.from_proto(pb.Tensor(dtype=enum, shape=tensor.shape,  # type: ignore[arg-type]
-                                            data=data))
-    except ValueError as exc:
-        raise InvalidArgumentError(f"inputs: {exc}") from None
+        inputs=[meta(name=spec.name, datatype=oip_tensors.NAME_OF_ENUM[tensors.dtype_to_enum(spec.dtype)],
+                     shape=[-1, *(-1 if d is None else d for d in spec.shape)])
+                for spec in predictor.inputs],
+        outputs=outputs)
 
 
 def _parameters(params: Any) -> dict[str, Any]:
@@ -271,7 +238,3 @@ def _number(key: str, kind: str, value: Any) -> float:
     raise InvalidArgumentError(f"parameter {key!r} must be a number (double, int64, uint64, or a "
                                f"string holding a finite decimal number such as \"0.9\"), got "
                                f"{kind} {shorten(value)}")
-
-
-def _dtype(datatype: str) -> np.dtype[Any]:
-    return tensors.enum_to_dtype(DATATYPES[datatype][0])

@@ -14,21 +14,24 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from mcdropout_client import outputs as catalogue
-
 from mcdropout import (
     InvalidArgumentError,
     ModelInfo,
     ModelLoadError,
     ModelStore,
     NotFoundError,
-    ResourceLimitError,
 )
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.engine.request import Limits as RequestLimits
 from mcdropout.engine.request import Request
 from mcdropout.store import validate_name
-from mcdropout_server.calls import PredictCall, resolve_outputs
+from mcdropout_server.calls import (
+    HeadOutputs,
+    PredictCall,
+    check_reply_size,
+    model_inputs,
+    resolve_outputs,
+)
 from mcdropout_server.logs import fields
 
 log = logging.getLogger(__name__)
@@ -122,13 +125,13 @@ class PreparedCall:
         model: The model version that answers.
         request: Samples, seed, tolerance and levels with every default applied and limit
             checked; the inputs are checked by the engine when they run.
-        outputs: The output names to send.
+        outputs: The output names to send, per head.
         request_id: The call's id, for logs.
     """
 
     model: ServedModel
     request: Request
-    outputs: frozenset[str]
+    outputs: HeadOutputs
     request_id: str = ""
 
 
@@ -232,13 +235,16 @@ class ModelRegistry:
         """
         served = self.get(call.model, call.version)
         predictor = served.predictor
-        outputs = resolve_outputs(call, predictor.task, predictor.tau is not None)
+        outputs = resolve_outputs(call, predictor.heads)
         request = predictor.resolve(
-            call.x, call.samples, call.seed, tolerance=call.tolerance,
-            interval_levels=call.interval_levels, return_samples="samples" in outputs,
+            model_inputs(call.x, [spec.name for spec in predictor.inputs]), call.samples,
+            call.seed, tolerance=call.tolerance, interval_levels=call.interval_levels,
+            return_samples=any("samples" in sent for sent in outputs.values()),
             limits=self._request_limits(served))
         if max_reply_bytes is not None:
-            _check_reply_size(outputs, request, predictor.output_dim, max_reply_bytes)
+            check_reply_size(outputs, {head.name: head.width for head in predictor.heads},
+                             rows=request.rows, samples=request.samples,
+                             levels=len(request.interval_levels), limit=max_reply_bytes)
         return PreparedCall(served, request, outputs, call.request_id)
 
     def _request_limits(self, served: ServedModel) -> RequestLimits:
@@ -255,17 +261,6 @@ class ModelRegistry:
         if versions is None:
             raise NotFoundError(f"model {name!r} not found; served models: {self.names()}")
         return versions
-
-
-def _check_reply_size(outputs: frozenset[str], request: Request, width: int, limit: int) -> None:
-    size = catalogue.reply_bytes(outputs, rows=request.rows, width=width, samples=request.samples,
-                                 levels=len(request.interval_levels))
-    if size > limit:
-        raw = " and raw samples" if "samples" in outputs else ""
-        raise ResourceLimitError(
-            f"the reply would hold about {size} bytes ({request.rows} rows x {width} outputs"
-            f"{raw}), above the server's message limit of {limit} bytes "
-            "(MCDROPOUT_MAX_MESSAGE_BYTES); ask for fewer rows, samples or outputs")
 
 
 def _by_name(models: Iterable[ServedModel]) -> dict[str, dict[int, ServedModel]]:

@@ -12,18 +12,21 @@ from mcdropout_server.oip_codec import DATATYPES
 DATATYPE_OF = {tensors.enum_to_dtype(enum): name for name, (enum, _) in DATATYPES.items()}
 
 
-def infer_request(model: str, x: np.ndarray, outputs: tuple[str, ...] = (), *, raw: bool = True,
-                  version: str = "", **params: Any) -> oip.ModelInferRequest:
-    """A one-input ModelInferRequest; ``params`` become request parameters by Python type."""
-    x = np.asarray(x)
-    datatype = DATATYPE_OF[x.dtype]
+def infer_request(model: str, x: np.ndarray | dict[str, np.ndarray], outputs: tuple[str, ...] = (),
+                  *, raw: bool = True, version: str = "", **params: Any) -> oip.ModelInferRequest:
+    """A ModelInferRequest: one input named "inputs", or an input per name of a mapping;
+    ``params`` become request parameters by Python type."""
     request = oip.ModelInferRequest(model_name=model, model_version=version, id="req-1",
                                     outputs=[{"name": name} for name in outputs])
-    tensor = request.inputs.add(name="inputs", datatype=datatype, shape=x.shape)
-    if raw:
-        request.raw_input_contents.append(x.astype(x.dtype.newbyteorder("<")).tobytes())
-    else:
-        getattr(tensor.contents, DATATYPES[datatype][1]).extend(x.ravel().tolist())
+    for name, value in (x if isinstance(x, dict) else {"inputs": x}).items():
+        value = np.asarray(value)
+        datatype = DATATYPE_OF[value.dtype]
+        tensor = request.inputs.add(name=name, datatype=datatype, shape=value.shape)
+        if raw:
+            request.raw_input_contents.append(
+                value.astype(value.dtype.newbyteorder("<")).tobytes())
+        else:
+            getattr(tensor.contents, DATATYPES[datatype][1]).extend(value.ravel().tolist())
     for key, value in params.items():
         kind = {bool: "bool_param", int: "int64_param", float: "double_param",
                 str: "string_param"}[type(value)]
