@@ -10,7 +10,7 @@ import dataclasses
 
 import keras
 import numpy as np
-from mcdropout_client import PredictResult
+from mcdropout_client import HeadResult, PredictResult
 from mcdropout_client import outputs as catalogue
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
@@ -24,6 +24,18 @@ def test_every_output_is_an_enum_value_and_a_response_field() -> None:
     assert set(catalogue.OUTPUT_NAMES) == enum
     fields = set(pb.PredictResponse.DESCRIPTOR.fields_by_name)
     assert set(catalogue.OUTPUT_NAMES) <= fields
+
+
+def test_a_head_result_holds_every_output_as_a_response_does() -> None:
+    # The codecs fill a HeadResult and a PredictResponse with one function: same names, types.
+    response = pb.PredictResponse.DESCRIPTOR.fields_by_name
+    head = pb.HeadResult.DESCRIPTOR.fields_by_name
+    for name in catalogue.OUTPUT_NAMES:
+        assert name in head, name
+        assert (head[name].number, head[name].message_type) == (
+            response[name].number, response[name].message_type), name
+    client = {f.name for f in dataclasses.fields(HeadResult)}
+    assert {spec.attribute for spec in catalogue.OUTPUTS} <= client
 
 
 def test_every_output_is_an_engine_and_a_client_attribute() -> None:
