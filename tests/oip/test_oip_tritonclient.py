@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from google.protobuf import descriptor_pb2
 from mcdropout_client import Client
 from mcdropout_client.errors import ClientError
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
+from multi_testkit import ShopServer, shop_inputs, shop_server
 from server_testkit import MAX_SAMPLES, cls_inputs, reg_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +42,19 @@ def triton_python() -> str:
 
 
 @pytest.fixture(scope="module")
-def probe(triton_python: str, target: str) -> dict[str, Any]:
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShopServer]:
+    with shop_server(tmp_path_factory.mktemp("shop")) as running:
+        yield running
+
+
+SHOP_X = shop_inputs(3, length=5, seed=4)
+
+
+@pytest.fixture(scope="module")
+def probe(triton_python: str, target: str, shop: ShopServer) -> dict[str, Any]:
     spec = {"target": target, "reg_x": reg_inputs(6).tolist(), "cls_x": cls_inputs(5).tolist(),
-            "too_many_samples": MAX_SAMPLES + 1}
+            "too_many_samples": MAX_SAMPLES + 1,
+            "shop": {"target": shop.target, **{k: v.tolist() for k, v in SHOP_X.items()}}}
     done = subprocess.run([triton_python, str(PROBE), json.dumps(spec)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -87,6 +99,22 @@ def test_classifier_equals_the_native_api(probe: dict[str, Any], client: Client)
                                   native.mutual_information)
     assert outputs["predicted_class"]["dtype"] == "int64"
     assert outputs["predicted_class"]["values"] == native.predicted_class.tolist()
+
+
+def test_two_inputs_and_two_heads_equal_the_native_api(probe: dict[str, Any],
+                                                        shop: ShopServer) -> None:
+    assert probe["shop_metadata"]["inputs"] == [["features", "FP32", [-1, 3]],
+                                                ["ids", "INT32", [-1, -1]]]
+    assert ["kind/predicted_class", "INT64", [-1]] in probe["shop_metadata"]["outputs"]
+    outputs = probe["shop"]["outputs"]
+    with Client(shop.target, retries=0) as client:
+        native = client.predict(SHOP_X, model="shop", samples=100, seed=5,
+                                outputs=["mean", "predictive_std", "predicted_class"])
+    price, kind = native.heads["price"], native.heads["kind"]
+    np.testing.assert_array_equal(outputs["price/mean"]["values"], price.mean)
+    np.testing.assert_array_equal(outputs["price/predictive_std"]["values"], price.predictive_std)
+    np.testing.assert_array_equal(outputs["kind/probabilities"]["values"], kind.mean)
+    assert outputs["kind/predicted_class"]["values"] == kind.predicted_class.tolist()
 
 
 @pytest.mark.parametrize(("case", "kwargs"), [

@@ -2,7 +2,8 @@
 
 Runs inside .venv-tritonclient (scripts/tritonclient-venv.sh), not the project's environment:
 tritonclient pins protobuf < 7. Usage: python tritonclient_probe.py '<json spec>', where the spec
-holds "target" (host:port), "reg_x" and "cls_x" (input rows) and "too_many_samples".
+holds "target" (host:port), "reg_x" and "cls_x" (input rows), "too_many_samples", and "shop":
+the target, "features" and "ids" of a server of the two-input, two-head model (multi_testkit.py).
 test_oip_tritonclient.py compares what this prints with the native API's answers.
 """
 
@@ -20,12 +21,17 @@ from tritonclient.utils import InferenceServerException
 
 REG_OUTPUTS = ("mean", "std", "predictive_std", "lower", "upper")
 CLS_OUTPUTS = ("probabilities", "predicted_class", "entropy", "mutual_information")
+SHOP_OUTPUTS = ("price/mean", "price/predictive_std", "kind/probabilities", "kind/predicted_class")
+DATATYPES = {"float32": "FP32", "int32": "INT32"}
 
 
-def infer(client: Any, model: str, x: np.ndarray, outputs: tuple[str, ...],
-          **parameters: Any) -> dict[str, Any]:
-    inputs = [triton.InferInput("inputs", list(x.shape), "FP32")]
-    inputs[0].set_data_from_numpy(x)  # sent in raw_input_contents
+def infer(client: Any, model: str, x: np.ndarray | dict[str, np.ndarray],
+          outputs: tuple[str, ...], **parameters: Any) -> dict[str, Any]:
+    named = x if isinstance(x, dict) else {"inputs": x}
+    inputs = [triton.InferInput(name, list(value.shape), DATATYPES[str(value.dtype)])
+              for name, value in named.items()]
+    for tensor, value in zip(inputs, named.values(), strict=True):
+        tensor.set_data_from_numpy(value)  # sent in raw_input_contents
     result = client.infer(model, inputs, outputs=[triton.InferRequestedOutput(n) for n in outputs],
                           parameters=parameters, request_id="probe")
     response = result.get_response()
@@ -76,6 +82,15 @@ def main() -> None:
         "descriptor": base64.b64encode(service_pb2.DESCRIPTOR.serialized_pb).decode(),
     }
     client.close()
+    shop = spec["shop"]
+    with triton.InferenceServerClient(url=shop["target"]) as client:
+        metadata = client.get_model_metadata("shop")
+        report["shop_metadata"] = {
+            "inputs": [[t.name, t.datatype, list(t.shape)] for t in metadata.inputs],
+            "outputs": [[t.name, t.datatype, list(t.shape)] for t in metadata.outputs]}
+        x = {"features": np.asarray(shop["features"], dtype=np.float32),
+             "ids": np.asarray(shop["ids"], dtype=np.int32)}
+        report["shop"] = infer(client, "shop", x, SHOP_OUTPUTS, samples=100, seed=5)
     print(json.dumps(report))
 
 
