@@ -254,3 +254,41 @@ def test_save_refuses_a_model_without_dropout(tmp_path: Path) -> None:
     with pytest.raises(NoStochasticLayersError, match="no dropout layer"):
         ModelStore(tmp_path).save(model, _info())
     assert ModelStore(tmp_path).versions("toy") == []
+
+
+def _shop() -> keras.Model:
+    keras.utils.set_random_seed(5)
+    feats = keras.Input((3,), name="feats")
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    hidden = keras.layers.Concatenate()([feats, keras.layers.Flatten()(
+        keras.layers.Embedding(10, 2)(ids))])
+    hidden = keras.layers.Dropout(0.2)(keras.layers.Dense(8, activation="relu")(hidden))
+    return keras.Model([feats, ids], [keras.layers.Dense(1, name="price")(hidden),
+                                      keras.layers.Dense(2, activation="softmax",
+                                                         name="kind")(hidden)])
+
+
+def test_a_two_input_two_head_model_round_trips(tmp_path: Path) -> None:
+    info = ModelInfo(name="shop", task="regression", input_shape=(3,),
+                     inputs=(InputInfo("feats", (3,)), InputInfo("ids", (4,), "int32")),
+                     heads=(HeadInfo("price", "regression", tau=2.0),
+                            HeadInfo("kind", "classification", ("no", "yes"))))
+    store = ModelStore(tmp_path)
+    store.save(_shop(), info)
+    predictor = MCDropoutPredictor.from_info(store.load_model("shop"), store.read_info("shop"))
+    assert [s.name for s in predictor.inputs] == ["feats", "ids"]
+    assert [(h.name, h.labels) for h in predictor.heads] == [("price", ()), ("kind", ("no", "yes"))]
+
+
+@pytest.mark.parametrize(("info", "message"), [
+    (ModelInfo(name="shop", task="regression", input_shape=(3,)),
+     r"the model has 2 inputs \['feats', 'ids'\]; describe them with inputs="),
+    (ModelInfo(name="shop", task="regression", input_shape=(3,),
+               inputs=(InputInfo("feats", (3,)), InputInfo("ids", (4,), "int32"))),
+     r"describe a one-head model; this one has heads \['price', 'kind'\]"),
+])
+def test_save_refuses_metadata_that_does_not_describe_the_model(tmp_path: Path, info: ModelInfo,
+                                                                message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        ModelStore(tmp_path).save(_shop(), info)
+    assert ModelStore(tmp_path).versions("shop") == []
