@@ -9,12 +9,14 @@ requests keep working as before.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from gated_testkit import gated, gated_registry, running, wait_until
 from mcdropout_client import AsyncClient, Client
 from mcdropout_client import tensors as wire
 from mcdropout_client.cli import main
@@ -28,6 +30,7 @@ from multi_testkit import FEATURES, KINDS, ShopServer, shop_inputs, shop_server
 from server_testkit import LIMITS, load_options, reg_inputs
 
 from mcdropout import InvalidArgumentError, ModelStore, MultiHeadPrediction, ResourceLimitError
+from mcdropout.engine.determinism import rows_are_batch_invariant
 
 PRICE_STATS = ("mean", "std", "predictive_std", "standard_error")
 KIND_STATS = ("mean", "std", "standard_error", "predicted_class", "predictive_entropy",
@@ -264,3 +267,32 @@ def test_requests_of_different_input_shapes_do_not_share_a_batch_key(shop: ShopS
         return policy.key(registry.prepare(PredictCall("shop", None, x, samples=10)))
 
     assert key(3) == key(3) and key(3) != key(5)
+
+
+def test_queued_requests_merge_only_with_equal_input_shapes(shop: ShopServer) -> None:
+    registry = gated_registry(shop.store_root)
+    engine = shop.predictor()
+    lengths = [3, 3, 5, 3, 5]
+    requests = [shop_inputs(1 + i % 2, length=n, seed=i) for i, n in enumerate(lengths)]
+    with running(registry, workers=1, batch_max_wait_ms=0.0) as app, \
+            Client(f"127.0.0.1:{app.port}", retries=0) as client, ThreadPoolExecutor(8) as pool:
+        gate = gated(registry, "shop")
+        gate.gate.clear()
+        before = gate.started  # warm-up calls count too
+        blocker = pool.submit(client.predict, shop_inputs(1), model="shop", samples=5, seed=0)
+        wait_until(lambda: gate.started > before, what="the blocking request to reach the engine")
+        futures = [pool.submit(client.predict, x, model="shop", samples=40, seed=100 + i)
+                   for i, x in enumerate(requests)]
+        wait_until(lambda: app.runner.scheduler.queued == len(requests), what="5 queued requests")
+        gate.gate.set()
+        blocker.result(timeout=30)
+        for i, (x, future) in enumerate(zip(requests, futures, strict=True)):
+            expected = engine.predict(x, 40, 100 + i)
+            for head in ("price", "kind"):  # bit for bit where this CPU's kernels allow it
+                got, want = future.result(timeout=60).heads[head].mean, expected.heads[head].mean
+                if rows_are_batch_invariant():
+                    np.testing.assert_array_equal(got, want, err_msg=head)
+                else:
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12, err_msg=head)
+        # The blocker, then one engine call per length: the 3s together, the 5s together.
+        assert gate.started == before + 3
