@@ -22,6 +22,7 @@ from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
 from mcdropout import ModelStore
+from mcdropout.loading import import_modules
 from mcdropout_server.batching import BatchPolicy
 from mcdropout_server.concurrency import ConcurrencyLimit
 from mcdropout_server.drain import DrainGate
@@ -48,13 +49,16 @@ HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full
 
 
 def load_registry(settings: ServerSettings) -> ModelRegistry:
-    """Load every model of the configured store (the built-in default store when unset).
+    """Import the configured modules, then load every model of the configured store (the
+    built-in default store when unset) under the start-up policy ``settings.on_load_error``.
 
     Raises:
-        ModelLoadError: the store is empty or a model version cannot be served (including one
-            whose metadata names another model than its folder, or a link out of the root
-            while allow_store_symlinks is off).
+        InvalidArgumentError: a module of ``settings.import_modules`` cannot be imported.
+        ModelLoadError: nothing servable, or (policy "exit") any version that cannot be served
+            (including one whose metadata names another model than its folder, or a link out
+            of the root while allow_store_symlinks is off); the message lists every one.
     """
+    import_modules(settings.import_modules)  # before any model loads: they register classes
     root = settings.model_root
     if root is None:
         from mcdropout.modeling.defaults import ensure_default_store  # deferred: may train on first use
@@ -66,7 +70,7 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
         memory_budget_bytes=settings.memory_budget_mb * 2**20,
         max_samples=settings.max_samples,
         max_raw_sample_values=settings.max_raw_sample_values,
-        safe_mode=not settings.allow_unsafe_models)
+        safe_mode=not settings.allow_unsafe_models, on_load_error=settings.on_load_error)
 
 
 class ServerApp:
@@ -137,9 +141,10 @@ class ServerApp:
             await self._server.stop(0)
             self.runner.shutdown()
             raise
-        for name in ("", SERVICE_NAME, *self.registry.names()):
+        for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._model_names = set(self.registry.names())
+        self._model_health: dict[str, int] = {}
+        await self._publish_model_health()
         if self.registry.source is not None:  # a store to watch for new versions
             self.reloads = ReloadLoop(self._reloader(), s.reload_interval_seconds,
                                       self._models_changed)
@@ -147,7 +152,10 @@ class ServerApp:
         models = ", ".join(f"{name} (v{', v'.join(map(str, self.registry.versions(name)))})"
                            for name in self.registry.names())
         metrics = f"metrics on :{self.metrics_port}" if self.metrics_port else "metrics off"
-        log.info(f"listening on {s.host}:{self.port}; {metrics}; models: {models}",
+        failed = sorted(self.registry.failed())
+        not_ready = ("; not ready (failed to load, see above): "
+                     + ", ".join(f"{name} v{version}" for name, version in failed)) if failed else ""
+        log.info(f"listening on {s.host}:{self.port}; {metrics}; models: {models}{not_ready}",
                  extra=fields(port=self.port, metrics_port=self.metrics_port))
 
     async def stop(self, grace: float | None = None) -> None:
@@ -179,14 +187,21 @@ class ServerApp:
             refresh_tokens(self.auth, self.settings)
 
     async def _models_changed(self, report: ReloadReport) -> None:
+        await self._publish_model_health()
+
+    async def _publish_model_health(self) -> None:
+        """Each model name's health: SERVING while any version of it serves; NOT_SERVING when
+        its versions failed to load, or when it left the store after serving."""
         names = set(self.registry.names())
         # Before health says SERVING. Removed models keep their label (see add_models).
         self.metrics.add_models(names)
-        for name in names - self._model_names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        for name in self._model_names - names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._model_names = names
+        wanted = {name: health_pb2.HealthCheckResponse.NOT_SERVING
+                  for name in {*self._model_health, *(n for n, _ in self.registry.failed())}}
+        wanted.update((name, health_pb2.HealthCheckResponse.SERVING) for name in names)
+        for name, status in sorted(wanted.items()):
+            if self._model_health.get(name) != status:
+                await self.health.set(name, status)
+        self._model_health = wanted
 
     def _reloader(self) -> ModelReloader:
         # New versions get the same warm-up as those loaded at start, merged batches included.

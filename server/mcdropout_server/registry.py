@@ -4,20 +4,19 @@
 :class:`PreparedCall` that the scheduler queues and the engine runs. The set of served versions
 can be swapped at run time (:meth:`ModelRegistry.replace`, used by
 :mod:`mcdropout_server.reload`); a call holds on to the version it resolved, so calls in flight
-finish on it.
+finish on it. Versions that failed to load are remembered with their reason, so that lookups say
+"failed to load" rather than "no such version" (:mod:`mcdropout_server.startup` has the policy).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from mcdropout import (
     InvalidArgumentError,
     ModelInfo,
-    ModelLoadError,
     ModelStore,
     NotFoundError,
 )
@@ -32,9 +31,10 @@ from mcdropout_server.calls import (
     model_inputs,
     resolve_outputs,
 )
-from mcdropout_server.logs import fields
 
 log = logging.getLogger(__name__)
+# Versions that failed to load: the reason (exception type and message) by (name, version).
+FailedVersions = dict[tuple[str, int], str]
 
 
 @dataclass(frozen=True)
@@ -88,35 +88,6 @@ class ModelSource:
     options: LoadOptions
 
 
-def load_version(store: ModelStore, name: str, version: int, options: LoadOptions) -> ServedModel:
-    """Load one stored version, build its predictor and (by default) warm it up.
-
-    Raises:
-        ModelLoadError: the version cannot be loaded or served (the message names it), including
-            a model file that needs arbitrary code while ``options.safe_mode`` is on.
-    """
-    started = time.monotonic()
-    try:
-        info = store.read_info(name, version)
-        predictor = MCDropoutPredictor.from_info(
-            store.load_model(name, version, safe_mode=options.safe_mode), info,
-            memory_budget_bytes=options.memory_budget_bytes,
-            max_samples=min(info.max_samples, options.max_samples),
-            default_samples=min(info.default_samples, options.max_samples),
-            max_raw_sample_values=options.max_raw_sample_values)
-        if options.warmup:
-            predictor.warmup()
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"model {name!r} version {version} cannot be served: "
-                             f"{type(exc).__name__}: {exc}") from exc
-    log.info("loaded model", extra=fields(
-        model=name, version=version, task=info.task,
-        seconds=round(time.monotonic() - started, 3)))
-    return ServedModel(info, predictor)
-
-
 @dataclass(frozen=True)
 class PreparedCall:
     """A call resolved against its model version, once: what the scheduler and engine read.
@@ -143,26 +114,37 @@ class ModelRegistry:
         limits: Request size limits applied before any work starts.
         source: The store and options the models were loaded with; None when the registry was
             built from models directly (it cannot be reloaded then).
+        failed: Versions in the store that failed to load, with their reasons: not ready.
     """
 
     def __init__(self, models: Iterable[ServedModel], limits: Limits = Limits(),
-                 source: ModelSource | None = None) -> None:
+                 source: ModelSource | None = None,
+                 failed: Mapping[tuple[str, int], str] | None = None) -> None:
         self.limits = limits
         self.source = source
         self._models = _by_name(models)
+        self._failed: FailedVersions = dict(failed or {})
 
-    def replace(self, models: Iterable[ServedModel]) -> None:
+    def replace(self, models: Iterable[ServedModel],
+                failed: Mapping[tuple[str, int], str] | None = None) -> None:
         """Serve exactly ``models`` from now on, swapped in at once (one reference assignment).
 
         Calls already prepared keep the :class:`ServedModel` they resolved and finish on it.
+        ``failed`` replaces the versions reported as failed to load, when given.
         """
         self._models = _by_name(models)
+        if failed is not None:
+            self._failed = dict(failed)
+
+    def failed(self) -> FailedVersions:
+        """The store's versions that failed to load (and are not served), with their reasons."""
+        return dict(self._failed)
 
     @classmethod
     def load(cls, store: ModelStore, *, limits: Limits = Limits(),
              memory_budget_bytes: int = 256 * 2**20, max_samples: int = 10_000,
              max_raw_sample_values: int = 10_000_000, warmup: bool = True,
-             safe_mode: bool = True) -> ModelRegistry:
+             safe_mode: bool = True, on_load_error: str = "serve") -> ModelRegistry:
         """Load (and by default warm up) every version of every model in ``store``.
 
         Args:
@@ -171,19 +153,20 @@ class ModelRegistry:
             max_raw_sample_values: Largest passes x rows x outputs returned as raw samples.
             warmup: Trace the model graphs now rather than on the first request.
             safe_mode: Keras safe mode: refuse model files that need arbitrary code to load.
+            on_load_error: "serve": a version that fails to load is logged and reported not
+                ready while the others serve; "exit": it fails the load (see
+                :mod:`mcdropout_server.startup`).
 
         Raises:
-            ModelLoadError: the store holds no model, or a version cannot be loaded (the message
-                names it); the server should not start half-populated.
+            ModelLoadError: nothing servable, or (``on_load_error="exit"``) a version that
+                cannot be loaded; the message lists every bad version.
         """
+        from mcdropout_server.startup import load_store  # it builds on this module
+
         options = LoadOptions(memory_budget_bytes, max_samples, max_raw_sample_values, safe_mode,
                               warmup)
-        served = [load_version(store, name, version, options)
-                  for name in store.names() for version in store.versions(name)]
-        if not served:
-            raise ModelLoadError(f"no models found in model store {store.root}; expected "
-                                 "<root>/<name>/<version>/{model.keras,metadata.json}")
-        return cls(served, limits, ModelSource(store, options))
+        served, failed = load_store(store, options, on_load_error)
+        return cls(served, limits, ModelSource(store, options), failed)
 
     def models(self) -> list[ServedModel]:
         """Every served model version, by name then version (to build another registry)."""
@@ -218,8 +201,9 @@ class ModelRegistry:
         if not version:
             return versions[max(versions)]
         if version not in versions:
-            raise NotFoundError(f"model {name!r} has no version {version}; available versions: "
-                                f"{sorted(versions)}")
+            why = (f"version {version} is not served: it failed to load (the server log says "
+                   "why)" if (name, version) in self._failed else f"has no version {version}")
+            raise NotFoundError(f"model {name!r} {why}; available versions: {sorted(versions)}")
         return versions[version]
 
     def prepare(self, call: PredictCall, max_reply_bytes: int | None = None) -> PreparedCall:
@@ -259,7 +243,10 @@ class ModelRegistry:
         validate_name(name)
         versions = self._models.get(name)  # one read: a concurrent replace() swaps the whole map
         if versions is None:
-            raise NotFoundError(f"model {name!r} not found; served models: {self.names()}")
+            failed = sorted(v for n, v in self._failed if n == name)
+            why = (f"is not served: its version(s) {failed} failed to load (the server log says "
+                   "why)" if failed else "not found")
+            raise NotFoundError(f"model {name!r} {why}; served models: {self.names()}")
         return versions
 
 

@@ -4,9 +4,11 @@
 appeared, or whose files changed, are loaded and warmed up (graphs traced) while the old set keeps
 serving; then the whole set is swapped in with :meth:`ModelRegistry.replace`. Calls in flight keep
 the version they resolved and finish on it. A version that fails to load is rejected with one
-error log line and not retried until its files change; what was served stays served. Versions
-that disappeared from the store stop being served, but a scan that finds nothing servable never
-empties the registry.
+error log line and not retried until its files change; what was served stays served, and the
+registry reports the rejected version as failed to load (not ready), as at start under the
+"serve" policy (:mod:`mcdropout_server.startup`); reload never exits, whatever the policy.
+Versions that disappeared from the store stop being served, but a scan that finds nothing
+servable never empties the registry.
 
 The store is only ever read. Changes are found by polling (a directory listing and two ``stat``
 calls per version, every ``reload_interval_seconds``) and on SIGHUP; :class:`ReloadLoop` runs
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 
 from mcdropout.store import METADATA_FILE, MODEL_FILE
 from mcdropout_server.logs import fields
-from mcdropout_server.registry import ModelRegistry, ServedModel, load_version
+from mcdropout_server.registry import FailedVersions, ModelRegistry, ServedModel
+from mcdropout_server.startup import load_version
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,23 @@ class ReloadReport:
         loaded: Versions loaded and now served (new ones, and changed ones reloaded).
         removed: Versions no longer served because they left the store.
         rejected: Versions that failed to load; they are not served.
+        forgotten: Versions that had failed to load and have left the store.
     """
 
     loaded: tuple[Key, ...] = ()
     removed: tuple[Key, ...] = ()
     rejected: tuple[Key, ...] = ()
+    forgotten: tuple[Key, ...] = ()
 
     @property
     def changed(self) -> bool:
         """Whether the set of served versions changed."""
         return bool(self.loaded or self.removed)
+
+    @property
+    def readiness_changed(self) -> bool:
+        """Whether any version's readiness may have changed (served, or failed to load)."""
+        return bool(self.changed or self.rejected or self.forgotten)
 
 
 class ModelReloader:
@@ -77,7 +87,10 @@ class ModelReloader:
         self._served: dict[Key, Fingerprint] = {
             (m.name, m.version): self._fingerprint((m.name, m.version))
             for m in registry.models()}
-        self._rejected: dict[Key, Fingerprint] = {}
+        # Versions that failed at start count as rejected: retried only once their files change.
+        self._reasons: FailedVersions = registry.failed()
+        self._rejected: dict[Key, Fingerprint] = {key: self._fingerprint(key)
+                                                  for key in self._reasons}
 
     def reload(self) -> ReloadReport:
         """Load what is new or changed, drop what is gone, swap atomically (blocking; thread-safe).
@@ -101,6 +114,9 @@ class ModelReloader:
         todo = sorted(key for key, print_ in on_disk.items()
                       if self._served.get(key) != print_ and self._rejected.get(key) != print_)
         removed = tuple(sorted(key for key in current if key not in on_disk))
+        forgotten = tuple(sorted(key for key in self._rejected if key not in on_disk))
+        for key in forgotten:
+            del self._rejected[key], self._reasons[key]
         loaded: dict[Key, ServedModel] = {}
         rejected = []
         for key in todo:
@@ -111,29 +127,35 @@ class ModelReloader:
                 loaded[key] = served
             except Exception as exc:  # any failure: reject this version, keep serving
                 self._rejected[key] = on_disk[key]
+                self._reasons[key] = f"{type(exc).__name__}: {exc}"
                 rejected.append(key)
                 log.error("model version rejected; the served versions stay",
-                          extra=fields(model=key[0], version=key[1],
-                                       error=f"{type(exc).__name__}: {exc}"))
-        if not loaded and not removed:
-            return ReloadReport(rejected=tuple(rejected))
+                          extra=fields(model=key[0], version=key[1], error=self._reasons[key]))
         kept = {key: m for key, m in current.items() if key not in removed}
         serving = {**kept, **loaded}
-        if not serving:
-            log.error("model store holds nothing servable; the served versions stay",
-                      extra=fields(root=str(store.root)))
-            return ReloadReport(rejected=tuple(rejected))
-        self.registry.replace(serving.values())
+        if (not loaded and not removed) or not serving:
+            if loaded or removed:
+                log.error("model store holds nothing servable; the served versions stay",
+                          extra=fields(root=str(store.root)))
+            if rejected or forgotten:  # the same versions serve; only the failed ones changed
+                self.registry.replace(current.values(), self._failed(current))
+            return ReloadReport(rejected=tuple(rejected), forgotten=forgotten)
         for key in removed:
             self._served.pop(key, None)
         for key in loaded:
             self._served[key] = on_disk[key]
             self._rejected.pop(key, None)
-        report = ReloadReport(tuple(loaded), removed, tuple(rejected))
+            self._reasons.pop(key, None)
+        self.registry.replace(serving.values(), self._failed(serving))
+        report = ReloadReport(tuple(loaded), removed, tuple(rejected), forgotten)
         log.info("served model versions swapped", extra=fields(
             loaded=_names(report.loaded), removed=_names(report.removed),
             serving=_names(tuple(sorted(serving)))))
         return report
+
+    def _failed(self, serving: dict[Key, ServedModel]) -> FailedVersions:
+        # A served version whose new files failed keeps serving: it is not reported as failed.
+        return {key: reason for key, reason in self._reasons.items() if key not in serving}
 
     def _fingerprint(self, key: Key) -> Fingerprint:
         folder = self._source.store.path(*key)
@@ -155,7 +177,8 @@ class ReloadLoop:
     Args:
         reloader: What to run.
         interval: Seconds between polls; 0 polls never (only :meth:`trigger` reloads).
-        on_change: Awaited on the event loop after a reload that changed the served versions.
+        on_change: Awaited on the event loop after a reload that changed the served versions or
+            the versions that failed to load.
     """
 
     def __init__(self, reloader: ModelReloader, interval: float,
@@ -189,7 +212,7 @@ class ReloadLoop:
             self._wake.clear()
             try:
                 report = await asyncio.to_thread(self.reloader.reload)
-                if report.changed:
+                if report.readiness_changed:
                     await self._on_change(report)
             except Exception:  # a reload must never end the loop (or the server)
                 log.exception("model reload failed; the served versions stay")

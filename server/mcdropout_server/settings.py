@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcdropout.loading import IMPORT_MODULE_HELP, parse_modules
+
 ENV_PREFIX = "MCDROPOUT_"
+ON_LOAD_ERROR = ("serve", "exit")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "keyvalue")
 _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
@@ -25,8 +28,9 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
 
 
 def _meta(help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
-          secret: bool = False) -> dict[str, Any]:
-    return {"help": help, "choices": choices, "minimum": minimum, "secret": secret}
+          secret: bool = False, flag: str | None = None) -> dict[str, Any]:
+    # ``flag``: the flag's name where the field's reads badly as one (the field's stays an alias).
+    return {"help": help, "choices": choices, "minimum": minimum, "secret": secret, "flag": flag}
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,15 @@ class ServerSettings:
     reload_interval_seconds: float = field(default=10.0, metadata=_meta(
         "How often the model store is checked for new, changed or removed versions, seconds; "
         "0 turns polling off (SIGHUP still reloads).", minimum=0))
+    on_load_error: str = field(default="serve", metadata=_meta(
+        "What a model version that fails to load at start does: 'serve' serves every good "
+        "version, logs each bad one with its reason and reports it not ready (health of its "
+        "name NOT_SERVING when no version of it serves, OIP ModelReady false); 'exit' tries "
+        "every version, then exits 1 listing each bad one (for CI). Either way the server exits "
+        "1 when no version at all loads; on reload a bad version is always rejected and logged "
+        "while the served ones stay.", choices=ON_LOAD_ERROR))
+    import_modules: tuple[str, ...] = field(default=(), metadata=_meta(
+        IMPORT_MODULE_HELP, flag="import-module"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -162,7 +175,9 @@ class ServerSettings:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             flag_value = getattr(args, f.name, None)
-            if flag_value is not None:
+            if isinstance(flag_value, list):  # a repeated flag: every occurrence together
+                values[f.name] = tuple(item for part in flag_value for item in part)
+            elif flag_value is not None:
                 values[f.name] = flag_value
             elif env_name(f.name) in environ:
                 values[f.name] = _parse(f.name, environ[env_name(f.name)])
@@ -174,6 +189,8 @@ class ServerSettings:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             shown = "***" if f.metadata["secret"] and value else value
+            if isinstance(value, tuple):
+                shown = ",".join(value)
             parts.append(f"{f.name}={shown}")
         return " ".join(parts)
 
@@ -191,26 +208,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(ServerSettings):
         kind = _kind(f.name)
         choices = f.metadata["choices"] or None
+        flags = ["--" + name.replace("_", "-") for name in (f.metadata["flag"], f.name) if name]
+        # A list setting's flag may be repeated; its variable holds the items comma-separated.
+        repeated = kind is tuple
+        metavar = ("ITEM" if repeated else "TEXT" if kind is str else kind.__name__.upper())
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
+            *flags,
             dest=f.name,
             type=functools.partial(_parse, f.name, error=argparse.ArgumentTypeError),
             default=None,
+            action="append" if repeated else "store",
             choices=choices,
-            metavar=("TEXT" if kind is str else kind.__name__.upper()) if choices is None else None,
-            help=f"{f.metadata['help']} [env {env_name(f.name)}; default: "
-                 f"{'unset' if f.default is None else f.default}]",
+            metavar=metavar if choices is None else None,
+            help=f"{f.metadata['help']} [env {env_name(f.name)}"
+                 f"{', comma-separated' if repeated else ''}; default: {_shown_default(f)}]",
         )
+
+
+def _shown_default(f: dataclasses.Field[Any]) -> str:
+    if f.default is None or f.default == ():
+        return "unset"
+    return str(f.default)
 
 
 def _kind(name: str) -> type:
     hint = typing.get_type_hints(ServerSettings)[name]
+    if typing.get_origin(hint) is tuple:
+        return tuple
     options = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
     return typing.cast(type, options[0])
 
 
 def _parse(name: str, text: str, error: type[Exception] = ValueError) -> Any:
     kind = _kind(name)
+    if kind is tuple:
+        return parse_modules(text)
     if kind is Path:
         return Path(text) if text else None
     if kind is bool:
