@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,30 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_model(args: argparse.Namespace) -> int:
+    """``mcdropout import``: check a .keras file and write it as a version in the store."""
+    from mcdropout import importing
+    from mcdropout.store import ModelStore
+
+    choices = importing.parse_choices(args.task, args.labels, args.tau)
+    _import_modules(args)
+    done = importing.import_model(
+        args.model, ModelStore(args.model_root), args.name, choices=choices,
+        version=args.version, default_samples=args.default_samples,
+        max_samples=args.max_samples, description=args.description)
+    print(f"imported {args.model} as {args.name} version {done.version} in {args.model_root} "
+          "(loaded in safe mode, 2 MC passes ran)")
+    print("\n".join(output.model_lines(done.info, done.predictor,
+                                       done.predictor.stochastic_layers)[1:]))
+    return 0
+
+
 def predict(args: argparse.Namespace) -> int:
     """``mcdropout predict``: T passes over the rows of a file, printed per row or as JSON."""
     from mcdropout.evaluation import scores
     from mcdropout.modeling import tables
 
-    predictor, info = _open(args.model_root, args.name, args.version)
+    predictor, info = _open(args)
     x = tables.load_inputs(args.input, feature_names=info.provenance.get("data", {})
                          .get("features", ()), n_features=int(np.prod(info.input_shape)))
     levels = (args.interval,) if info.task == "regression" else ()
@@ -65,7 +84,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from mcdropout.evaluation import scores
     from mcdropout.modeling import tables
 
-    predictor, info = _open(args.model_root, args.name, args.version)
+    predictor, info = _open(args)
     # By default the columns the model was trained on, where the file has them.
     recorded = info.provenance.get("data", {})
     header = set(tables.csv_header(args.data)) if args.data.suffix.lower() == ".csv" else set()
@@ -100,14 +119,21 @@ def show_info(args: argparse.Namespace) -> int:
             print(f"{name}: versions {store.versions(name)}")
         return 0
     info = store.read_info(args.name, args.version)
+    from mcdropout.engine import MCDropoutPredictor
     from mcdropout.engine.layers import find_stochastic_layers
+    from mcdropout.errors import MCDropoutError
 
-    layers = find_stochastic_layers(store.load_model(info.name, info.version))
-    print(f"{info.name} v{info.version} ({info.task}, input {info.input_shape} "
-          f"{info.input_dtype}, labels {list(info.labels)})")
-    print("stochastic layers: " + ", ".join(f"{s.name} ({s.kind}, p={s.rate:g})" for s in layers))
+    _import_modules(args)
+    model = store.load_model(info.name, info.version)
+    try:
+        predictor, problem = MCDropoutPredictor.from_info(model, info), ""
+    except MCDropoutError as exc:  # still describe what the store holds
+        predictor, problem = None, f"cannot be served: {exc}"
+    print("\n".join(output.model_lines(info, predictor, find_stochastic_layers(model))))
+    if problem:
+        print(problem)
     print(info.to_json())
-    return 0
+    return 1 if problem else 0
 
 
 def make_defaults(args: argparse.Namespace) -> int:
@@ -139,9 +165,19 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(root: Path | None, name: str, version: int | None) -> tuple[Any, Any]:
+def _import_modules(args: argparse.Namespace) -> None:
+    # The `mcdropout` command is the program here, so it reads its variable itself.
+    from mcdropout.loading import import_modules, modules_setting
+
+    import_modules(modules_setting(getattr(args, "import_module", None), os.environ))
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
     from mcdropout.engine import MCDropoutPredictor
     from mcdropout.store import ModelStore
+
+    root, name, version = args.model_root, args.name, args.version
+    _import_modules(args)
 
     store = ModelStore(_root(root))
     info = store.read_info(name, version)

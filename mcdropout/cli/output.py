@@ -70,3 +70,45 @@ def prediction_json(prediction: Any, info: Any) -> dict[str, Any]:
 def format_metrics(values: dict[str, float]) -> str:
     """``name value`` pairs on one line, four significant digits."""
     return ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+
+
+def model_lines(info: Any, predictor: Any | None, layers: Any) -> list[str]:
+    """A stored model described for people: every input (shape, None for a variable
+    dimension, dtype, the ids an Embedding accepts), every head (task, values a row, labels,
+    tau) and the stochastic layers with their rates (an RNN's recurrent rate too).
+
+    ``predictor``: the model's ``MCDropoutPredictor``, for what only the engine knows (head
+    widths, id ranges, a legacy head's name); None when the model could not be built.
+    """
+    from mcdropout.importing import per_row
+
+    lines = [f"{info.name} v{info.version}: default {info.default_samples} passes, at most "
+             f"{info.max_samples}" + (f"; {info.description}" if info.description else "")]
+    lines.append("inputs (None: a variable dimension):")
+    specs = list(predictor.inputs) if predictor is not None else []
+    for i, item in enumerate(info.input_infos()):
+        shape = "(" + ", ".join(str(d) for d in item.shape) + ("," if len(item.shape) == 1
+                                                                else "") + ")"
+        extra = "" if item.feature_mean is None and item.feature_std is None else ", standardised"
+        limit = specs[i].id_limit if i < len(specs) else None
+        if limit is not None:
+            extra += f", ids 0..{limit - 1}"
+        lines.append(f"  {specs[i].name if i < len(specs) else item.name}: shape {shape}, "
+                     f"{item.dtype}{extra}")
+    lines.append("heads:")
+    heads = list(predictor.heads) if predictor is not None else []
+    for i, head in enumerate(info.head_infos()):
+        name, parts = head.name, [head.task]
+        if i < len(heads):
+            name = heads[i].name
+            parts.append(per_row(head.task, heads[i].width))
+        if head.labels:
+            parts.append("labels " + ", ".join(head.labels))
+        if head.tau is not None:
+            parts.append(f"tau {head.tau:g}")
+        lines.append(f"  {name}: " + "; ".join(parts))
+    lines.append("stochastic layers: " + ", ".join(
+        f"{s.name} ({s.kind}, p={s.rate:g}"
+        + (f", recurrent p={s.recurrent_rate:g}" if s.recurrent_rate else "") + ")"
+        for s in layers))
+    return lines

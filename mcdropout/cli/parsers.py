@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from mcdropout.cli import commands
+from mcdropout.loading import IMPORT_MODULE_HELP, IMPORT_MODULES_ENV
 
 
 def add_builtin_commands(sub: Any) -> None:
-    """Add train, predict, evaluate, info, make-default-models and demo, in that order."""
+    """Add train, import, predict, evaluate, info, make-default-models and demo, in that order."""
     _add_train(sub)
+    _add_import(sub)
     _add_predict(sub)
     _add_evaluate(sub)
     _add_info(sub)
@@ -65,6 +67,60 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=commands.train)
 
 
+_IMPORT_DESCRIPTION = """\
+Import a Keras 3 model file (.keras) into a model store, so that `mcdropout serve` serves it.
+
+The model is loaded as the server loads it (Keras safe mode: a file carrying its own code, such
+as a Lambda layer, is refused), its inputs (names, row shapes with None for a variable
+dimension, dtypes) and output heads (names, task from the output activation: softmax or sigmoid
+means classification) are read from the model, a short Monte Carlo pass (2 passes on zero
+inputs) is run, and the version is written atomically with files readable by every user
+(folders 0755, files 0644). It appears in the store only once it has loaded back from its own
+folder and run, so a running server never sees a half-written or unservable version.
+
+Accepted: Sequential, Functional or subclassed models with one or more named inputs (floats, or
+integer ids for an Embedding) and one or more output heads, holding at least one Dropout,
+SpatialDropout1D/2D/3D, GaussianDropout, AlphaDropout, or a recurrent layer with dropout or
+recurrent_dropout. Refused, with a message saying why and what would be accepted: a model with
+no such layer, one that does not run with dropout on, a file that is not .keras, and a file
+naming custom classes no imported module registers (name the module with --import-module).
+
+--task, --labels and --tau take HEAD=VALUE (the head names are the model's output names,
+printed on success); for a model with one head, VALUE alone is enough. Repeat them per head.
+
+Exit status: 0 imported; 1 refused (one line on stderr says what is wrong and what would be
+accepted); 2 bad usage."""
+
+
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser(
+        "import", help="check a Keras .keras model file and add it to a model store",
+        description=_IMPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, metavar="MODEL.keras", help="the Keras 3 model file")
+    p.add_argument("--model-root", type=Path, required=True,
+                   help="model store directory (created if missing)")
+    p.add_argument("--name", required=True,
+                   help="model name, [A-Za-z0-9][A-Za-z0-9_.-]* (its folder in the store)")
+    p.add_argument("--version", type=int,
+                   help="version number; default one above the latest (1 for a new model)")
+    p.add_argument("--task", action="append", default=[], metavar="[HEAD=]TASK",
+                   help="regression or classification for a head, where its output activation "
+                        "would mislead; default: inferred")
+    p.add_argument("--labels", action="append", default=[], metavar="[HEAD=]A,B,...",
+                   help="class labels (classification) or output names (regression) of a head, "
+                        "one per value a row")
+    p.add_argument("--tau", action="append", default=[], metavar="[HEAD=]X",
+                   help="noise precision of a regression head in its output units (adds the "
+                        "noise 1/tau to predictive_std and intervals); default none")
+    p.add_argument("--default-samples", type=int, default=100,
+                   help="passes T when a request names none; default 100")
+    p.add_argument("--max-samples", type=int, default=10_000,
+                   help="largest T a request may ask for; default 10000")
+    p.add_argument("--description", default="", help="free text stored with the model")
+    _import_module_arg(p)
+    p.set_defaults(func=commands.import_model)
+
+
 def _add_predict(sub: Any) -> None:
     p = sub.add_parser(
         "predict", help="predict rows of a file with a stored model (mean ± std per row)",
@@ -108,11 +164,15 @@ def _add_evaluate(sub: Any) -> None:
 def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="list the models of a store, or describe one",
                        description="Without --name: every model and its versions. With "
-                                   "--name: the metadata and the model's stochastic layers.")
+                                   "--name: every input (name, row shape with None for a "
+                                   "variable dimension, dtype), every head (name, task, values "
+                                   "a row, labels, tau), the stochastic layers with their rates "
+                                   "(an RNN's recurrent rate too), and the metadata.")
     p.add_argument("--model-root", type=Path,
                    help="model store directory; default the built-in default store")
     p.add_argument("--name", help="model to describe")
     p.add_argument("--version", type=int, help="version; default the latest")
+    _import_module_arg(p)
     p.set_defaults(func=commands.show_info)
 
 
@@ -146,6 +206,13 @@ def _store_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument("--name", required=True, help="model name in the store")
     if not required:
         p.add_argument("--version", type=int, help="model version; default the latest")
+        _import_module_arg(p)  # the commands that load a stored model
+
+
+def _import_module_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import-module", action="append", metavar="MODULE",
+                   help=f"{IMPORT_MODULE_HELP} [env {IMPORT_MODULES_ENV}, comma-separated; a "
+                        "flag replaces it]")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

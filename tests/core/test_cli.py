@@ -53,7 +53,8 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "predict", "evaluate", "info", "make-default-models", "demo"):
+    for command in ("train", "import", "predict", "evaluate", "info", "make-default-models",
+                    "demo"):
         assert command in out
 
 
