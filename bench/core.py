@@ -1,8 +1,9 @@
-"""Engine throughput on four workloads, against the naive loop and the machine's matmul ceiling.
+"""Engine throughput on four workloads, against the naive loop and the machine's matmul ceiling;
+and, on a fifth with two inputs and two heads, an MC pass against a deterministic one.
 
 Run from the repository root (one to three minutes on 2 cores, depending on other load)::
 
-    .venv/bin/python -m bench.core [--update-readme] [--only a,c]
+    .venv/bin/python -m bench.core [--update-readme] [--only ace]
 
 For each workload of :mod:`bench.workloads` it times, in one process, the engine
 (``MCDropoutPredictor.predict``), the engine without prefix caching where the model has a
@@ -11,7 +12,7 @@ deterministic prefix, and the naive approach of the MC-dropout articles: a Pytho
 subprocesses, one per memory budget, so each one's peak RSS growth (VmHWM) is its own. A
 2048-cubed float32 matmul, timed at the start and after every workload, gives the FLOP ceiling:
 its fastest run over all of them, so the fraction of the ceiling is conservative on a machine
-shared with other work.
+shared with other work. Workload (e) is :mod:`bench.multi_io`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from bench import common
+from bench import common, multi_io
 from bench.workloads import WORKLOADS, Workload, count_flops, uci_b
 from mcdropout.engine import MCDropoutPredictor
 
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--update-readme", action="store_true",
                         help="write the table into bench/README.md between the core markers")
-    parser.add_argument("--only", default="abcd",
-                        help="workloads to run, e.g. 'ac' (default: all of abcd)")
+    parser.add_argument("--only", default="abcde",
+                        help="workloads to run, e.g. 'ac' (default: all of abcde)")
     parser.add_argument("--memory-probe", type=int, metavar="BYTES", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe is not None:
@@ -239,9 +240,18 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(measure_b() if w.key == "b" else measure(w))
             ceilings.append(common.matmul_ceiling())
     ceiling = max(ceilings)
-    common.publish("core", info, [render(rows, ceiling), "\n".join(verdicts(rows, ceiling))],
+    lines = verdicts(rows, ceiling)
+    parts, two_heads = [render(rows, ceiling)], None
+    if "e" in args.only:
+        print(f"measuring {multi_io.TITLE} ...", file=sys.stderr, flush=True)
+        two_heads = multi_io.measure()
+        table, verdict = multi_io.render(two_heads)
+        parts.append(table)
+        lines.append(verdict)
+    common.publish("core", info, [*parts, "\n".join(lines)],
                    {"ceiling_gflops": {"measured": ceilings, "used": ceiling},
-                    "rows": [r.to_json(ceiling) for r in rows]}, args.update_readme)
+                    "rows": [r.to_json(ceiling) for r in rows], "two_heads": two_heads},
+                   args.update_readme)
     return 0
 
 
