@@ -18,6 +18,12 @@ health checking, server reflection and Prometheus metrics. SIGTERM or SIGINT dra
 (health NOT_SERVING, new requests refused, in-flight ones finish within the grace period) and
 exits 0.
 
+A version that fails to load (corrupt, an unknown custom class, metadata naming another model than
+its folder) is logged with its reason and reported not ready while the others serve; with
+--on-load-error exit the server exits 1 listing every such version instead, and with nothing
+servable at all it exits 1 either way. Custom layers resolve once their module is imported with
+--import-module (its code runs in the server: trusted modules only); Keras safe mode stays on.
+
 Every flag can also be set by the environment variable named in its help; a flag wins over the
 variable, the variable over the default."""
 

@@ -28,9 +28,11 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
 
 
 def _meta(help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
-          secret: bool = False, flag: str | None = None) -> dict[str, Any]:
+          secret: bool = False, flag: str | None = None, metavar: str | None = None
+          ) -> dict[str, Any]:
     # ``flag``: the flag's name where the field's reads badly as one (the field's stays an alias).
-    return {"help": help, "choices": choices, "minimum": minimum, "secret": secret, "flag": flag}
+    return {"help": help, "choices": choices, "minimum": minimum, "secret": secret, "flag": flag,
+            "metavar": metavar}
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class ServerSettings:
         "1 when no version at all loads; on reload a bad version is always rejected and logged "
         "while the served ones stay.", choices=ON_LOAD_ERROR))
     import_modules: tuple[str, ...] = field(default=(), metadata=_meta(
-        IMPORT_MODULE_HELP, flag="import-module"))
+        IMPORT_MODULE_HELP, flag="import-module", metavar="MODULE"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -211,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flags = ["--" + name.replace("_", "-") for name in (f.metadata["flag"], f.name) if name]
         # A list setting's flag may be repeated; its variable holds the items comma-separated.
         repeated = kind is tuple
-        metavar = ("ITEM" if repeated else "TEXT" if kind is str else kind.__name__.upper())
+        metavar = f.metadata["metavar"] or ("TEXT" if kind is str else kind.__name__.upper())
         parser.add_argument(
             *flags,
             dest=f.name,

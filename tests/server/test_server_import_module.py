@@ -153,6 +153,6 @@ def test_import_module_setting_from_flags_and_the_environment() -> None:
     assert "import_modules=x,y.z" in ServerSettings(import_modules=("x", "y.z")).describe()
     text = " ".join(subprocess.run([MCDROPOUT, "serve", "--help"], capture_output=True,
                                    text=True, check=True, timeout=60).stdout.split())
-    assert "--import-module ITEM, --import-modules ITEM" in text
+    assert "--import-module MODULE, --import-modules MODULE" in text
     assert "Importing runs its code with this process's rights" in text
     assert f"[env {IMPORT_MODULES_ENV}, comma-separated; default: unset]" in text
