@@ -33,6 +33,7 @@ import numpy as np
 Z = 5.0
 ATOL = 1e-5
 STD_FLOOR = 1e-6
+REFERENCE_SEED = 777
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,14 @@ class Estimate:
         std: (rows, outputs) standard deviation over passes (ddof 0), float64.
         passes: The number of passes behind them; ``math.inf`` for exact values.
         kurtosis: (rows, outputs) ``mu_4 / sigma**4`` of the passes, when known.
+        samples: (passes, rows, outputs) the passes themselves, when kept.
     """
 
     mean: np.ndarray
     std: np.ndarray
     passes: float
     kurtosis: np.ndarray | None = None
+    samples: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,27 @@ def reference(model: Any, inputs: Mapping[str, np.ndarray], heads: Sequence[str]
     return {head: _moments(np.concatenate(chunks)) for head, chunks in drawn.items()}
 
 
+class References:
+    """The reference estimates of each zoo model, one per probe, computed on first use."""
+
+    def __init__(self, zoo: Mapping[str, Any], passes: int = 2000) -> None:
+        self._zoo = zoo  # name -> zoo_models.ZooModel
+        self._passes = passes
+        self._done: dict[str, tuple[dict[str, Estimate], ...]] = {}
+
+    def __getitem__(self, name: str) -> tuple[dict[str, Estimate], ...]:
+        if name not in self._done:
+            model = self._zoo[name]
+            # The masks' seed generators are seeded as the layers load: the same reference
+            # whatever ran before it.
+            keras.utils.set_random_seed(REFERENCE_SEED)
+            # A fresh copy from the user's file, the one that was imported and served.
+            loaded = keras.saving.load_model(model.path)
+            self._done[name] = tuple(reference(loaded, probe, list(model.heads), self._passes)
+                                     for probe in model.probes)
+        return self._done[name]
+
+
 def _by_head(outputs: Any, heads: Sequence[str]) -> dict[str, Any]:
     if isinstance(outputs, Mapping):
         return {head: outputs[head] for head in heads}
@@ -137,7 +161,27 @@ def _moments(samples: np.ndarray) -> Estimate:
     var = (centred**2).mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         kurtosis = np.where(var > 0, (centred**4).mean(axis=0) / var**2, 3.0)
-    return Estimate(mean, np.sqrt(var), samples.shape[0], kurtosis)
+    return Estimate(mean, np.sqrt(var), samples.shape[0], kurtosis, samples)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation over passes of every output of ``a`` with every output of ``b``.
+
+    Args:
+        a, b: (passes, rows, outputs_a) and (passes, rows, outputs_b), the same passes.
+
+    Returns:
+        (rows, outputs_a, outputs_b).
+    """
+    a = (a - a.mean(axis=0)) / a.std(axis=0)
+    b = (b - b.mean(axis=0)) / b.std(axis=0)
+    return np.einsum("pra,prb->rab", a, b) / a.shape[0]
+
+
+def correlation_bound(passes_a: int, passes_b: int) -> float:
+    """The largest ``|atanh(r_a) - atanh(r_b)|`` two estimates of one correlation may differ by:
+    ``Z`` standard errors of Fisher's z, ``1 / sqrt(n - 3)`` each."""
+    return Z * math.sqrt(1 / (passes_a - 3) + 1 / (passes_b - 3))
 
 
 def compare(got: Estimate, ref: Estimate, what: str = "") -> Agreement:
