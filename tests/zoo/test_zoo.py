@@ -13,7 +13,8 @@ The zoo (:mod:`zoo_models`): a CNN with BatchNormalization, SpatialDropout2D and
 with dropout and recurrent_dropout; stacked LSTM and GRU cells; a two-input model (float features
 and integer ids through an Embedding); a two-head model (regression and softmax); a subclassed
 model with a registered custom layer (served through ``--import-module``); Gaussian and Alpha
-dropout; a variable-length token model, asked at two lengths.
+dropout; a variable-length token model, asked at two lengths; token ids padded with 0 to a fixed
+length behind Embedding(mask_zero=True), so that the LSTM must skip the padding.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ def _native(zoo: Zoo, model: ZooModel, probe: Inputs, seed: int) -> dict[str, Es
     return client_estimates(result, model)
 
 
-def _agree(api: str, served: dict[str, Estimate], expected: dict[str, Estimate]) -> None:
+def _agree(api: str, model: ZooModel, served: dict[str, Estimate],
+           expected: dict[str, Estimate]) -> None:
     """Every head of ``served`` agrees with the reference (printed, for ``pytest -s``)."""
     assert served.keys() == expected.keys()
     for head, estimate in served.items():
-        agreement = compare(estimate, expected[head], head)
-        print(f"{api} {head}: {agreement}")
+        agreement = compare(estimate, expected[head], f"{model.name}/{head}")
+        print(f"{api} {model.name}/{head}: {agreement}")
         assert not agreement.failures, str(agreement)
 
 
@@ -100,7 +102,8 @@ def test_import_infers_inputs_and_heads(name: str, zoo: dict[str, ZooModel], sto
 @pytest.mark.parametrize("name", NAMES)
 def test_client_answers_agree_with_the_reference(name: str, served: Zoo) -> None:
     model = served.imported(name)
-    _agree("client", _native(served, model, model.probes[0], SEED), served.references[name][0])
+    _agree("client", model, _native(served, model, model.probes[0], SEED),
+           served.references[name][0])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -112,7 +115,7 @@ def test_oip_answers_agree_with_the_reference_and_the_native_api(name: str, serv
     answered = oip_estimates(response, model)
     assert {o.name for o in response.outputs} == {n for pair in oip_output_names(model).values()
                                                   for n in pair}
-    _agree("oip", answered, served.references[name][-1])
+    _agree("oip", model, answered, served.references[name][-1])
     # The same seed through the native API runs the same passes: the same answer, bit for bit.
     native = _native(served, model, probe, SEED + 1)
     for head, estimate in answered.items():

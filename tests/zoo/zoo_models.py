@@ -186,6 +186,28 @@ def variable_length(rng: np.random.Generator) -> tuple[keras.Model, Inputs, Inpu
             {"tokens": rng.integers(0, 30, size=(2, 11)).astype(np.int32)})
 
 
+def padded(rng: np.random.Generator) -> tuple[keras.Model, Inputs]:
+    """Token ids padded with 0 to a fixed length, Embedding(mask_zero=True) -> LSTM with dropouts.
+
+    The mask makes the LSTM skip the padding; a server that lost it would read the padding as
+    tokens.
+    """
+    def sequences(rows: int) -> np.ndarray:
+        tokens = rng.integers(1, 20, size=(rows, 8)).astype(np.int32)
+        tokens[np.arange(8) >= rng.integers(2, 8, size=(rows, 1))] = 0  # 2..7 tokens, then 0s
+        return tokens
+
+    model = keras.Sequential([
+        keras.Input((8,), dtype="int32", name="tokens"),
+        keras.layers.Embedding(20, 6, mask_zero=True),
+        keras.layers.LSTM(10, dropout=0.2, recurrent_dropout=0.2),
+        keras.layers.Dense(1),
+    ], name="padded")
+    tokens = sequences(128)
+    _fit(model, tokens, (tokens % 4).sum(1).astype(np.float32) / 4, "mse", epochs=1)
+    return model, {"tokens": sequences(3)}
+
+
 Builder = Callable[[np.random.Generator], tuple[keras.Model, Inputs]]
 
 # name -> (builder, heads, import flags); the name is the store name and the file name.
@@ -197,6 +219,7 @@ _ONE_PROBE: dict[str, tuple[Builder, dict[str, str], tuple[str, ...]]] = {
     "two_heads": (two_heads, {"price": "regression", "kind": "classification"}, ()),
     "subclassed": (subclassed, {"output": "regression"}, ()),
     "noise": (noise_dropouts, {"output": "regression"}, ()),
+    "padded": (padded, {"output": "regression"}, ()),
 }
 NAMES: tuple[str, ...] = (*_ONE_PROBE, "varlen")
 
