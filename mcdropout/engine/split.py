@@ -142,13 +142,16 @@ def _functional(model: keras.Model, cache: bool) -> _Cut:
 def _subclassed(model: Any, dummies: Sequence[tf.Tensor], names: Sequence[str]) -> _Cut:
     """A subclassed model runs whole: one input as a tensor, several as a dict by name (or, if
     its ``call`` refuses a dict, as a list in order)."""
+    def as_tensor(xs: Sequence[tf.Tensor]) -> Any:
+        return model(xs[0])
+
     def as_dict(xs: Sequence[tf.Tensor]) -> Any:
         return model(dict(zip(names, xs, strict=True)))
 
     def as_list(xs: Sequence[tf.Tensor]) -> Any:
         return model(list(xs))
 
-    call: Callable[[Sequence[tf.Tensor]], Any] = lambda xs: model(xs[0])  # noqa: E731
+    call: Callable[[Sequence[tf.Tensor]], Any] = as_tensor
     if len(dummies) > 1:
         try:
             as_dict(dummies)
