@@ -46,9 +46,31 @@ def declared_inputs(model: Any) -> list[tuple[str, tuple[int | None, ...], str]]
     declares none (a subclassed or unbuilt model)."""
     inputs = getattr(model, "inputs", None)
     if not inputs:
-        return None
+        return _built_inputs(model)
     return [(str(getattr(t, "name", "") or f"input_{i}"), tuple(t.shape[1:]), str(t.dtype))
             for i, t in enumerate(inputs)]
+
+
+def _built_inputs(model: Any) -> list[tuple[str, tuple[int | None, ...], str]] | None:
+    """A built subclassed model's inputs, from the shapes it was built with (Keras keeps them in
+    its build config, also across saving and loading): a dict of shapes names the inputs; the
+    dtype is the model's input dtype."""
+    if not getattr(model, "built", False) or not hasattr(model, "get_build_config"):
+        return None
+    shapes = (model.get_build_config() or {}).get("input_shape")
+    dtype = str(getattr(model, "input_dtype", None) or "float32")
+
+    def row(shape: Any) -> tuple[int | None, ...]:
+        return tuple(None if d is None else int(d) for d in list(shape)[1:])
+
+    if isinstance(shapes, dict):
+        return [(str(name), row(shape), dtype) for name, shape in shapes.items()]
+    if isinstance(shapes, (list, tuple)) and shapes and all(
+            isinstance(s, (list, tuple)) for s in shapes):
+        return [(f"input_{i}", row(shape), dtype) for i, shape in enumerate(shapes)]
+    if isinstance(shapes, (list, tuple)) and shapes:
+        return [(LEGACY_NAME, row(shapes), dtype)]
+    return None
 
 
 def match(kind: str, given: Sequence[str], found: Sequence[str], positional: bool) -> list[int]:
@@ -136,6 +158,8 @@ def build_inputs(model: Any, given: Sequence[InputInfo] | None,
     """
     declared = declared_inputs(model)
     limits = embedding_limits(model)
+    if declared is not None and len(limits) != len(declared):  # declared by its build config
+        limits = [None] * len(declared)
     if given is not None:
         if input_shape is not None or feature_mean is not None or feature_std is not None:
             raise InvalidArgumentError("give either inputs=[InputInfo, ...] or input_shape/"

@@ -113,7 +113,8 @@ class MCDropoutPredictor:
         self.limits = Limits(int(default_samples), int(max_samples), int(max_raw_sample_values),
                              self.output_dim)
         suffix = (list(model.layers[split.prefix_layers:])
-                  if isinstance(model, keras.Sequential) and prefix_caching else [])
+                  if isinstance(model, keras.Sequential) and prefix_caching and not split.masks
+                  else [])
         self.graphs = PassGraphs(model, split, signature,
                                  suffix if suffix and is_mask_layer(suffix[0]) else None,
                                  [head.binary for head in self.heads])

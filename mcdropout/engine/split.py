@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend import get_keras_mask, set_keras_mask  # Keras exports no public form
 
 from mcdropout.engine.layers import contains_stochastic
 
@@ -46,6 +47,8 @@ class SplitModel:
         prefix_layers: How many layers run once per row instead of once per pass.
         per_row_bytes: Upper bound of the suffix's activation bytes for one (pass, row), with
             every variable dimension at its first probe size.
+        masks: How many of the frontier's tensors, at its end, are Keras masks of others (see
+            :func:`_carry_masks`).
     """
 
     prefix: Run
@@ -55,6 +58,7 @@ class SplitModel:
     output_keys: tuple[str, ...] | None
     prefix_layers: int
     per_row_bytes: int
+    masks: int = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class _Cut:
     prefix_layers: int
     output_keys: tuple[str, ...] | None = None
     hidden: bool = False
+    masks: int = 0
 
 
 def _run_layers(layers: Sequence[Any], x: Any, sizes: list[int] | None = None) -> Any:
@@ -197,6 +202,7 @@ def split_model(model: Any, signature: Sequence[tuple[tuple[int | None, ...], st
         cut = _functional(model, prefix_caching)
     else:
         cut = _subclassed(model, small, names)
+    cut = _carry_masks(cut, cut.prefix(small))
     frontier = cut.prefix(small)
     sizes: list[int] = []
     outputs = cut.suffix(frontier, sizes)
@@ -215,4 +221,30 @@ def split_model(model: Any, signature: Sequence[tuple[tuple[int | None, ...], st
     else:
         per_row = sum(sizes) + sum(_row_bytes(h) for h in frontier)
     return SplitModel(cut.prefix, lambda hs: cut.suffix(hs, None), frontier_specs,
-                      output_specs, cut.output_keys, cut.prefix_layers, per_row)
+                      output_specs, cut.output_keys, cut.prefix_layers, per_row, cut.masks)
+
+
+def _carry_masks(cut: _Cut, probe: Sequence[tf.Tensor]) -> _Cut:
+    """``cut`` with the Keras masks of its frontier (Embedding(mask_zero=True), Masking) passed
+    on as tensors of their own.
+
+    Keras carries a mask as an attribute of the tensor it masks; a tensor that leaves a traced
+    graph, or is tiled into passes, loses it, and an LSTM in the suffix would then read the
+    padding as data. The masks are appended to the frontier and set back on their tensors in
+    the suffix, after the tiling.
+    """
+    masked = [i for i, t in enumerate(probe) if get_keras_mask(t) is not None]
+    if not masked:
+        return cut
+
+    def prefix(xs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        values = cut.prefix(xs)
+        return [*values, *(get_keras_mask(values[i]) for i in masked)]
+
+    def suffix(hs: Sequence[tf.Tensor], sizes: list[int] | None) -> list[tf.Tensor]:
+        values = list(hs[:len(hs) - len(masked)])
+        for i, mask in zip(masked, hs[len(values):], strict=True):
+            set_keras_mask(values[i], mask)  # values[i] is the tiled tensor, made for this call
+        return cut.suffix(values, sizes)
+
+    return _Cut(prefix, suffix, cut.prefix_layers, cut.output_keys, cut.hidden, len(masked))

@@ -221,9 +221,10 @@ class SubclassedNet(keras.Model):
 
 def test_subclassed_model_is_sampled_whole(rows) -> None:
     model = SubclassedNet()
-    model(np.zeros((1, 8), "float32"))
     with pytest.raises(InvalidArgumentError, match="input_shape"):
-        MCDropoutPredictor(model)
+        MCDropoutPredictor(model)  # unbuilt: nothing tells its input shape
+    model(np.zeros((1, 8), "float32"))
+    assert MCDropoutPredictor(model).input_shape == (8,)  # built: its build config tells
     predictor = MCDropoutPredictor(model, input_shape=(8,))
     result = predictor.predict(rows, samples=100, seed=1)
     assert result.mean.shape == (6, 1) and np.all(result.std > 0)

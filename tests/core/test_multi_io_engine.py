@@ -184,6 +184,29 @@ def test_a_subclassed_model_with_two_inputs(tmp_path) -> None:
         predictor.predict({"a": x["a"]}, samples=2)
 
 
+def test_a_loaded_subclassed_model_takes_its_inputs_from_its_build(tmp_path) -> None:
+    path = tmp_path / "sub.keras"
+    _subclassed().save(path)
+    predictor = MCDropoutPredictor(keras.saving.load_model(path))
+    assert [(s.name, s.shape, s.dtype) for s in predictor.inputs] == \
+        [("a", (3,), "float32"), ("b", (2,), "float32")]
+
+
+def test_padding_masked_by_the_embedding_is_skipped() -> None:
+    """Embedding(mask_zero=True) in the prefix, LSTM in the suffix: the mask crosses over."""
+    keras.utils.set_random_seed(18)
+    model = keras.Sequential([keras.Input((8,), dtype="int32"),
+                              keras.layers.Embedding(20, 6, mask_zero=True),
+                              keras.layers.LSTM(10, dropout=0.2, recurrent_dropout=0.2),
+                              keras.layers.Dense(1)])
+    tokens = np.random.default_rng(5).integers(1, 20, size=(3, 8)).astype(np.int32)
+    tokens[np.arange(8) >= np.array([[2], [5], [7]])] = 0
+    predictor = MCDropoutPredictor(model)
+    assert predictor.split.masks == 1
+    [passes] = _reference(model, tokens)
+    _agrees(predictor.predict(tokens, samples=SAMPLES, seed=3), passes)
+
+
 def test_a_variable_length_lstm_agrees_at_every_length() -> None:
     model = _lstm()
     predictor = MCDropoutPredictor(model)
