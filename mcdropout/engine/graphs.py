@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdropout.engine.layers import PassWindow, mc_mode
+from mcdropout.engine.layers import PassWindow, is_mask_layer, mc_mode
 from mcdropout.engine.split import SplitModel
 from mcdropout.engine.tracing import expect_retracing
 
@@ -54,6 +55,16 @@ def _two_rows(values: list[Any], concat: Callable[[list[Any]], Any]) -> list[Any
     comes alone or in a merged batch. A second copy of the row costs one row of work.
     """
     return [concat([v, v]) for v in values]
+
+
+def mask_first(model: Any, split: SplitModel, prefix_caching: bool) -> list[Any] | None:
+    """A Sequential model's suffix layers when the first is a dropout layer fed by the frontier
+    alone (and no Keras mask rides on the frontier, which its direct call would drop), else
+    None: see :class:`PassGraphs`."""
+    if not (isinstance(model, keras.Sequential) and prefix_caching and not split.masks):
+        return None
+    suffix = list(model.layers[split.prefix_layers:])
+    return suffix if suffix and is_mask_layer(suffix[0]) else None
 
 
 class PassGraphs:

@@ -58,6 +58,11 @@ class HeadSpec:
         return self.space.tau is not None
 
 
+def keywords(**values: Any) -> dict[str, Any]:
+    """The one-head keywords given (not None, not empty), for :func:`build`'s ``one_head``."""
+    return {k: v for k, v in values.items() if v is not None and not (k == "labels" and not v)}
+
+
 def check_tau(tau: float | None, where: str = "") -> None:
     if tau is not None and not (math.isfinite(tau) and tau > 0):
         raise InvalidArgumentError(f"{where}tau must be a positive finite number, got {tau}")

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from mcdropout.engine import rng
 from mcdropout.engine.rnn_masks import mask_stream, rnn_cells, rnn_patches
+from mcdropout.errors import NoStochasticLayersError
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
@@ -78,6 +79,17 @@ def find_stochastic_layers(model: Any) -> tuple[StochasticLayer, ...]:
     """
     found = (_describe(layer) for layer in _all_layers(model))
     return tuple(f for f in found if f is not None)
+
+
+def require_stochastic(model: Any) -> tuple[StochasticLayer, ...]:
+    """The stochastic layers of ``model``; NoStochasticLayersError when it has none."""
+    found = find_stochastic_layers(model)
+    if not found:
+        raise NoStochasticLayersError(
+            f"model {getattr(model, 'name', '?')!r} has no dropout layer with a rate above 0 "
+            "(Dropout, SpatialDropout1D/2D/3D, GaussianDropout, AlphaDropout, or an RNN with "
+            "dropout/recurrent_dropout), so every pass would be identical")
+    return found
 
 
 def contains_stochastic(layer: Any) -> bool:

@@ -14,23 +14,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import keras
 import numpy as np
 
 from mcdropout.engine import heads as heads_
 from mcdropout.engine import introspect
-from mcdropout.engine.graphs import PassGraphs
+from mcdropout.engine.graphs import PassGraphs, mask_first
 from mcdropout.engine.heads import HeadSpec
 from mcdropout.engine.inputs import InputSpec, arrange, label
-from mcdropout.engine.layers import StochasticLayer, find_stochastic_layers, is_mask_layer
+from mcdropout.engine.layers import StochasticLayer, require_stochastic
 from mcdropout.engine.merged import answer
 from mcdropout.engine.passes import PassRunner
 from mcdropout.engine.prediction import AnyPrediction, Task
 from mcdropout.engine.request import Limits, Request, resolve
 from mcdropout.engine.sampling import StopCheck
-from mcdropout.engine.split import PROBE_SIZES, split_model
+from mcdropout.engine.split import split_model
 from mcdropout.engine.warmup import warm
-from mcdropout.errors import InvalidArgumentError, MCDropoutError, NoStochasticLayersError
+from mcdropout.errors import InvalidArgumentError, MCDropoutError
 from mcdropout.metadata import HeadInfo, InputInfo, ModelInfo
 
 Inputs = Any  # an array (one-input models) or a mapping from input name to array
@@ -55,10 +54,13 @@ class MCDropoutPredictor:
             declare it.
         labels: One-head models: class labels or target names (carried in :attr:`heads`).
         inputs: Every input (name, row shape with None for variable dimensions, dtype,
-            standardisation), instead of ``input_shape``/``feature_*``; needed for a subclassed
-            model with several inputs (it is then called with a dict by name, or a list).
-        heads: Every head (name, task, labels, target scaling, tau), instead of the one-head
-            keywords; a head left out of ``heads`` is not possible (one per model output).
+            standardisation), instead of ``input_shape``/``feature_*``; matched to the model's
+            inputs by name (by position where its names are generated). A subclassed model
+            declares its inputs by the shapes it was built with; one called with several is
+            called with a dict by name (or, if it refuses a dict, a list).
+        heads: One per model output (name, task, labels, target scaling, tau), instead of the
+            one-head keywords; matched to the outputs by name (by position where the model's
+            names are generated).
         memory_budget_bytes: Upper bound for the activations of one chunk of passes.
         max_samples: Largest T accepted.
         default_samples: T used when a request names none.
@@ -81,12 +83,7 @@ class MCDropoutPredictor:
                  memory_budget_bytes: int = 256 * 2**20, max_samples: int = 10_000,
                  default_samples: int = 100, max_raw_sample_values: int = 10_000_000,
                  prefix_caching: bool = True) -> None:
-        self.stochastic_layers: tuple[StochasticLayer, ...] = find_stochastic_layers(model)
-        if not self.stochastic_layers:
-            raise NoStochasticLayersError(
-                f"model {getattr(model, 'name', '?')!r} has no dropout layer with a rate above 0 "
-                "(Dropout, SpatialDropout1D/2D/3D, GaussianDropout, AlphaDropout, or an RNN with "
-                "dropout/recurrent_dropout), so every pass would be identical")
+        self.stochastic_layers: tuple[StochasticLayer, ...] = require_stochastic(model)
         if task not in (None, "regression", "classification"):
             raise InvalidArgumentError(f"task must be 'regression' or 'classification', got {task!r}")
         if not 1 <= default_samples <= max_samples:
@@ -101,10 +98,8 @@ class MCDropoutPredictor:
         signature = [(spec.shape, spec.dtype) for spec in self.inputs]
         self.split = split = split_model(model, signature, prefix_caching,
                                          [spec.name for spec in self.inputs])
-        one_head = {k: v for k, v in (("task", task), ("tau", tau), ("target_mean", target_mean),
-                                      ("target_std", target_std)) if v is not None}
-        if labels:
-            one_head["labels"] = tuple(labels)
+        one_head = heads_.keywords(task=task, tau=tau, target_mean=target_mean,
+                                   target_std=target_std, labels=tuple(labels))
         self.heads: tuple[HeadSpec, ...] = heads_.build(model, split.outputs,
                                                         split.output_keys, heads, one_head)
         self.task: Task = self.heads[0].task
@@ -112,11 +107,7 @@ class MCDropoutPredictor:
         self.output_dim = sum(head.width for head in self.heads)
         self.limits = Limits(int(default_samples), int(max_samples), int(max_raw_sample_values),
                              self.output_dim)
-        suffix = (list(model.layers[split.prefix_layers:])
-                  if isinstance(model, keras.Sequential) and prefix_caching and not split.masks
-                  else [])
-        self.graphs = PassGraphs(model, split, signature,
-                                 suffix if suffix and is_mask_layer(suffix[0]) else None,
+        self.graphs = PassGraphs(model, split, signature, mask_first(model, split, prefix_caching),
                                  [head.binary for head in self.heads])
         self._passes = PassRunner(self.graphs, self.heads,
                                   split.per_row_bytes + 16 * self.output_dim,
@@ -291,11 +282,6 @@ class MCDropoutPredictor:
             if isinstance(one, MCDropoutError):
                 raise InvalidArgumentError(f"inputs[{i}]: {one}") from None
         return _answers(answers)
-
-    def zeros(self, rows: int = 1, size: int = PROBE_SIZES[0]) -> dict[str, np.ndarray]:
-        """Zero rows for every input, variable dimensions at ``size`` (for warm-up and checks)."""
-        return {spec.name: np.zeros((rows, *(size if d is None else d for d in spec.shape)),
-                                    spec.dtype) for spec in self.inputs}
 
     def warmup(self, batch_rows: int = 0) -> None:
         """Trace and run the graphs once so the first real request pays no compile time.

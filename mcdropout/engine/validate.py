@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcdropout.engine.predictor import MCDropoutPredictor
+from mcdropout.engine.warmup import zero_inputs
 from mcdropout.errors import MCDropoutError, ModelLoadError
 from mcdropout.metadata import ModelInfo
 
@@ -47,7 +48,7 @@ def validate_model(model: Any, info: ModelInfo | None = None, **options: Any
     try:
         predictor = (MCDropoutPredictor.from_info(model, info, **options) if info is not None
                      else MCDropoutPredictor(model, **options))
-        predictor.predict(predictor.zeros(), samples=2, seed=0)
+        predictor.predict(zero_inputs(predictor.inputs), samples=2, seed=0)
     except MCDropoutError:
         raise
     except Exception as exc:

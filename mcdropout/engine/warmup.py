@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mcdropout.engine.graphs import PassGraphs
+from mcdropout.engine.inputs import InputSpec
+from mcdropout.engine.split import PROBE_SIZES
 
 if TYPE_CHECKING:
     from mcdropout.engine.predictor import MCDropoutPredictor
+
+
+def zero_inputs(specs: Sequence[InputSpec], rows: int = 1, size: int = PROBE_SIZES[0]
+                ) -> dict[str, np.ndarray]:
+    """Zero rows for every input, variable dimensions at ``size`` (the first probe size, at which
+    the model is known to run): zero ids are valid for any Embedding."""
+    return {spec.name: np.zeros((rows, *(size if d is None else d for d in spec.shape)),
+                                spec.dtype) for spec in specs}
 
 
 def warm(predictor: MCDropoutPredictor, graphs: PassGraphs, batch_rows: int = 0) -> None:
@@ -21,7 +32,7 @@ def warm(predictor: MCDropoutPredictor, graphs: PassGraphs, batch_rows: int = 0)
         batch_rows: Also prepare merged batches of up to this many rows at
             ``default_samples`` passes (their mask kernels compile per size class).
     """
-    zeros = predictor.zeros()
+    zeros = zero_inputs(predictor.inputs)
     predictor.predict(zeros, samples=2, seed=0)
     # Mask kernels compile once per power-of-two class of passes: make the default's now.
     predictor.predict(zeros, samples=predictor.default_samples, seed=0)
