@@ -73,6 +73,12 @@ class InputSpec:
         if arr.shape[0] == 0:
             raise InvalidArgumentError(f"{label} must hold at least one row of shape "
                                        f"{self.rows_shape()}, got 0")
+        empty = [i for i, d in enumerate(self.shape, start=1) if d is None and arr.shape[i] == 0]
+        if empty:
+            # A graph over an empty sequence fails inside TensorFlow; refuse it here instead.
+            raise InvalidArgumentError(f"{label} has length 0 in variable dimension {empty[0]} "
+                                       f"of shape {self.rows_shape()}, got {tuple(arr.shape)}; "
+                                       "a variable dimension must be at least 1")
         if self.integer:
             return self._ids(arr, label)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():

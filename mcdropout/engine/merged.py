@@ -13,6 +13,7 @@ answers.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from mcdropout.engine.prediction import ROW_STATISTICS, AnyPrediction, MultiHead
 from mcdropout.engine.request import Request
 from mcdropout.engine.rng import seed_words
 from mcdropout.engine.sampling import StopCheck
-from mcdropout.errors import InvalidArgumentError
+from mcdropout.errors import InvalidArgumentError, shorten
 
 Rows = Sequence[np.ndarray]  # one request's checked arrays, one per input
 
@@ -54,15 +55,49 @@ def answer(runner: PassRunner, requests: Sequence[Request],
             shapes.setdefault(request.shape_key, []).append(i)
         except InvalidArgumentError as exc:
             out.append(exc)
-    for members in shapes.values():
-        if len(members) == 1:
-            answers = [runner.run_one(out[members[0]], requests[members[0]], should_stop)]
-        else:
-            answers = run_merged(runner, [requests[i] for i in members],
-                                 [out[i] for i in members], should_stop)
+    for shape, members in shapes.items():
+        answers: list[Any]
+        try:
+            if len(members) == 1:
+                answers = [runner.run_one(out[members[0]], requests[members[0]], should_stop)]
+            else:
+                answers = run_merged(runner, [requests[i] for i in members],
+                                     [out[i] for i in members], should_stop)
+        except tf.errors.InvalidArgumentError as exc:
+            # Only a variable dimension lets a row shape reach the graphs unchecked (e.g. a
+            # sequence shorter than a convolution's kernel): that shape's requests fail alone.
+            refusal = InvalidArgumentError(
+                f"the model cannot run on rows of shape {shape}: {_graph_error(exc)}")
+            answers = [refusal] * len(members)
         for i, one in zip(members, answers, strict=True):
-            out[i] = one
+            out[i] = _finite(one, shape)
     return out
+
+
+def _graph_error(exc: tf.errors.InvalidArgumentError) -> str:
+    """TensorFlow's own reason, without its node names and traceback lines."""
+    lines = [re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line).strip()
+             for line in str(exc.message).splitlines()]
+    noise = ("Graph execution error", "Detected at node", "File ", "[[", "Traceback")
+    useful = [line for line in lines if line and not line.startswith(noise)]
+    return shorten(useful[0] if useful else lines[0], 200, quote=False)
+
+
+def _finite(one: Any, shape: tuple[tuple[int, ...], ...]) -> Any:
+    """``one``, or a refusal when the model's mean is NaN or Inf for these finite inputs.
+
+    A variable dimension can reach the graphs at a length the model has nothing to compute on
+    (a sequence shorter than its convolutions leaves an empty axis to average): the passes then
+    give NaN, which must not go back as an answer.
+    """
+    if isinstance(one, InvalidArgumentError):
+        return one
+    parts = one.heads.values() if isinstance(one, MultiHeadPrediction) else (one,)
+    if all(np.isfinite(p.mean).all() for p in parts):
+        return one
+    return InvalidArgumentError(
+        f"the model gives NaN or Inf for rows of shape {shape} (finite inputs; e.g. a sequence "
+        "too short for the model's convolutions or pooling); send rows the model can compute on")
 
 
 def run_merged(runner: PassRunner, requests: Sequence[Request], rows: Sequence[Rows],

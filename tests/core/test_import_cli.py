@@ -48,7 +48,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str
 def regression() -> keras.Model:
     keras.utils.set_random_seed(0)
     x = keras.Input((3,), name="features")
-    h = keras.layers.Dropout(0.2)(keras.layers.Dense(16, activation="relu")(x))
+    h = keras.layers.Dropout(0.2, name="dropout")(keras.layers.Dense(16, activation="relu")(x))
     return keras.Model(x, keras.layers.Dense(1, name="price")(h), name="houses")
 
 

@@ -8,6 +8,7 @@ mcdropout.engine.determinism).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import keras
@@ -278,6 +279,19 @@ def test_variable_length_ids_through_an_embedding() -> None:
     for length in (7, 30):
         x = np.random.default_rng(length).integers(0, 50, size=(3, length))
         assert predictor.predict({"tokens": x}, samples=10, seed=0).mean.shape == (3, 2)
+    with pytest.raises(InvalidArgumentError, match=r"length 0 in variable dimension 1"):
+        predictor.predict(np.zeros((2, 0), "int32"), samples=10)
+    # Shorter than the convolution's kernel: refused, and the same model still answers.
+    # Too short for the kernel (a TensorFlow error) or leaving nothing to pool (NaN): refused,
+    # and a request of a good length in the same call is still answered.
+    for length, why in ((1, r"cannot run on rows of shape \(\(1,\),\): Computed output size "
+                           "would be negative"), (2, r"gives NaN or Inf for rows of shape")):
+        short, fine = np.zeros((1, length), "int32"), np.zeros((1, 7), "int32")
+        answers = predictor.run([predictor.resolve(short, 10, 0),
+                                 predictor.resolve(fine, 10, 0)])
+        assert isinstance(answers[0], InvalidArgumentError)
+        assert re.search(why, str(answers[0])), str(answers[0])
+        assert answers[1].mean.shape == (1, 2)
 
 
 # -- adaptive sampling and limits over every head --------------------------------------------------
