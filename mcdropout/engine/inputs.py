@@ -126,8 +126,9 @@ class InputSpec:
 
 
 def label(specs: Sequence[InputSpec], spec: InputSpec) -> str:
-    """How messages name ``spec``: "inputs" for a one-input model, else ``input 'name'``."""
-    return LEGACY_NAME if len(specs) == 1 else f"input {spec.name!r}"
+    """How messages name ``spec``: ``input 'name'``, or "inputs" for a one-input model whose
+    input has no name of its own (the wire's name for it)."""
+    return LEGACY_NAME if len(specs) == 1 and spec.name == LEGACY_NAME else f"input {spec.name!r}"
 
 
 def arrange(specs: Sequence[InputSpec], x: Any) -> tuple[np.ndarray, ...]:

@@ -279,7 +279,8 @@ def test_variable_length_ids_through_an_embedding() -> None:
     for length in (7, 30):
         x = np.random.default_rng(length).integers(0, 50, size=(3, length))
         assert predictor.predict({"tokens": x}, samples=10, seed=0).mean.shape == (3, 2)
-    with pytest.raises(InvalidArgumentError, match=r"length 0 in variable dimension 1"):
+    with pytest.raises(InvalidArgumentError,
+                       match=r"input 'tokens' has length 0 in variable dimension 1"):
         predictor.predict(np.zeros((2, 0), "int32"), samples=10)
     # Shorter than the convolution's kernel: refused, and the same model still answers.
     # Too short for the kernel (a TensorFlow error) or leaving nothing to pool (NaN): refused,
