@@ -139,6 +139,20 @@ def test_inputs_with_different_row_counts_are_refused(shop_client) -> None:
         shop_client.predict(x, model="shop", samples=2)
 
 
+@pytest.mark.parametrize("change, phrase", [
+    (lambda x: {**x, "ids": x["ids"][:, :0]},
+     "input 'ids' has length 0 in variable dimension 1 of shape (rows, *)"),
+    (lambda x: {**x, "ids": x["ids"] + 10}, "ids must be integers in 0..9"),
+    (lambda x: {**x, "ids": x["ids"].astype(np.float32)}, "input 'ids' takes integer ids"),
+])
+def test_bad_ids_are_invalid_argument_and_the_server_keeps_serving(shop_client, change,
+                                                                   phrase) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        shop_client.predict(change(shop_inputs(2)), model="shop", samples=2)
+    assert phrase in str(caught.value)
+    assert shop_client.predict(shop_inputs(2), model="shop", samples=2).heads
+
+
 def test_both_inputs_and_named_inputs_is_invalid_argument(shop_stub, stub) -> None:
     x = shop_inputs(2)
     for target, model in ((shop_stub, "shop"), (stub, "reg")):
