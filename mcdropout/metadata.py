@@ -13,12 +13,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mcdropout.engine.inputs import LEGACY_NAME as LEGACY_INPUT_NAME
 from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
 
 INPUT_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 TASKS = ("regression", "classification")
-LEGACY_INPUT_NAME = "inputs"
 LEGACY_HEAD_NAME = "output"
 _REQUIRED = ("name", "task", "input_shape")
 

@@ -24,7 +24,6 @@ from mcdropout import (
 )
 
 MAX_REQUEST_ID_CHARS = 128
-LEGACY_INPUT_NAME = "inputs"
 
 
 def is_valid_request_id(request_id: str) -> bool:
@@ -145,16 +144,6 @@ def _not_applicable(wrong: list[str], heads: Sequence[Head]) -> str:
     each = "; ".join(f"{head.name} ({head.task}): "
                      f"{', '.join(catalogue.allowed(head.task, head.has_tau))}" for head in heads)
     return f"outputs {wrong} apply to no head of this model; allowed outputs per head: {each}"
-
-
-def model_inputs(x: np.ndarray | dict[str, np.ndarray],
-                 names: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
-    """The inputs to give a model with input ``names``: a one-input model's rows sent by name
-    under "inputs" (the name both APIs gave every model's single input before inputs were
-    named) become its array; anything else goes on as sent, for the engine to check."""
-    if isinstance(x, dict) and len(names) == 1 and list(x) == [LEGACY_INPUT_NAME]:
-        return x[LEGACY_INPUT_NAME]
-    return x
 
 
 def check_reply_size(outputs: HeadOutputs, widths: Mapping[str, int], *, rows: int,

@@ -14,9 +14,9 @@ from mcdropout_client.outputs import TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Prediction, Task
+from mcdropout.engine.inputs import LEGACY_NAME as LEGACY_INPUT_NAME
 from mcdropout.errors import shorten
 from mcdropout_server.calls import (
-    LEGACY_INPUT_NAME,
     MAX_REQUEST_ID_CHARS,
     Answer,
     PredictCall,

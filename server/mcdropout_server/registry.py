@@ -28,7 +28,6 @@ from mcdropout_server.calls import (
     HeadOutputs,
     PredictCall,
     check_reply_size,
-    model_inputs,
     resolve_outputs,
 )
 
@@ -221,7 +220,7 @@ class ModelRegistry:
         predictor = served.predictor
         outputs = resolve_outputs(call, predictor.heads)
         request = predictor.resolve(
-            model_inputs(call.x, [spec.name for spec in predictor.inputs]), call.samples,
+            call.x, call.samples,
             call.seed, tolerance=call.tolerance, interval_levels=call.interval_levels,
             return_samples=any("samples" in sent for sent in outputs.values()),
             limits=self._request_limits(served))
