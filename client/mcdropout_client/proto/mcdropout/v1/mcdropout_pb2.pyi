@@ -108,6 +108,16 @@ class _OutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Output.ValueTy
     larger requests get RESOURCE_EXHAUSTED. Several heads' samples come from the same passes in
     the same order, so they are joint draws.
     """
+    PREDICTION_SETS: _Output.ValueType  # 12
+    """Classification only, calibrated versions only: conformal prediction sets at
+    PredictRequest.set_levels (added implicitly when set_levels is non-empty). Asking for it
+    turns calibration on (see PredictRequest.calibrated).
+    """
+    ABSTAIN: _Output.ValueType  # 13
+    """Calibrated versions with an abstention policy only: per row, whether the policy abstains
+    (the row's uncertainty measure is above the policy's threshold), (rows,) BOOL. Asking for
+    it turns calibration on.
+    """
 
 class Output(_Output, metaclass=_OutputEnumTypeWrapper):
     """Which statistics a Predict call returns. An empty list means the task's default set:
@@ -147,6 +157,16 @@ raw-sample limit (passes * rows * outputs, the outputs of every head counted tog
 larger requests get RESOURCE_EXHAUSTED. Several heads' samples come from the same passes in
 the same order, so they are joint draws.
 """
+PREDICTION_SETS: Output.ValueType  # 12
+"""Classification only, calibrated versions only: conformal prediction sets at
+PredictRequest.set_levels (added implicitly when set_levels is non-empty). Asking for it
+turns calibration on (see PredictRequest.calibrated).
+"""
+ABSTAIN: Output.ValueType  # 13
+"""Calibrated versions with an abstention policy only: per row, whether the policy abstains
+(the row's uncertainty measure is above the policy's threshold), (rows,) BOOL. Asking for
+it turns calibration on.
+"""
 Global___Output: _TypeAlias = Output  # noqa: Y015
 
 class _Task:
@@ -168,6 +188,36 @@ TASK_UNSPECIFIED: Task.ValueType  # 0
 REGRESSION: Task.ValueType  # 1
 CLASSIFICATION: Task.ValueType  # 2
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+class _Acquisition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AcquisitionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Acquisition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACQUISITION_UNSPECIFIED: _Acquisition.ValueType  # 0
+    ACQUISITION_BALD: _Acquisition.ValueType  # 1
+    """Classification: mutual information between the prediction and the weights (BALD)."""
+    ACQUISITION_PREDICTIVE_ENTROPY: _Acquisition.ValueType  # 2
+    """Classification: entropy of the mean probabilities."""
+    ACQUISITION_VARIATION_RATIO: _Acquisition.ValueType  # 3
+    """Classification: 1 - share of passes voting for the modal class."""
+    ACQUISITION_PREDICTIVE_STD: _Acquisition.ValueType  # 4
+    """Regression: predictive standard deviation (STD when tau is unknown), mean over outputs."""
+
+class Acquisition(_Acquisition, metaclass=_AcquisitionEnumTypeWrapper):
+    """Acquisition functions for RankPool: higher scores rank first."""
+
+ACQUISITION_UNSPECIFIED: Acquisition.ValueType  # 0
+ACQUISITION_BALD: Acquisition.ValueType  # 1
+"""Classification: mutual information between the prediction and the weights (BALD)."""
+ACQUISITION_PREDICTIVE_ENTROPY: Acquisition.ValueType  # 2
+"""Classification: entropy of the mean probabilities."""
+ACQUISITION_VARIATION_RATIO: Acquisition.ValueType  # 3
+"""Classification: 1 - share of passes voting for the modal class."""
+ACQUISITION_PREDICTIVE_STD: Acquisition.ValueType  # 4
+"""Regression: predictive standard deviation (STD when tau is unknown), mean over outputs."""
+Global___Acquisition: _TypeAlias = Acquisition  # noqa: Y015
 
 @_typing.final
 class Tensor(_message.Message):
@@ -239,6 +289,8 @@ class PredictRequest(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAMED_INPUTS_FIELD_NUMBER: _builtins.int
+    CALIBRATED_FIELD_NUMBER: _builtins.int
+    SET_LEVELS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     """Name of a served model (see ListModels). Required."""
     model_version: _builtins.int
@@ -259,6 +311,13 @@ class PredictRequest(_message.Message):
     """Optional caller-chosen id echoed in logs, the response and the `x-request-id` trailer:
     1..128 printable ASCII characters (others are refused with INVALID_ARGUMENT). The server
     makes one when empty.
+    """
+    calibrated: _builtins.bool
+    """Use the version's calibration (ModelMetadata.calibration, made by `mcdropout calibrate`):
+    regression intervals become split-conformal intervals (mean +- q * predictive std, q fitted
+    on held-out rows); a classifier's passes are temperature-scaled before every statistic is
+    taken. Asking for PREDICTION_SETS or ABSTAIN turns it on too. A version without calibration
+    answers FAILED_PRECONDITION.
     """
     @_builtins.property
     def inputs(self) -> Global___Tensor:
@@ -285,6 +344,13 @@ class PredictRequest(_message.Message):
         inputs).
         """
 
+    @_builtins.property
+    def set_levels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Classification: coverage levels of the conformal prediction sets to return, each strictly
+        between 0 and 1 and at most n/(n+1) for a calibration set of n rows. At most 16. Adds
+        PREDICTION_SETS (and calibration) implicitly when non-empty.
+        """
+
     def __init__(
         self,
         *,
@@ -298,10 +364,12 @@ class PredictRequest(_message.Message):
         outputs: _abc.Iterable[Global___Output.ValueType] | None = ...,
         request_id: _builtins.str = ...,
         named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
+        calibrated: _builtins.bool = ...,
+        set_levels: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "inputs", b"inputs", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "inputs", b"inputs", "interval_levels", b"interval_levels", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "outputs", b"outputs", "request_id", b"request_id", "samples", b"samples", "seed", b"seed", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "calibrated", b"calibrated", "inputs", b"inputs", "interval_levels", b"interval_levels", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "outputs", b"outputs", "request_id", b"request_id", "samples", b"samples", "seed", b"seed", "set_levels", b"set_levels", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -341,6 +409,36 @@ class Interval(_message.Message):
 Global___Interval: _TypeAlias = Interval  # noqa: Y015
 
 @_typing.final
+class PredictionSet(_message.Message):
+    """A conformal prediction set at one level: the classes whose calibrated probability is at least
+    the threshold fitted on the calibration set (LAC), so that a new row's true class is in its
+    set with probability >= level (marginally, for rows exchangeable with the calibration set).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVEL_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    level: _builtins.float
+    @_builtins.property
+    def members(self) -> Global___Tensor:
+        """Shape (rows, classes), BOOL: members[i, k] is true when class k is in row i's set."""
+
+    def __init__(
+        self,
+        *,
+        level: _builtins.float = ...,
+        members: Global___Tensor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictionSet: _TypeAlias = PredictionSet  # noqa: Y015
+
+@_typing.final
 class HeadResult(_message.Message):
     """The statistics of one output head, for models with several heads (PredictResponse.heads).
     Fields mean what PredictResponse's fields of the same names mean, in this head's units; a
@@ -362,6 +460,8 @@ class HeadResult(_message.Message):
     MUTUAL_INFORMATION_FIELD_NUMBER: _builtins.int
     VARIATION_RATIO_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    PREDICTION_SETS_FIELD_NUMBER: _builtins.int
+    ABSTAIN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The head's name (ModelMetadata.heads)."""
     task: Global___Task.ValueType
@@ -397,6 +497,12 @@ class HeadResult(_message.Message):
     def samples(self) -> Global___Tensor:
         """(passes, rows, outputs) FLOAT32; the same passes, in the same order, as every other head's."""
 
+    @_builtins.property
+    def prediction_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___PredictionSet]: ...
+    @_builtins.property
+    def abstain(self) -> Global___Tensor:
+        """(rows,) BOOL."""
+
     def __init__(
         self,
         *,
@@ -413,10 +519,12 @@ class HeadResult(_message.Message):
         mutual_information: Global___Tensor | None = ...,
         variation_ratio: Global___Tensor | None = ...,
         samples: Global___Tensor | None = ...,
+        prediction_sets: _abc.Iterable[Global___PredictionSet] | None = ...,
+        abstain: Global___Tensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "mean", b"mean", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abstain", b"abstain", "expected_entropy", b"expected_entropy", "mean", b"mean", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "variation_ratio", b"variation_ratio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "intervals", b"intervals", "mean", b"mean", "mutual_information", b"mutual_information", "name", b"name", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain", b"abstain", "expected_entropy", b"expected_entropy", "intervals", b"intervals", "mean", b"mean", "mutual_information", b"mutual_information", "name", b"name", "predicted_class", b"predicted_class", "prediction_sets", b"prediction_sets", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,6 +552,9 @@ class PredictResponse(_message.Message):
     VARIATION_RATIO_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
     HEADS_FIELD_NUMBER: _builtins.int
+    PREDICTION_SETS_FIELD_NUMBER: _builtins.int
+    ABSTAIN_FIELD_NUMBER: _builtins.int
+    CALIBRATED_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     model_version: _builtins.int
     """The version that answered (useful when the request asked for the latest)."""
@@ -454,6 +565,8 @@ class PredictResponse(_message.Message):
     request_id: _builtins.str
     task: Global___Task.ValueType
     """The model's task; TASK_UNSPECIFIED for a model with several heads (see `heads`)."""
+    calibrated: _builtins.bool
+    """Whether the version's calibration was applied to every statistic of this answer."""
     @_builtins.property
     def mean(self) -> Global___Tensor:
         """One-head models: each statistic is set only when requested and meaningful for the task.
@@ -495,6 +608,14 @@ class PredictResponse(_message.Message):
         (ModelMetadata.heads). Empty for a one-head model.
         """
 
+    @_builtins.property
+    def prediction_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___PredictionSet]:
+        """Classification, calibrated answers: conformal prediction sets, one per requested level."""
+
+    @_builtins.property
+    def abstain(self) -> Global___Tensor:
+        """(rows,) BOOL: the abstention policy's verdict per row (ABSTAIN)."""
+
     def __init__(
         self,
         *,
@@ -516,10 +637,13 @@ class PredictResponse(_message.Message):
         variation_ratio: Global___Tensor | None = ...,
         samples: Global___Tensor | None = ...,
         heads: _abc.Iterable[Global___HeadResult] | None = ...,
+        prediction_sets: _abc.Iterable[Global___PredictionSet] | None = ...,
+        abstain: Global___Tensor | None = ...,
+        calibrated: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "mean", b"mean", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abstain", b"abstain", "expected_entropy", b"expected_entropy", "mean", b"mean", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "samples", b"samples", "standard_error", b"standard_error", "std", b"std", "variation_ratio", b"variation_ratio"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_entropy", b"expected_entropy", "heads", b"heads", "intervals", b"intervals", "mean", b"mean", "model_name", b"model_name", "model_version", b"model_version", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "request_id", b"request_id", "samples", b"samples", "samples_used", b"samples_used", "seed", b"seed", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstain", b"abstain", "calibrated", b"calibrated", "expected_entropy", b"expected_entropy", "heads", b"heads", "intervals", b"intervals", "mean", b"mean", "model_name", b"model_name", "model_version", b"model_version", "mutual_information", b"mutual_information", "predicted_class", b"predicted_class", "prediction_sets", b"prediction_sets", "predictive_entropy", b"predictive_entropy", "predictive_std", b"predictive_std", "request_id", b"request_id", "samples", b"samples", "samples_used", b"samples_used", "seed", b"seed", "standard_error", b"standard_error", "std", b"std", "task", b"task", "variation_ratio", b"variation_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -671,6 +795,7 @@ class ModelMetadata(_message.Message):
     MAX_ROWS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     HEADS_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """The version described."""
@@ -717,6 +842,10 @@ class ModelMetadata(_message.Message):
     def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadSpec]:
         """Every output head, in the model's order (always filled, also for a one-head model)."""
 
+    @_builtins.property
+    def calibration(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeadCalibration]:
+        """The version's calibration, one entry per head; empty when the version has none."""
+
     def __init__(
         self,
         *,
@@ -735,14 +864,170 @@ class ModelMetadata(_message.Message):
         max_rows: _builtins.int = ...,
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         heads: _abc.Iterable[Global___HeadSpec] | None = ...,
+        calibration: _abc.Iterable[Global___HeadCalibration] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_samples", b"default_samples", "description", b"description", "dropout_layers", b"dropout_layers", "heads", b"heads", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_rows", b"max_rows", "max_samples", b"max_samples", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "default_samples", b"default_samples", "description", b"description", "dropout_layers", b"dropout_layers", "heads", b"heads", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_rows", b"max_rows", "max_samples", b"max_samples", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelMetadata: _TypeAlias = ModelMetadata  # noqa: Y015
+
+@_typing.final
+class HeadCalibration(_message.Message):
+    """How one head of a version was calibrated (`mcdropout calibrate`), on held-out labelled rows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class BeforeEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AfterEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HEAD_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    ABSTENTION_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    DRIFT_MEASURE_FIELD_NUMBER: _builtins.int
+    DRIFT_P95_FIELD_NUMBER: _builtins.int
+    DRIFT_P99_FIELD_NUMBER: _builtins.int
+    head: _builtins.str
+    """The head's name (HeadSpec.name)."""
+    method: _builtins.str
+    """"split-conformal" (regression: intervals mean +- q * scale), or "temperature+lac"
+    (classification: temperature scaling of each pass, then LAC conformal prediction sets).
+    """
+    rows: _builtins.int
+    """Labelled rows the calibration was fitted on."""
+    temperature: _builtins.float
+    """Classification: the fitted temperature (> 1 softens over-confident probabilities)."""
+    scale: _builtins.str
+    """Regression: the spread the conformal scores are scaled by, "predictive_std" or "std"."""
+    drift_measure: _builtins.str
+    """The uncertainty measure served rows are compared with for drift, and its 95th and 99th
+    percentiles on the calibration rows.
+    """
+    drift_p95: _builtins.float
+    drift_p99: _builtins.float
+    @_builtins.property
+    def before(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Scores on the calibration rows before and after calibration, by name, e.g.
+        "coverage@0.95", "mean_width@0.95", "ece", "nll", "accuracy".
+        """
+
+    @_builtins.property
+    def after(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def abstention(self) -> Global___AbstentionPolicy:
+        """The abstention policy, when one was chosen."""
+
+    def __init__(
+        self,
+        *,
+        head: _builtins.str = ...,
+        method: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        temperature: _builtins.float = ...,
+        before: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        after: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        abstention: Global___AbstentionPolicy | None = ...,
+        scale: _builtins.str = ...,
+        drift_measure: _builtins.str = ...,
+        drift_p95: _builtins.float = ...,
+        drift_p99: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abstention", b"abstention"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstention", b"abstention", "after", b"after", "before", b"before", "drift_measure", b"drift_measure", "drift_p95", b"drift_p95", "drift_p99", b"drift_p99", "head", b"head", "method", b"method", "rows", b"rows", "scale", b"scale", "temperature", b"temperature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeadCalibration: _TypeAlias = HeadCalibration  # noqa: Y015
+
+@_typing.final
+class AbstentionPolicy(_message.Message):
+    """Abstain on a row when its uncertainty measure is above the threshold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEASURE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    TARGET_VALUE_FIELD_NUMBER: _builtins.int
+    RISK_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
+    measure: _builtins.str
+    """"predictive_std" or "std" (regression, mean over outputs), "predictive_entropy",
+    "mutual_information" or "variation_ratio" (classification).
+    """
+    threshold: _builtins.float
+    target: _builtins.str
+    """What the threshold was chosen for: "risk" (the largest share of rows kept whose risk on the
+    calibration rows is at most target) or "coverage" (keep this share of the rows).
+    """
+    target_value: _builtins.float
+    risk: _builtins.float
+    """On the calibration rows: the risk of the rows kept (error rate for a classifier, RMSE for
+    regression) and the share of rows kept.
+    """
+    coverage: _builtins.float
+    def __init__(
+        self,
+        *,
+        measure: _builtins.str = ...,
+        threshold: _builtins.float = ...,
+        target: _builtins.str = ...,
+        target_value: _builtins.float = ...,
+        risk: _builtins.float = ...,
+        coverage: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coverage", b"coverage", "measure", b"measure", "risk", b"risk", "target", b"target", "target_value", b"target_value", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbstentionPolicy: _TypeAlias = AbstentionPolicy  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
@@ -817,3 +1102,228 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NamedTargetsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TARGETS_FIELD_NUMBER: _builtins.int
+    NAMED_TARGETS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """The model that answered. Required."""
+    request_id: _builtins.str
+    """The request id of the answer (PredictResponse.request_id). Required."""
+    @_builtins.property
+    def targets(self) -> Global___Tensor:
+        """One-head models: the observed values of the answered rows. Regression: (rows, outputs)
+        float; classification: (rows,) integer class indices in 0..classes-1.
+        """
+
+    @_builtins.property
+    def named_targets(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]:
+        """Models with several heads: targets by head name (a head may be left out)."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Which rows of the answer the targets are for, 0-based, each at most once; empty for every
+        row in order.
+        """
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        targets: Global___Tensor | None = ...,
+        named_targets: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
+        rows: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["targets", b"targets"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "named_targets", b"named_targets", "request_id", b"request_id", "rows", b"rows", "targets", b"targets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_MATCHED_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    rows_matched: _builtins.int
+    """Rows matched to the stored answer and counted in the gauges."""
+    model_version: _builtins.int
+    """The version that gave the answer."""
+    def __init__(
+        self,
+        *,
+        rows_matched: _builtins.int = ...,
+        model_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_version", b"model_version", "rows_matched", b"rows_matched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015
+
+@_typing.final
+class RankPoolRequest(_message.Message):
+    """One chunk of the pool. The first message names the model and the settings; later messages
+    may leave them unset (when set, they must equal the first message's).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NamedInputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ACQUISITION_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    HEAD_FIELD_NUMBER: _builtins.int
+    CALIBRATED_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    NAMED_INPUTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    """0 (unset) means the latest version, fixed by the first message for the whole pool."""
+    acquisition: Global___Acquisition.ValueType
+    top_k: _builtins.int
+    """How many rows to return, >= 1."""
+    samples: _builtins.int
+    """Passes T per row; 0 (unset) means the model's default."""
+    seed: _builtins.int
+    """Seed of the first chunk; chunk c (0-based) uses seed + c (mod 2**64). Unset draws one."""
+    head: _builtins.str
+    """Models with several heads: the head to score (required there)."""
+    calibrated: _builtins.bool
+    """Score with the version's calibration (a classifier's temperature)."""
+    request_id: _builtins.str
+    """Optional caller-chosen id for logs, as PredictRequest.request_id."""
+    @_builtins.property
+    def inputs(self) -> Global___Tensor:
+        """This chunk's rows, as PredictRequest.inputs / named_inputs. Rows are numbered across the
+        whole stream from 0 in the order sent.
+        """
+
+    @_builtins.property
+    def named_inputs(self) -> _containers.MessageMap[_builtins.str, Global___Tensor]: ...
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        acquisition: Global___Acquisition.ValueType = ...,
+        top_k: _builtins.int = ...,
+        samples: _builtins.int = ...,
+        seed: _builtins.int | None = ...,
+        head: _builtins.str = ...,
+        calibrated: _builtins.bool = ...,
+        inputs: Global___Tensor | None = ...,
+        named_inputs: _abc.Mapping[_builtins.str, Global___Tensor] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "inputs", b"inputs", "seed", b"seed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "acquisition", b"acquisition", "calibrated", b"calibrated", "head", b"head", "inputs", b"inputs", "model_name", b"model_name", "model_version", b"model_version", "named_inputs", b"named_inputs", "request_id", b"request_id", "samples", b"samples", "seed", b"seed", "top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+
+Global___RankPoolRequest: _TypeAlias = RankPoolRequest  # noqa: Y015
+
+@_typing.final
+class RankPoolResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ROWS_SCORED_FIELD_NUMBER: _builtins.int
+    INDICES_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    rows_scored: _builtins.int
+    """Rows scored over the whole stream."""
+    seed: _builtins.int
+    """The seed of the first chunk."""
+    request_id: _builtins.str
+    @_builtins.property
+    def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The top rows' indices in the stream, best first (ties: the earlier row first)."""
+
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Their scores, in the same order."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        rows_scored: _builtins.int = ...,
+        indices: _abc.Iterable[_builtins.int] | None = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        seed: _builtins.int = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indices", b"indices", "model_name", b"model_name", "model_version", b"model_version", "request_id", b"request_id", "rows_scored", b"rows_scored", "scores", b"scores", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankPoolResponse: _TypeAlias = RankPoolResponse  # noqa: Y015

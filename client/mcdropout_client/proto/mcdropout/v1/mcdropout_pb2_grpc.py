@@ -51,6 +51,16 @@ class PredictionServiceStub(object):
                 request_serializer=mcdropout_dot_v1_dot_mcdropout__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=mcdropout_dot_v1_dot_mcdropout__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/mcdropout.v1.PredictionService/Feedback',
+                request_serializer=mcdropout_dot_v1_dot_mcdropout__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=mcdropout_dot_v1_dot_mcdropout__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.RankPool = channel.stream_unary(
+                '/mcdropout.v1.PredictionService/RankPool',
+                request_serializer=mcdropout_dot_v1_dot_mcdropout__pb2.RankPoolRequest.SerializeToString,
+                response_deserializer=mcdropout_dot_v1_dot_mcdropout__pb2.RankPoolResponse.FromString,
+                _registered_method=True)
 
 
 class PredictionServiceServicer(object):
@@ -81,6 +91,29 @@ class PredictionServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Reports the observed targets (regression) or labels (classification) of rows answered
+        earlier, by the answer's request id. The server keeps a bounded store of recent answers per
+        model; matched rows feed the rolling calibration gauges (interval coverage, ECE, NLL) of the
+        version that answered. Errors: NOT_FOUND (unknown model, or a request id that is unknown,
+        expired from the store, or already given feedback), INVALID_ARGUMENT (targets whose shape,
+        dtype or row indices do not match the stored answer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RankPool(self, request_iterator, context):
+        """Ranks a pool of unlabelled rows by an acquisition function (e.g. BALD) and returns the top
+        k rows' indices and scores. The client streams the pool in chunks; the server scores each
+        chunk as it arrives (T passes, as Predict) and keeps only the best k, so neither side holds
+        the whole pool. Errors as Predict, plus INVALID_ARGUMENT for an acquisition function that
+        does not apply to the head's task or settings that change between chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +131,16 @@ def add_PredictionServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=mcdropout_dot_v1_dot_mcdropout__pb2.ListModelsRequest.FromString,
                     response_serializer=mcdropout_dot_v1_dot_mcdropout__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=mcdropout_dot_v1_dot_mcdropout__pb2.FeedbackRequest.FromString,
+                    response_serializer=mcdropout_dot_v1_dot_mcdropout__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'RankPool': grpc.stream_unary_rpc_method_handler(
+                    servicer.RankPool,
+                    request_deserializer=mcdropout_dot_v1_dot_mcdropout__pb2.RankPoolRequest.FromString,
+                    response_serializer=mcdropout_dot_v1_dot_mcdropout__pb2.RankPoolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +225,60 @@ class PredictionService(object):
             '/mcdropout.v1.PredictionService/ListModels',
             mcdropout_dot_v1_dot_mcdropout__pb2.ListModelsRequest.SerializeToString,
             mcdropout_dot_v1_dot_mcdropout__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcdropout.v1.PredictionService/Feedback',
+            mcdropout_dot_v1_dot_mcdropout__pb2.FeedbackRequest.SerializeToString,
+            mcdropout_dot_v1_dot_mcdropout__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RankPool(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mcdropout.v1.PredictionService/RankPool',
+            mcdropout_dot_v1_dot_mcdropout__pb2.RankPoolRequest.SerializeToString,
+            mcdropout_dot_v1_dot_mcdropout__pb2.RankPoolResponse.FromString,
             options,
             channel_credentials,
             insecure,

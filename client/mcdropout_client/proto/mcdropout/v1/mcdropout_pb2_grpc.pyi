@@ -56,6 +56,21 @@ class PredictionServiceStub:
     """Describes one model: task, signatures, class labels, dropout layers, sample limits, versions."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_mcdropout_pb2.ListModelsRequest, _mcdropout_pb2.ListModelsResponse]
     """Lists the models the server serves, with their versions."""
+    Feedback: _grpc.UnaryUnaryMultiCallable[_mcdropout_pb2.FeedbackRequest, _mcdropout_pb2.FeedbackResponse]
+    """Reports the observed targets (regression) or labels (classification) of rows answered
+    earlier, by the answer's request id. The server keeps a bounded store of recent answers per
+    model; matched rows feed the rolling calibration gauges (interval coverage, ECE, NLL) of the
+    version that answered. Errors: NOT_FOUND (unknown model, or a request id that is unknown,
+    expired from the store, or already given feedback), INVALID_ARGUMENT (targets whose shape,
+    dtype or row indices do not match the stored answer).
+    """
+    RankPool: _grpc.StreamUnaryMultiCallable[_mcdropout_pb2.RankPoolRequest, _mcdropout_pb2.RankPoolResponse]
+    """Ranks a pool of unlabelled rows by an acquisition function (e.g. BALD) and returns the top
+    k rows' indices and scores. The client streams the pool in chunks; the server scores each
+    chunk as it arrives (T passes, as Predict) and keeps only the best k, so neither side holds
+    the whole pool. Errors as Predict, plus INVALID_ARGUMENT for an acquisition function that
+    does not apply to the head's task or settings that change between chunks.
+    """
 
 @_typing.type_check_only
 class PredictionServiceAsyncStub(PredictionServiceStub):
@@ -72,6 +87,21 @@ class PredictionServiceAsyncStub(PredictionServiceStub):
     """Describes one model: task, signatures, class labels, dropout layers, sample limits, versions."""
     ListModels: _aio.UnaryUnaryMultiCallable[_mcdropout_pb2.ListModelsRequest, _mcdropout_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models the server serves, with their versions."""
+    Feedback: _aio.UnaryUnaryMultiCallable[_mcdropout_pb2.FeedbackRequest, _mcdropout_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """Reports the observed targets (regression) or labels (classification) of rows answered
+    earlier, by the answer's request id. The server keeps a bounded store of recent answers per
+    model; matched rows feed the rolling calibration gauges (interval coverage, ECE, NLL) of the
+    version that answered. Errors: NOT_FOUND (unknown model, or a request id that is unknown,
+    expired from the store, or already given feedback), INVALID_ARGUMENT (targets whose shape,
+    dtype or row indices do not match the stored answer).
+    """
+    RankPool: _aio.StreamUnaryMultiCallable[_mcdropout_pb2.RankPoolRequest, _mcdropout_pb2.RankPoolResponse]  # type: ignore[assignment]
+    """Ranks a pool of unlabelled rows by an acquisition function (e.g. BALD) and returns the top
+    k rows' indices and scores. The client streams the pool in chunks; the server scores each
+    chunk as it arrives (T passes, as Predict) and keeps only the best k, so neither side holds
+    the whole pool. Errors as Predict, plus INVALID_ARGUMENT for an acquisition function that
+    does not apply to the head's task or settings that change between chunks.
+    """
 
 class PredictionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Serves every model of the server's model store."""
@@ -103,5 +133,32 @@ class PredictionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mcdropout_pb2.ListModelsResponse, _abc.Awaitable[_mcdropout_pb2.ListModelsResponse]]:
         """Lists the models the server serves, with their versions."""
+
+    @_abc_1.abstractmethod
+    def Feedback(
+        self,
+        request: _mcdropout_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mcdropout_pb2.FeedbackResponse, _abc.Awaitable[_mcdropout_pb2.FeedbackResponse]]:
+        """Reports the observed targets (regression) or labels (classification) of rows answered
+        earlier, by the answer's request id. The server keeps a bounded store of recent answers per
+        model; matched rows feed the rolling calibration gauges (interval coverage, ECE, NLL) of the
+        version that answered. Errors: NOT_FOUND (unknown model, or a request id that is unknown,
+        expired from the store, or already given feedback), INVALID_ARGUMENT (targets whose shape,
+        dtype or row indices do not match the stored answer).
+        """
+
+    @_abc_1.abstractmethod
+    def RankPool(
+        self,
+        request_iterator: _MaybeAsyncIterator[_mcdropout_pb2.RankPoolRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_mcdropout_pb2.RankPoolResponse, _abc.Awaitable[_mcdropout_pb2.RankPoolResponse]]:
+        """Ranks a pool of unlabelled rows by an acquisition function (e.g. BALD) and returns the top
+        k rows' indices and scores. The client streams the pool in chunks; the server scores each
+        chunk as it arrives (T passes, as Predict) and keeps only the best k, so neither side holds
+        the whole pool. Errors as Predict, plus INVALID_ARGUMENT for an acquisition function that
+        does not apply to the head's task or settings that change between chunks.
+        """
 
 def add_PredictionServiceServicer_to_server(servicer: PredictionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
