@@ -12,6 +12,7 @@ from mcdropout.errors import (
     MCDropoutError,
     ModelLoadError,
     NoStochasticLayersError,
+    NotCalibratedError,
     NotFoundError,
     ResourceLimitError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "ModelStore",
     "MultiHeadPrediction",
     "NoStochasticLayersError",
+    "NotCalibratedError",
     "NotFoundError",
     "Prediction",
     "ResourceLimitError",

@@ -66,6 +66,10 @@ class NoStochasticLayersError(MCDropoutError, ValueError):
     """A model holds no layer of the dropout family, so MC dropout would return zero spread."""
 
 
+class NotCalibratedError(MCDropoutError):
+    """A calibrated answer was asked of a version without calibration or without an abstention policy."""
+
+
 class ModelLoadError(MCDropoutError):
     """A stored model is missing, corrupt, or would need unsafe deserialisation to load."""
 
