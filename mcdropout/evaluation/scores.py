@@ -126,16 +126,35 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     Returns:
         The ECE, in [0, 1].
     """
+    labels, probs = _classes(labels, probs)
+    return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == labels, bins)
+
+
+def calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """The ECE of rows given by their top-class confidence and whether the top class was right.
+
+    The binning of :func:`expected_calibration_error`, for callers that keep only these two
+    numbers per row (the server's rolling feedback window).
+
+    Args:
+        confidence: Top-class probability per row, (rows,), in [0, 1].
+        correct: Whether the top class was the true one, (rows,) bool or 0/1.
+        bins: Number of equal-width bins, >= 1.
+
+    Returns:
+        The ECE, in [0, 1]; NaN for no rows.
+    """
     if bins < 1:
         raise InvalidArgumentError(f"bins must be >= 1, got {bins}")
-    labels, probs = _classes(labels, probs)
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if not len(confidence):
+        return math.nan
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     count = np.bincount(index, minlength=bins)
     gap = np.bincount(index, weights=correct - confidence, minlength=bins)
     # sum over bins of (n_b / n) * |mean(correct - confidence) in b| = sum |sum_b(...)| / n
-    return float(np.sum(np.abs(gap[count > 0])) / len(labels))
+    return float(np.sum(np.abs(gap[count > 0])) / len(confidence))
 
 
 def regression_metrics(y: np.ndarray, prediction: Any, tau: float | None,
