@@ -5,7 +5,13 @@ The public API: build or load a Keras model with dropout, wrap it in an
 :class:`MultiHeadPrediction` for a model with several output heads).
 """
 
-from mcdropout.engine.prediction import Interval, MultiHeadPrediction, Prediction, Task
+from mcdropout.engine.prediction import (
+    Interval,
+    MultiHeadPrediction,
+    Prediction,
+    PredictionSet,
+    Task,
+)
 from mcdropout.errors import (
     CancelledError,
     InvalidArgumentError,
@@ -51,6 +57,7 @@ __all__ = [
     "NotCalibratedError",
     "NotFoundError",
     "Prediction",
+    "PredictionSet",
     "ResourceLimitError",
     "StochasticLayer",
     "Task",

@@ -133,10 +133,16 @@ def _widths(outputs: Sequence[Any]) -> list[int]:
 
 
 def summarise(heads: Sequence[HeadSpec], sampled: JointStats, seed: int,
-              levels: Sequence[float], return_samples: bool) -> AnyPrediction:
-    """A :class:`Prediction` for a one-head model, else a :class:`MultiHeadPrediction`."""
-    predictions = [head.space.summarise(stats, seed, levels, return_samples)
-                   for head, stats in zip(heads, sampled.heads, strict=True)]
+              levels: Sequence[float], return_samples: bool,
+              conformal: Sequence[bool] | None = None) -> AnyPrediction:
+    """A :class:`Prediction` for a one-head model, else a :class:`MultiHeadPrediction`.
+
+    ``conformal``: per head, whether its intervals come from its calibration (then none are
+    taken from the passes here); None for none of them.
+    """
+    skip = conformal or [False] * len(heads)
+    predictions = [head.space.summarise(stats, seed, () if off else levels, return_samples)
+                   for head, stats, off in zip(heads, sampled.heads, skip, strict=True)]
     if len(heads) == 1:
         return predictions[0]
     return MultiHeadPrediction(predictions[0].samples, seed,

@@ -43,10 +43,12 @@ def answer(runner: PassRunner, requests: Sequence[Request],
     """
     if not requests:
         raise InvalidArgumentError("at least one request is needed, got none")
-    if len(requests) > 1 and not all(r.mergeable and r.samples == requests[0].samples
-                                     for r in requests):
-        raise InvalidArgumentError("merged requests must share samples and ask for no "
-                                   "adaptive sampling, intervals or raw samples")
+    first = requests[0]
+    if len(requests) > 1 and not all(r.mergeable and r.samples == first.samples
+                                     and r.calibrated == first.calibrated for r in requests):
+        raise InvalidArgumentError("merged requests must share samples and calibration and ask "
+                                   "for no adaptive sampling, raw samples or intervals taken "
+                                   "from the passes")
     out: list[Any] = []
     shapes: dict[tuple[tuple[int, ...], ...], list[int]] = {}
     for i, request in enumerate(requests):
@@ -137,12 +139,14 @@ def _run_group(runner: PassRunner, chunk: int, requests: list[Request], rows: li
 
     sampled = runner.sample(xs, samples, block, chunk, run_chunk,
                             lambda: graphs.whole(xs, words, segments, samples),
-                            should_stop=should_stop)
-    # Every statistic is per row, so all rows are summarised at once and then split.
+                            should_stop=should_stop, calibrated=requests[0].calibrated)
+    # Every statistic is per row, so all rows are summarised at once and then split; what a
+    # calibration adds (intervals, sets, abstention) is per row too, and per request's levels.
     together = heads.summarise(runner.heads, sampled, 0, (), False)
     out, start = {}, 0
     for i, request, size in zip(indices, requests, sizes, strict=True):
-        out[i] = _rows_of(together, slice(start, start + size), request.seed)
+        out[i] = runner.finish(_rows_of(together, slice(start, start + size), request.seed),
+                               request)
         start += size
     return out
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mcdropout.calibration.model import HeadCalibration
+from mcdropout.engine import calibrated as calibrated_
 from mcdropout.engine import heads as heads_
 from mcdropout.engine import sampling
 from mcdropout.engine.graphs import PassGraphs
@@ -44,11 +46,13 @@ class PassRunner:
     """
 
     def __init__(self, graphs: PassGraphs, heads: Sequence[HeadSpec], row_bytes: int,
-                 memory_budget_bytes: int, shapes: Sequence[tuple[int | None, ...]] = ()) -> None:
+                 memory_budget_bytes: int, shapes: Sequence[tuple[int | None, ...]] = (),
+                 calibration: Sequence[HeadCalibration] | None = None) -> None:
         self.graphs, self.heads = graphs, tuple(heads)
         self.row_bytes, self.memory_budget_bytes = row_bytes, memory_budget_bytes
         self._variable = [[i for i, d in enumerate(shape) if d is None] for shape in shapes]
         self.layout = tuple(h.columns for h in self.heads)
+        self.calibration = None if calibration is None else tuple(calibration)
 
     def request_row_bytes(self, shape_key: ShapeKey | None) -> int:
         """Activation bytes of one (pass, row) of rows shaped ``shape_key`` (see the module)."""
@@ -76,21 +80,41 @@ class PassRunner:
             xs, request.samples, block, chunk,
             lambda rows, frontier, first, count: graphs.chunk(frontier, words, None, first, count),
             lambda: graphs.whole(xs, words, None, request.samples), request.keep_raw,
-            None if tolerance is None else heads_.converged(self.heads, tolerance), should_stop)
-        return heads_.summarise(self.heads, sampled, request.seed, request.interval_levels,
-                                request.return_samples)
+            None if tolerance is None else heads_.converged(self.heads, tolerance), should_stop,
+            request.calibrated)
+        if not request.calibrated:
+            return heads_.summarise(self.heads, sampled, request.seed, request.interval_levels,
+                                    request.return_samples)
+        assert self.calibration is not None  # resolve refused a calibrated request otherwise
+        conformal = [c.regression is not None for c in self.calibration]
+        return self.finish(heads_.summarise(self.heads, sampled, request.seed,
+                                            request.interval_levels, request.return_samples,
+                                            conformal), request)
+
+    def finish(self, prediction: AnyPrediction, request: Request) -> AnyPrediction:
+        """A request's answer from its passes' ``prediction``: as it is, or calibrated (see
+        :func:`.calibrated.finish`)."""
+        if not request.calibrated:
+            return prediction
+        assert self.calibration is not None
+        return calibrated_.finish(prediction, self.heads, self.calibration, request)
 
     def sample(self, xs: Sequence[np.ndarray], samples: int, block: int, chunk: int,
                run_chunk: sampling.ChunkRunner, whole: Callable[[], np.ndarray],
                keep_raw: bool = False,
                converged: Callable[[sampling.JointStats], bool] | None = None,
-               should_stop: StopCheck = None) -> sampling.JointStats:
+               should_stop: StopCheck = None, calibrated: bool = False) -> sampling.JointStats:
         """Run the passes: with ``whole()`` when they fit one call, else chunk by chunk.
 
         ``whole()`` is not used for a single pass of a single row, whose product would be a
-        one-row one (see :func:`mcdropout.engine.graphs._two_rows`).
+        one-row one (see :func:`mcdropout.engine.graphs._two_rows`). ``calibrated``: scale the
+        classifier heads' passes by their temperatures as they are folded.
         """
-        out = sampling.JointStats(self.layout, keep_raw)
+        temperatures = None
+        if calibrated:
+            assert self.calibration is not None
+            temperatures = calibrated_.temperatures(self.calibration)
+        out = sampling.JointStats(self.layout, keep_raw, temperatures)
         rows = xs[0].shape[0]
         if block >= rows and chunk >= samples and rows * samples > 1:
             out.add(whole())

@@ -25,6 +25,21 @@ class Interval:
     upper: np.ndarray
 
 
+@dataclass(frozen=True)
+class PredictionSet:
+    """Conformal prediction sets at one level: the classes kept for each row.
+
+    Attributes:
+        level: Coverage probability in (0, 1), e.g. 0.9.
+        members: Whether each class is in each row's set, shape (rows, classes) bool; a row's set
+            may be empty (LAC sets hold the classes whose calibrated mean probability reaches
+            the calibration's threshold).
+    """
+
+    level: float
+    members: np.ndarray
+
+
 # Marks the fields holding one value (or vector) per input row: they are split by rows when a
 # merged batch is answered, and are what a served response may carry.
 _PER_ROW = {"per_row": True}
@@ -53,6 +68,12 @@ class Prediction:
         mutual_information: Classifier only: predictive minus expected entropy (BALD), (rows,).
         variation_ratio: Classifier only: 1 - (passes voting for the modal class) / T, (rows,).
         raw_samples: The T per-pass outputs, (samples, rows, outputs) float32, when requested.
+        prediction_sets: Calibrated classifier only: conformal prediction sets, one per
+            requested set level.
+        abstain: Calibrated heads with an abstention policy, when asked: whether each row's
+            uncertainty measure is above the policy's threshold, (rows,) bool.
+        calibrated: Whether the version's calibration was applied (temperature-scaled passes,
+            conformal intervals).
     """
 
     task: Task
@@ -69,6 +90,9 @@ class Prediction:
     mutual_information: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     variation_ratio: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     raw_samples: np.ndarray | None = None
+    prediction_sets: tuple[PredictionSet, ...] = field(default_factory=tuple)
+    abstain: np.ndarray | None = field(default=None, metadata=_PER_ROW)
+    calibrated: bool = False
 
     @property
     def rows(self) -> int:
@@ -92,11 +116,13 @@ class MultiHeadPrediction:
             every mean meets the tolerance).
         seed: The seed that drove the dropout masks.
         heads: One :class:`Prediction` per head, keyed by head name, in the model's head order.
+        calibrated: Whether the version's calibration was applied (to every head).
     """
 
     samples: int
     seed: int
     heads: dict[str, Prediction]
+    calibrated: bool = False
 
     @property
     def rows(self) -> int:

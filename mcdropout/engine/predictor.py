@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mcdropout.calibration.model import Calibration
+from mcdropout.engine import calibrated as calibrated_
 from mcdropout.engine import heads as heads_
 from mcdropout.engine import introspect
 from mcdropout.engine.graphs import PassGraphs, mask_first
@@ -67,12 +69,16 @@ class MCDropoutPredictor:
         max_raw_sample_values: Largest samples x rows x outputs (all heads) kept when raw passes
             are needed (intervals or ``return_samples``).
         prefix_caching: Run the deterministic prefix once per row (False: the whole model T times).
+        calibration: The version's calibration (every head's), applied to the requests that ask
+            for it (``calibrated``, ``set_levels``, ``abstain``); None: such requests are refused.
+        described_as: How refusals name the model, e.g. "model 'x' version 2".
 
     Raises:
         NoStochasticLayersError: the model has no dropout-family layer with a rate above 0.
         InvalidArgumentError: an option is out of range; inputs or heads do not match the
-            model's; a shape cannot be told; or a head's output size depends on a variable
-            input dimension.
+            model's; a shape cannot be told; a head's output size depends on a variable
+            input dimension; or the calibration's heads are not the model's (names, tasks,
+            widths, measures).
     """
 
     def __init__(self, model: Any, *, task: Task | None = None, tau: float | None = None,
@@ -82,7 +88,8 @@ class MCDropoutPredictor:
                  heads: Sequence[HeadInfo] | None = None,
                  memory_budget_bytes: int = 256 * 2**20, max_samples: int = 10_000,
                  default_samples: int = 100, max_raw_sample_values: int = 10_000_000,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, calibration: Calibration | None = None,
+                 described_as: str = "this model") -> None:
         self.stochastic_layers: tuple[StochasticLayer, ...] = require_stochastic(model)
         if task not in (None, "regression", "classification"):
             raise InvalidArgumentError(f"task must be 'regression' or 'classification', got {task!r}")
@@ -109,14 +116,21 @@ class MCDropoutPredictor:
                              self.output_dim)
         self.graphs = PassGraphs(model, split, signature, mask_first(model, split, prefix_caching),
                                  [head.binary for head in self.heads])
+        self.calibration = calibration
+        self.described_as = described_as
+        bound = None if calibration is None else calibrated_.bind(self.heads, calibration)
+        self._conformal_only = calibrated_.conformal_only(self.heads, bound)
         self._passes = PassRunner(self.graphs, self.heads,
                                   split.per_row_bytes + 16 * self.output_dim,
-                                  int(memory_budget_bytes), [spec.shape for spec in self.inputs])
+                                  int(memory_budget_bytes), [spec.shape for spec in self.inputs],
+                                  bound)
 
     @classmethod
-    def from_info(cls, model: Any, info: ModelInfo, **options: Any) -> MCDropoutPredictor:
+    def from_info(cls, model: Any, info: ModelInfo, calibration: Calibration | None = None,
+                  **options: Any) -> MCDropoutPredictor:
         """A predictor configured from a store entry's metadata (inputs, heads, standardisation,
-        tau, limits)."""
+        tau, limits) and the version's calibration, if it has one."""
+        options.setdefault("described_as", f"model {info.name!r} version {info.version}")
         options.setdefault("max_samples", info.max_samples)
         options.setdefault("default_samples", info.default_samples)
         if info.inputs:
@@ -129,7 +143,7 @@ class MCDropoutPredictor:
         else:
             options.update(task=info.task, tau=info.tau, target_mean=info.target_mean,
                            target_std=info.target_std, labels=info.labels)
-        return cls(model, **options)
+        return cls(model, calibration=calibration, **options)
 
     # -- what the model accepts --------------------------------------------------------------------
     @property
@@ -182,17 +196,30 @@ class MCDropoutPredictor:
 
     def resolve(self, x: Inputs, samples: int | None = None, seed: int | None = None, *,
                 tolerance: float | None = None, interval_levels: Sequence[float] = (),
-                return_samples: bool = False, limits: Limits | None = None) -> Request:
-        """Resolve a request against this model's inputs and limits (see
-        :func:`request.resolve`).
+                return_samples: bool = False, limits: Limits | None = None,
+                calibrated: bool = False, set_levels: Sequence[float] = (),
+                abstain: bool = False) -> Request:
+        """Resolve a request against this model's inputs, limits and calibration (see
+        :func:`request.resolve` and :func:`.calibrated.check`).
 
         Args:
             x: An array (one-input models) or a mapping from input name to array.
             limits: Limits to apply instead of the model's own (a server adds its row limits).
+            calibrated, set_levels, abstain: See :meth:`predict`.
+
+        Raises:
+            NotCalibratedError: a calibrated request and no calibration (or no abstention
+                policy for ``abstain``).
         """
-        return resolve(x, limits or self.limits, samples=samples, seed=seed,
-                       tolerance=tolerance, interval_levels=interval_levels,
-                       return_samples=return_samples, inputs=self.inputs)
+        calibrated = bool(calibrated or set_levels or abstain)
+        request = resolve(x, limits or self.limits, samples=samples, seed=seed,
+                          tolerance=tolerance, interval_levels=interval_levels,
+                          return_samples=return_samples, inputs=self.inputs,
+                          calibrated=calibrated, set_levels=set_levels, abstain=abstain,
+                          conformal_intervals=self._conformal_only)
+        if request.calibrated:
+            calibrated_.check(self.heads, self._passes.calibration, request, self.described_as)
+        return request
 
     # -- running -----------------------------------------------------------------------------------
     def run(self, requests: Sequence[Request], should_stop: StopCheck = None
@@ -220,7 +247,9 @@ class MCDropoutPredictor:
 
     def predict(self, x: Inputs, samples: int | None = None, seed: int | None = None, *,
                 tolerance: float | None = None, interval_levels: Sequence[float] = (),
-                return_samples: bool = False, should_stop: StopCheck = None) -> AnyPrediction:
+                return_samples: bool = False, should_stop: StopCheck = None,
+                calibrated: bool = False, set_levels: Sequence[float] = (),
+                abstain: bool = False) -> AnyPrediction:
         """Run T stochastic passes over the rows of ``x`` and summarise them.
 
         Args:
@@ -233,26 +262,38 @@ class MCDropoutPredictor:
             tolerance: Adaptive sampling: stop once the Monte Carlo standard error of every mean
                 of every head is at most this (each in its head's units). None runs exactly
                 ``samples`` passes.
-            interval_levels: Coverage levels in (0, 1) of central predictive intervals.
+            interval_levels: Coverage levels in (0, 1) of central predictive intervals
+                (calibrated regression heads: conformal, at most n/(n+1) of the calibration).
             return_samples: Also return the raw per-pass outputs (joint across heads).
             should_stop: Polled between chunks; returning True abandons the work.
+            calibrated: Apply the version's calibration: classifier passes temperature-scaled
+                before every statistic, regression intervals ``mean +- q(level) * scale``.
+            set_levels: Coverage levels in (0, n/(n+1)] of conformal prediction sets of the
+                classifier heads (implies ``calibrated``).
+            abstain: Flag the rows whose uncertainty is above each head's abstention policy
+                (implies ``calibrated``).
 
         Returns:
             A :class:`Prediction` (one head) or :class:`MultiHeadPrediction` (several).
 
         Raises:
             InvalidArgumentError: bad names, shape, dtype, ids, NaN/Inf, samples, seed,
-                tolerance or levels.
+                tolerance or levels; set levels for a model without a classifier head.
+            NotCalibratedError: a calibrated request and no calibration, or ``abstain`` and no
+                abstention policy.
             ResourceLimitError: keeping the raw passes would exceed ``max_raw_sample_values``.
             CancelledError: ``should_stop`` returned True.
         """
         request = self.resolve(x, samples, seed, tolerance=tolerance,
-                               interval_levels=interval_levels, return_samples=return_samples)
+                               interval_levels=interval_levels, return_samples=return_samples,
+                               calibrated=calibrated, set_levels=set_levels, abstain=abstain)
         return _answers(self.run([request], should_stop))[0]
 
     def predict_many(self, inputs: Sequence[Inputs], samples: int | None = None,
                      seeds: Sequence[int | None] | None = None, *,
-                     should_stop: StopCheck = None) -> list[AnyPrediction]:
+                     should_stop: StopCheck = None, calibrated: bool = False,
+                     set_levels: Sequence[float] = (), abstain: bool = False
+                     ) -> list[AnyPrediction]:
         """Answer several independent requests with shared graph calls (a merged batch).
 
         Answer i is what ``predict(inputs[i], samples, seeds[i])`` returns (see
@@ -265,9 +306,12 @@ class MCDropoutPredictor:
             seeds: One seed per request (0 <= seed < 2**64) or None for a fresh one; None for
                 all fresh.
             should_stop: Polled between chunks; returning True abandons all the work.
+            calibrated, set_levels, abstain: For every request, as for :meth:`predict`.
 
         Raises:
-            InvalidArgumentError: an input (named by its index), samples or a seed is invalid.
+            InvalidArgumentError: an input (named by its index), samples, a seed or a level is
+                invalid.
+            NotCalibratedError: as for :meth:`predict`.
             CancelledError: ``should_stop`` returned True.
         """
         if len(inputs) == 0:
@@ -276,7 +320,8 @@ class MCDropoutPredictor:
         if len(seeds) != len(inputs):
             raise InvalidArgumentError(f"predict_many needs one seed per input: got "
                                        f"{len(seeds)} seeds for {len(inputs)} inputs")
-        requests = [self.resolve(x, samples, seed) for x, seed in zip(inputs, seeds, strict=True)]
+        requests = [self.resolve(x, samples, seed, calibrated=calibrated, set_levels=set_levels,
+                                 abstain=abstain) for x, seed in zip(inputs, seeds, strict=True)]
         answers = self.run(requests, should_stop)
         for i, one in enumerate(answers):
             if isinstance(one, MCDropoutError):

@@ -60,6 +60,12 @@ class Request:
             (output units); None runs exactly ``samples`` passes.
         interval_levels: Coverage levels of the central intervals to compute.
         return_samples: Whether the raw per-pass outputs are returned.
+        calibrated: Whether the version's calibration is applied (asked, or implied by
+            ``set_levels`` or ``abstain``).
+        set_levels: Coverage levels of the conformal prediction sets of classifier heads.
+        abstain: Whether each row's abstention flag is computed (heads with a policy).
+        conformal_intervals: Every head's intervals come from its conformal calibration, so
+            they need no raw passes.
     """
 
     inputs: tuple[np.ndarray, ...]
@@ -68,6 +74,10 @@ class Request:
     tolerance: float | None = None
     interval_levels: tuple[float, ...] = ()
     return_samples: bool = False
+    calibrated: bool = False
+    set_levels: tuple[float, ...] = ()
+    abstain: bool = False
+    conformal_intervals: bool = False
 
     @property
     def x(self) -> np.ndarray:
@@ -90,8 +100,9 @@ class Request:
 
     @property
     def keep_raw(self) -> bool:
-        """Whether every pass must be kept (for intervals or raw samples)."""
-        return self.return_samples or bool(self.interval_levels)
+        """Whether every pass must be kept (for raw samples, or intervals taken from the passes
+        rather than from a conformal calibration)."""
+        return self.return_samples or (bool(self.interval_levels) and not self.conformal_intervals)
 
     @property
     def mergeable(self) -> bool:
@@ -99,15 +110,19 @@ class Request:
 
         Adaptive sampling stops on its own rows' errors, and intervals and raw samples keep
         every pass: those run alone. Mergeable requests share graph calls only with requests of
-        the same :attr:`shape_key`.
+        the same :attr:`shape_key` and the same :attr:`calibrated` (calibration changes the
+        passes' statistics).
         """
         return self.tolerance is None and not self.keep_raw
 
 
 def resolve(x: Any, limits: Limits, *, samples: int | None = None, seed: int | None = None,
             tolerance: float | None = None, interval_levels: Sequence[float] = (),
-            return_samples: bool = False, inputs: Sequence[InputSpec] | None = None) -> Request:
-    """Resolve a request against ``limits``.
+            return_samples: bool = False, inputs: Sequence[InputSpec] | None = None,
+            calibrated: bool = False, set_levels: Sequence[float] = (), abstain: bool = False,
+            conformal_intervals: bool = False) -> Request:
+    """Resolve a request against ``limits`` (what the model's calibration allows is checked by
+    the predictor, see :func:`.calibrated.check`).
 
     Args:
         x: Input rows: an array-like (one-input models), or a mapping from input name to
@@ -118,6 +133,11 @@ def resolve(x: Any, limits: Limits, *, samples: int | None = None, seed: int | N
         interval_levels: At most 16 levels, each strictly between 0 and 1.
         return_samples: Return the raw passes too.
         inputs: The model's inputs; None takes ``x`` as the one input's array.
+        calibrated: Apply the version's calibration; ``set_levels`` or ``abstain`` imply it.
+        set_levels: Prediction-set levels, checked like ``interval_levels``.
+        abstain: Compute the per-row abstention flags.
+        conformal_intervals: A calibrated request's intervals need no raw passes (see
+            :attr:`Request.conformal_intervals`); ignored when not calibrated.
 
     Raises:
         InvalidArgumentError: samples, seed, tolerance or a level out of range; input names or
@@ -125,8 +145,11 @@ def resolve(x: Any, limits: Limits, *, samples: int | None = None, seed: int | N
         ResourceLimitError: more rows, rows x samples or raw values than the limits allow.
     """
     arrays = (np.asarray(x),) if inputs is None else arrange(inputs, x)
+    calibrated = bool(calibrated or set_levels or abstain)
     request = Request(arrays, _samples(samples, limits), _seed(seed), _tolerance(tolerance),
-                      _levels(interval_levels), bool(return_samples))
+                      _levels(interval_levels), bool(return_samples), calibrated,
+                      _levels(set_levels, "prediction set"), bool(abstain),
+                      calibrated and bool(conformal_intervals))
     _check_size(request, limits)
     return request
 
@@ -160,15 +183,15 @@ def _tolerance(tolerance: float | None) -> float | None:
     return float(tolerance)
 
 
-def _levels(levels: Sequence[float]) -> tuple[float, ...]:
+def _levels(levels: Sequence[float], what: str = "interval") -> tuple[float, ...]:
     if len(levels) > MAX_INTERVAL_LEVELS:
         raise InvalidArgumentError(
-            f"at most {MAX_INTERVAL_LEVELS} interval levels are allowed, got {len(levels)}")
+            f"at most {MAX_INTERVAL_LEVELS} {what} levels are allowed, got {len(levels)}")
     out = tuple(float(v) for v in levels)
     for level in out:
         if not 0.0 < level < 1.0:
             raise InvalidArgumentError(
-                f"interval levels must be strictly between 0 and 1, got {level}")
+                f"{what} levels must be strictly between 0 and 1, got {level}")
     return out
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mcdropout.calibration.temperature import scale_probabilities
 from mcdropout.engine import stats
 from mcdropout.errors import CancelledError
 
@@ -78,11 +79,22 @@ class JointStats:
 
     One :class:`PassStats` per head: a classifier's entropy and votes are taken over its own
     columns only. A one-head model folds the whole output array, exactly as it always has.
+
+    Args:
+        layout: Each head's columns.
+        keep_raw: Keep every chunk's passes.
+        temperatures: A calibrated request's temperature per head (None: a head left as it
+            is): each pass's probabilities of such a head are rescaled by
+            :func:`~mcdropout.calibration.temperature.scale_probabilities` before anything is
+            folded, so every statistic (and the raw passes) is of the calibrated passes. None for
+            an uncalibrated request, which then does exactly what it did before calibration.
     """
 
-    def __init__(self, layout: Sequence[Columns], keep_raw: bool = False) -> None:
+    def __init__(self, layout: Sequence[Columns], keep_raw: bool = False,
+                 temperatures: Sequence[float | None] | None = None) -> None:
         self.layout, self.keep_raw = tuple(layout), keep_raw
         self.heads = [PassStats() for _ in self.layout]
+        self.temperatures = None if temperatures is None else tuple(temperatures)
 
     @property
     def count(self) -> int:
@@ -92,12 +104,16 @@ class JointStats:
     def add(self, y: np.ndarray) -> None:
         """Fold in one chunk of passes ``y``, (passes, rows, all heads' outputs) float32."""
         if len(self.layout) == 1:
-            self.heads[0].add(y, self.layout[0].classify, self.keep_raw)
+            self.heads[0].add(self._scaled(0, y), self.layout[0].classify, self.keep_raw)
             return
-        for columns, head in zip(self.layout, self.heads, strict=True):
+        for i, (columns, head) in enumerate(zip(self.layout, self.heads, strict=True)):
             # A contiguous copy: numpy's sums then run the same way whatever the other heads.
             part = np.ascontiguousarray(y[..., columns.start:columns.stop])
-            head.add(part, columns.classify, self.keep_raw)
+            head.add(self._scaled(i, part), columns.classify, self.keep_raw)
+
+    def _scaled(self, head: int, y: np.ndarray) -> np.ndarray:
+        temperature = None if self.temperatures is None else self.temperatures[head]
+        return y if temperature is None else scale_probabilities(y, temperature)
 
 
 def cancelled() -> CancelledError:

@@ -54,7 +54,7 @@ class BatchPolicy:
         request = prepared.request
         if not self.enabled or not request.mergeable or request.rows >= self.max_rows:
             return None
-        return (id(prepared.model), request.samples, request.shape_key)
+        return (id(prepared.model), request.samples, request.shape_key, request.calibrated)
 
 
 DEFAULT_POLICY = BatchPolicy()
