@@ -1,5 +1,8 @@
 """The model store: ``<root>/<name>/<version>/{model.keras, metadata.json}`` on disk.
 
+A calibrated version also holds ``calibration.json`` (:mod:`mcdropout.calibration.model`);
+:meth:`ModelStore.save_calibrated` writes one as a new version beside the one it calibrates.
+
 Versions are positive integers (as in TensorFlow Serving); the highest is the latest. A version
 directory is written under a temporary name and renamed into place, so a reader never sees a
 half-written model.
@@ -12,21 +15,28 @@ store is told to follow such links.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mcdropout.calibration.model import CALIBRATION_FILE, Calibration
 from mcdropout.errors import InvalidArgumentError, ModelLoadError, NotFoundError, shorten
 from mcdropout.loading import load_keras_file
 from mcdropout.metadata import HeadInfo, InputInfo, ModelInfo
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
+# calibration.json holds every calibration row's scores (about 20 bytes a value): 64 MiB is some
+# three million values, far beyond a calibration set, and keeps a stray huge file from being read.
+MAX_CALIBRATION_BYTES = 64 * 2**20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 __all__ = ["METADATA_FILE", "MODEL_FILE", "HeadInfo", "InputInfo", "ModelInfo", "ModelStore", "as_array",
@@ -145,16 +155,106 @@ class ModelStore:
             from mcdropout.engine.validate import validate_model  # deferred: TensorFlow
 
             validate_model(model, info)
-        existing = self.versions(info.name)
+        def fill(tmp: Path) -> None:
+            model.save(tmp / MODEL_FILE)
+            (tmp / METADATA_FILE).write_text(info.to_json())
+
+        return self._write_version(info.name, version, fill)
+
+    def read_calibration(self, name: str, version: int | None = None) -> Calibration | None:
+        """The calibration of a stored version, or None when it has none (no
+        ``calibration.json`` in its folder).
+
+        Raises:
+            NotFoundError: no such model or version.
+            ModelLoadError: the file does not parse, is larger than ``MAX_CALIBRATION_BYTES``,
+                or lies outside the root (see ``allow_outside_links``).
+        """
+        version = self.resolve(name, version)
+        path = self.path(name, version) / CALIBRATION_FILE
+        if not path.is_file():
+            return None
+        real = self._inside_root(path)
+        try:
+            with open(real, "rb") as f:
+                data = f.read(MAX_CALIBRATION_BYTES + 1)
+            if len(data) > MAX_CALIBRATION_BYTES:
+                raise ValueError(f"it is larger than {MAX_CALIBRATION_BYTES} bytes, the most a "
+                                 "calibration file may hold")
+            return Calibration.from_json(data.decode("utf-8"))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelLoadError(
+                f"cannot read the calibration {path}: {exc}; remove the version or calibrate "
+                "its model again with `mcdropout calibrate`") from exc
+
+    def save_calibrated(self, name: str, version: int | None, calibration: Calibration,
+                        description: str | None = None) -> int:
+        """Write a calibrated copy of a version as a new version and return its number.
+
+        The new version holds a copy of the version's files (the model), its metadata with the
+        description saying what it is and ``provenance["calibration"]`` added, and
+        ``calibration.json``; it is written like :meth:`save` (hidden folder renamed into place,
+        folders 0755, files 0644). The version it copies stays as it was.
+
+        Args:
+            name: The model.
+            version: The version calibrated; None or 0 for the latest.
+            calibration: One head calibration per head of the model.
+            description: The new version's description; default "calibrated copy of version N"
+                followed by the old description.
+
+        Raises:
+            NotFoundError: no such model or version.
+            InvalidArgumentError: the calibration's heads are not the model's.
+            ModelLoadError: the version's metadata or files cannot be read.
+        """
+        info = self.read_info(name, version)
+        source = self.path(name, info.version)
+        # A one-head model's head is named by the engine (its Keras output) unless the metadata
+        # lists heads, so only the count can be checked without loading the model.
+        heads = [head.name for head in info.heads]
+        if (sorted(calibration.heads) != sorted(heads)) if heads else len(calibration.heads) != 1:
+            raise InvalidArgumentError(
+                f"the calibration covers heads {sorted(calibration.heads)}, but model {name!r} "
+                f"version {info.version} has {f'heads {heads}' if heads else 'one head'}: "
+                "calibrate every head")
+        note = {"from_version": info.version,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "heads": {h.head: h.method for h in calibration.heads.values()},
+                "rows": max(h.rows for h in calibration.heads.values())}
+        if description is None:
+            description = f"calibrated copy of version {info.version}" + (
+                f"; {info.description}" if info.description else "")
+        new_info = dataclasses.replace(info, description=description, version=0,
+                                       provenance={**info.provenance, "calibration": note})
+
+        def fill(tmp: Path) -> None:
+            for item in sorted(source.iterdir()):
+                if item.name in (METADATA_FILE, CALIBRATION_FILE):
+                    continue
+                real = self._inside_root(item)
+                if real.is_dir():
+                    shutil.copytree(real, tmp / item.name)
+                else:
+                    shutil.copyfile(real, tmp / item.name)
+            (tmp / METADATA_FILE).write_text(new_info.to_json())
+            (tmp / CALIBRATION_FILE).write_text(calibration.to_json())
+
+        return self._write_version(name, None, fill)
+
+    def _write_version(self, name: str, version: int | None, fill: Callable[[Path], None]
+                       ) -> int:
+        """Fill a hidden folder, make it readable by all and rename it into place as
+        ``version`` (default one above the latest); the number written."""
+        existing = self.versions(name)
         version = version or (existing[-1] + 1 if existing else 1)
         if version in existing:
-            raise InvalidArgumentError(f"model {info.name!r} already has version {version}")
-        folder = self.root / info.name
+            raise InvalidArgumentError(f"model {name!r} already has version {version}")
+        folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=folder))
         try:
-            model.save(tmp / MODEL_FILE)
-            (tmp / METADATA_FILE).write_text(info.to_json())
+            fill(tmp)
             _readable(tmp)
             os.replace(tmp, folder / str(version))
         except BaseException:
