@@ -23,9 +23,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from mcdropout.calibration.model import ConformalRegression, conformal_rank
 from mcdropout.errors import InvalidArgumentError
 from mcdropout.evaluation import scores
 from mcdropout.evaluation.uci_data import UCIDataset
@@ -44,6 +46,8 @@ PUBLISHED_2016: dict[str, tuple[float, float, float, float]] = {
 # Sampled values (networks x passes x rows) held at once while scoring the validation grid.
 _VALIDATION_VALUES_PER_CHUNK = 25_000_000
 INTERVAL_LEVEL = 0.95
+# Levels of the split-conformal intervals scored when calibration rows are held out.
+CONFORMAL_LEVELS = (0.95, 0.90)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class Protocol:
         batch_size: Rows per Adam step (published: 128).
         length_scale: Prior length-scale l of the weight decay (published: 1e-2).
         validation_fraction: Trailing share of each training split held out for the grid search.
+        calibration_fraction: Trailing share of each training split held out, before anything
+            else, to calibrate split-conformal intervals on; 0 (the published protocol) holds
+            out nothing and scores no conformal intervals.
         seed: Seeds initialisation, shuffling and dropout; split i uses (seed, i).
     """
 
@@ -68,6 +75,7 @@ class Protocol:
     batch_size: int = 128
     length_scale: float = 1e-2
     validation_fraction: float = 0.2
+    calibration_fraction: float = 0.0
     seed: int = 0
 
 
@@ -82,6 +90,28 @@ class GridPoint:
 
 
 @dataclass(frozen=True)
+class ConformalResult:
+    """Split-conformal intervals ``mean +- q * predictive_std`` at one level, on the test rows.
+
+    Attributes:
+        level: The interval level.
+        q: The multiplier: the ``ceil((n + 1) level)``-th smallest calibration score
+            ``|y - mean| / predictive_std``.
+        coverage: Share of test targets inside their conformal interval.
+        width: Mean width of the conformal intervals (target units).
+        raw_coverage: Share inside the uncalibrated central interval of the MC mixture.
+        raw_width: Mean width of the uncalibrated intervals.
+    """
+
+    level: float
+    q: float
+    coverage: float
+    width: float
+    raw_coverage: float
+    raw_width: float
+
+
+@dataclass(frozen=True)
 class SplitResult:
     """The outcome of one split: the chosen setting and its test metrics in original units.
 
@@ -93,6 +123,8 @@ class SplitResult:
         picp: Share of test targets inside their central 95% predictive interval.
         interval_width: Mean width of those intervals.
         grid: Every grid setting with its validation scores, in grid order.
+        calibration_rows: Training rows held out for calibration (0: none).
+        conformal: With calibration rows, one result per level of ``CONFORMAL_LEVELS``.
     """
 
     split: int
@@ -103,6 +135,8 @@ class SplitResult:
     picp: float
     interval_width: float
     grid: tuple[GridPoint, ...]
+    calibration_rows: int = 0
+    conformal: tuple[ConformalResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,13 +162,26 @@ class BenchmarkResult:
     stage_seconds: dict[str, float]
 
     def summary(self) -> dict[str, tuple[float, float]]:
-        """Metric -> (mean, standard error) over the splits; SE is the sample SD / sqrt(n)."""
+        """Metric -> (mean, standard error) over the splits; SE is the sample SD / sqrt(n).
+
+        Conformal metrics, when scored, are named ``<field>@<level>``, e.g. "coverage@0.95".
+        """
         out = {}
-        for name in ("rmse", "test_ll", "picp", "interval_width"):
-            values = np.array([getattr(s, name) for s in self.splits])
-            se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-            out[name] = (float(values.mean()), se)
+        for name, values in per_split_metrics(self.splits).items():
+            array = np.array(values)
+            se = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else math.nan
+            out[name] = (float(array.mean()), se)
         return out
+
+
+def per_split_metrics(splits: tuple[SplitResult, ...]) -> dict[str, list[float]]:
+    """Metric name -> its value on each split: the test metrics, then the conformal ones."""
+    out = {name: [float(getattr(s, name)) for s in splits]
+           for name in ("rmse", "test_ll", "picp", "interval_width")}
+    for i, first in enumerate(splits[0].conformal if splits else ()):
+        for name in ("q", "coverage", "width", "raw_coverage", "raw_width"):
+            out[f"{name}@{first.level:g}"] = [float(getattr(s.conformal[i], name)) for s in splits]
+    return out
 
 
 def run(dataset: UCIDataset, protocol: Protocol,
@@ -165,6 +212,11 @@ def run(dataset: UCIDataset, protocol: Protocol,
         raise InvalidArgumentError(
             f"the training splits of {dataset.name} must all have the same number of rows, "
             f"got sizes {sizes}")
+    # Calibration rows are the trailing share of each training split, in file order; everything
+    # below (fit/validation cut, grid search, retraining) runs on the rows before them.
+    held = _calibration_rows(dataset, sizes[0], protocol)
+    calibration = [train[len(train) - held:] for train, _ in splits]
+    splits = [(train[:len(train) - held], test) for train, test in splits]
     settings = [(p, tau) for p in dataset.dropout_rates for tau in dataset.tau_values]
     grid_seed, final_seed = (int(s) for s in np.random.SeedSequence(protocol.seed).generate_state(2))
     epochs = dataset.n_epochs * protocol.epochs_multiplier
@@ -196,16 +248,22 @@ def run(dataset: UCIDataset, protocol: Protocol,
             feature_mean=scaled.x_mean, feature_std=scaled.x_std, target_mean=scaled.y_mean,
             target_std=scaled.y_std, max_samples=max(protocol.samples, 10_000),
             default_samples=protocol.samples)
-        measured = scores.evaluate(predictor, dataset.x[test], dataset.y[test],
-                                  samples=protocol.samples, seed=_seed(protocol, i),
-                                  level=INTERVAL_LEVEL)
+        if held:
+            measured, conformal = _score_calibrated(
+                predictor, dataset, test, calibration[i], protocol.samples, _seed(protocol, i))
+        else:
+            measured, conformal = scores.evaluate(
+                predictor, dataset.x[test], dataset.y[test], samples=protocol.samples,
+                seed=_seed(protocol, i), level=INTERVAL_LEVEL), ()
         results.append(SplitResult(
             split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=measured["rmse"],
             test_ll=measured["mc_log_likelihood"], picp=measured["picp"],
-            interval_width=measured["mean_interval_width"], grid=tuple(grids[i])))
+            interval_width=measured["mean_interval_width"], grid=tuple(grids[i]),
+            calibration_rows=held, conformal=conformal))
         r = results[-1]
         say(f"{dataset.name} split {i}: p={r.dropout:g} tau={r.tau:g} RMSE {r.rmse:.3f} "
-            f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}")
+            f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}"
+            + "".join(f", conformal {c.level:g} coverage {c.coverage:.3f}" for c in conformal))
     end = time.perf_counter()
     return BenchmarkResult(dataset.name, protocol, epochs, dataset.n_hidden, tuple(results),
                            seconds=end - start,
@@ -231,6 +289,52 @@ class _Scaled:
         x_mean, x_std = tables.standardization(x)
         y_mean, y_std = tables.standardization(y)
         return cls((x - x_mean) / x_std, (y - y_mean) / y_std, x_mean, x_std, y_mean, y_std)
+
+
+def _score_calibrated(predictor: Any, dataset: UCIDataset, test: np.ndarray,
+                      calibration: np.ndarray, samples: int, seed: int
+                      ) -> tuple[dict[str, float], tuple[ConformalResult, ...]]:
+    """The test metrics of :func:`scores.evaluate` plus split-conformal intervals per level.
+
+    The calibration rows are scored with the same seed as the test rows: the same dropout masks
+    make (mean, predictive_std) one fixed function of the row, so calibration and test scores
+    are exchangeable whenever the rows are.
+    """
+    levels = tuple(sorted({INTERVAL_LEVEL, *CONFORMAL_LEVELS}))
+    y_test = dataset.y[test]
+    tested = scores.predict_chunked(predictor, dataset.x[test], samples, seed,
+                                    interval_levels=levels, return_samples=True)
+    measured = scores.regression_metrics(y_test, tested, predictor.tau, INTERVAL_LEVEL)
+    fitted = scores.predict_chunked(predictor, dataset.x[calibration], samples, seed)
+    y_cal = dataset.y[calibration].reshape(fitted.mean.shape)
+    conformal = ConformalRegression(
+        "predictive_std", np.sort(np.abs(y_cal - fitted.mean) / fitted.predictive_std, axis=0))
+    results = []
+    for level in CONFORMAL_LEVELS:
+        q = conformal.quantile(level)
+        half = q * tested.predictive_std
+        raw = next(iv for iv in tested.intervals if math.isclose(iv.level, level))
+        results.append(ConformalResult(
+            level=level, q=float(np.mean(q)),
+            coverage=scores.interval_coverage(y_test, tested.mean - half, tested.mean + half),
+            width=scores.mean_interval_width(tested.mean - half, tested.mean + half),
+            raw_coverage=scores.interval_coverage(y_test, raw.lower, raw.upper),
+            raw_width=scores.mean_interval_width(raw.lower, raw.upper)))
+    return measured, tuple(results)
+
+
+def _calibration_rows(dataset: UCIDataset, rows: int, protocol: Protocol) -> int:
+    """How many trailing training rows ``calibration_fraction`` holds out (0 when it is 0)."""
+    held = rows - int((1.0 - protocol.calibration_fraction) * rows)
+    if held:
+        needed = next(n for n in range(1, 10**6) if conformal_rank(n, max(CONFORMAL_LEVELS)) <= n)
+        if held < needed or rows - held < 2:
+            raise InvalidArgumentError(
+                f"calibration_fraction {protocol.calibration_fraction:g} holds out {held} of the "
+                f"{rows} training rows of {dataset.name}: conformal intervals at level "
+                f"{max(CONFORMAL_LEVELS):g} need at least {needed} calibration rows "
+                f"(n/(n+1) >= level), and training at least 2 rows")
+    return held
 
 
 def _score_grid(stack: gridfit.MLPStack, scaled: _Scaled, x_val: np.ndarray, y_val: np.ndarray,
@@ -282,6 +386,9 @@ def _check(dataset: UCIDataset, protocol: Protocol) -> int:
     if protocol.validation_samples is not None and protocol.validation_samples < 1:
         raise InvalidArgumentError(
             f"validation_samples must be >= 1 or None, got {protocol.validation_samples!r}")
+    if not 0.0 <= protocol.calibration_fraction < 1.0:
+        raise InvalidArgumentError(
+            f"calibration_fraction must be in [0, 1), got {protocol.calibration_fraction!r}")
     if not 0.0 < protocol.validation_fraction < 1.0:
         raise InvalidArgumentError(
             f"validation_fraction must be in (0, 1), got {protocol.validation_fraction!r}")

@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--tau-values", type=float, nargs="+", metavar="TAU",
                    help="grid of noise precisions tau (> 0, in the target's units) instead of "
                         "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
+    p.add_argument("--calibration-fraction", type=float, default=0.0, metavar="F",
+                   help="hold out the last F of each training split (file order) before the "
+                        "protocol runs on the rest, and score split-conformal 95%% and 90%% "
+                        "intervals (|y - mean| / predictive_std calibrated on those rows) on "
+                        "the test rows beside the uncalibrated ones; default 0: off")
     p.add_argument("--seed", type=int, default=0, help="default %(default)s")
     p.add_argument("--output", type=Path, default=Path("uci-results"),
                    help="folder for the JSON and CSV reports; default %(default)s")
@@ -57,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _main(args: argparse.Namespace) -> int:
     protocol = uci.Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
                             validation_samples=args.validation_samples, splits=args.splits,
-                            seed=args.seed)
+                            calibration_fraction=args.calibration_fraction, seed=args.seed)
     datasets = [_with_grids(uci_data.load_dataset(args.data_dir, name), args)
                 for name in args.dataset]  # fail early
     for dataset in datasets:
@@ -101,12 +106,13 @@ def write_results(result: uci.BenchmarkResult, directory: str | Path) -> tuple[P
     json_path = folder / f"{result.dataset}.json"
     json_path.write_text(json.dumps(document, indent=2, allow_nan=True))
     csv_path = folder / f"{result.dataset}.csv"
-    columns = ["split", "dropout", "tau", "rmse", "test_ll", "picp", "interval_width"]
+    metrics = uci.per_split_metrics(result.splits)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
-        for s in result.splits:
-            writer.writerow([getattr(s, c) for c in columns])
+        writer.writerow(["split", "dropout", "tau", "calibration_rows", *metrics])
+        for i, s in enumerate(result.splits):
+            writer.writerow([s.split, s.dropout, s.tau, s.calibration_rows,
+                             *(values[i] for values in metrics.values())])
     return json_path, csv_path
 
 
@@ -115,11 +121,18 @@ def format_summary(result: uci.BenchmarkResult) -> str:
     summary = result.summary()
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items())
     lines = [f"{result.dataset}: {len(result.splits)} splits, {result.epochs} epochs, "
-             f"T = {result.protocol.samples}, {result.seconds:.0f} s ({stages})"]
+             f"T = {result.protocol.samples}, {result.seconds:.0f} s ({stages})"
+             + (f", {result.splits[0].calibration_rows} calibration rows held out per split"
+                if result.splits and result.splits[0].calibration_rows else "")]
     for name, label in (("rmse", "RMSE"), ("test_ll", "test LL"),
                         ("picp", "95% interval coverage"), ("interval_width", "95% width")):
         mean, se = summary[name]
         lines.append(f"  {label:<22} {mean:8.3f} ± {se:.3f}")
+    for c in result.splits[0].conformal if result.splits else ():
+        for name, label in (("raw_coverage", "uncalibrated coverage"), ("raw_width", "width"),
+                            ("coverage", "conformal coverage"), ("width", "width")):
+            mean, se = summary[f"{name}@{c.level:g}"]
+            lines.append(f"  {c.level:.0%} {label:<18} {mean:8.3f} ± {se:.3f}")
     if result.dataset in uci.PUBLISHED_2016:
         rmse, rmse_se, ll, ll_se = uci.PUBLISHED_2016[result.dataset]
         lines.append(f"  Gal & Ghahramani 2016: RMSE {rmse:.2f} ± {rmse_se:.2f}, "

@@ -204,3 +204,56 @@ def test_benchmark_command_runs_the_protocol_on_two_splits_of_yacht(
     with open(tmp_path / "yacht.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["rmse"]) for r in rows] == pytest.approx(rmse)
+
+
+# -- calibration rows held out for split-conformal intervals ---------------------------------------
+def test_calibration_fraction_holds_out_trailing_rows_and_scores_conformal_intervals(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    write_layout(tmp_path, rows=200)  # 180 training rows per split: 36 held out, 144 trained on
+    out = tmp_path / "out"
+    held: list[np.ndarray] = []
+    score = uci._score_calibrated
+    monkeypatch.setattr(uci, "_score_calibrated", lambda predictor, dataset, test, calibration,
+                        *rest: held.append(calibration) or score(predictor, dataset, test,
+                                                                 calibration, *rest))
+    status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                       "--epochs-multiplier", "1", "--samples", "50", "--splits", "2",
+                       "--calibration-fraction", "0.2", "--output", str(out)])
+    assert status == 0
+    assert "36 calibration rows held out per split" in capsys.readouterr().out
+    ds = uci_data.load_dataset(tmp_path, "tiny")
+    for i, rows in enumerate(held):  # the last 20% of the training split, in file order
+        np.testing.assert_array_equal(rows, ds.split(i)[0][144:])
+    report = json.loads((out / "tiny.json").read_text())
+    assert report["protocol"]["calibration_fraction"] == 0.2
+    for split in report["splits"]:
+        assert split["calibration_rows"] == 36
+        by_level = {c["level"]: c for c in split["conformal"]}
+        assert sorted(by_level) == [0.9, 0.95]
+        # the uncalibrated 95% interval is the one the protocol always reports
+        assert by_level[0.95]["raw_coverage"] == split["picp"]
+        assert by_level[0.95]["raw_width"] == split["interval_width"]
+        # a higher level takes a larger calibration score, hence wider intervals
+        assert by_level[0.95]["q"] >= by_level[0.9]["q"] > 0
+        assert by_level[0.95]["width"] >= by_level[0.9]["width"] > 0
+        for c in by_level.values():
+            assert 0.0 <= c["coverage"] <= 1.0 and 0.0 <= c["raw_coverage"] <= 1.0
+    coverage = [s["conformal"][0]["coverage"] for s in report["splits"]]
+    assert report["summary"]["coverage@0.95"]["mean"] == pytest.approx(np.mean(coverage))
+    with open(out / "tiny.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["coverage@0.95"]) for r in rows] == pytest.approx(coverage)
+    assert [int(r["calibration_rows"]) for r in rows] == [36, 36]
+
+
+def test_too_few_calibration_rows_are_refused_before_training(tmp_path: Path) -> None:
+    write_layout(tmp_path)  # 36 training rows: 0.2 holds out 8, and level 0.95 needs 19
+    ds = uci_data.load_dataset(tmp_path, "tiny")
+    with pytest.raises(InvalidArgumentError,
+                       match=r"calibration_fraction 0\.2 holds out 8 of the 36 training rows of "
+                             r"tiny: conformal intervals at level 0\.95 need at least 19"):
+        uci.run(ds, uci.Protocol(calibration_fraction=0.2))
+    with pytest.raises(InvalidArgumentError,
+                       match=r"calibration_fraction must be in \[0, 1\), got 1\.0"):
+        uci.run(ds, uci.Protocol(calibration_fraction=1.0))
