@@ -13,6 +13,7 @@ from mcdropout_client import _messages
 from mcdropout_client._base import ClientBase, Metadata, Timeout
 from mcdropout_client._retry import Attempts
 from mcdropout_client.errors import NotFound, raise_for
+from mcdropout_client.feedback import FeedbackResult, feedback_request, feedback_result
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
 from mcdropout_client.results import ModelDescription, ModelSummary, PredictResult
 
@@ -52,6 +53,14 @@ class AsyncClient(ClientBase):
         )
         reply = await self._invoke(self._stub.Predict, request, timeout, metadata)
         return _messages.predict_result(reply)
+
+    async def feedback(self, model: str, request_id: str, targets: Any, *,
+                       rows: Sequence[int] | None = None, timeout: Timeout = ...,
+                       metadata: Metadata = ()) -> FeedbackResult:
+        """Send the observed targets of an answer; see :meth:`Client.feedback`."""
+        request = feedback_request(model, request_id, targets, rows)
+        reply = await self._invoke(self._stub.Feedback, request, timeout, metadata)
+        return feedback_result(reply)
 
     async def metadata(self, model: str, version: int | None = None, *, timeout: Timeout = ...,
                        metadata: Metadata = ()) -> ModelDescription:

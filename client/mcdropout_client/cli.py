@@ -15,6 +15,7 @@ from pathlib import Path
 from mcdropout_client import _io, _table
 from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
+from mcdropout_client.feedback import integral_as_labels
 from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.results import CLASSIFICATION
 
@@ -23,7 +24,7 @@ EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``mcdropout-client`` with its four sub-commands."""
+    """The argument parser of ``mcdropout-client`` with its sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("connection")
     conn.add_argument("--target", default="localhost:50051",
@@ -65,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path,
                          help="also write the result to this .json or .csv file")
     predict.set_defaults(func=_predict)
+
+    feedback = commands.add_parser(
+        "feedback", parents=[common], help="send the observed targets of an answered predict")
+    feedback.add_argument("--model", required=True, help="model name of the answer")
+    feedback.add_argument("--request-id", required=True,
+                          help="the answer's request id (printed by predict, in its JSON output)")
+    feedback.add_argument("--targets", required=True, action="append", metavar="[HEAD=]FILE",
+                          help="observed targets: .npy or .csv (as --input of predict); "
+                               "regression values, or integer class indices; for a model with "
+                               "several heads, HEAD=FILE once per head fed back")
+    feedback.add_argument("--rows", type=int, nargs="+", metavar="ROW",
+                          help="the answer's rows the targets are for, 0-based (default: all, "
+                               "in order)")
+    feedback.set_defaults(func=_feedback)
 
     models = commands.add_parser("models", parents=[common], help="list the served models")
     models.set_defaults(func=_models)
@@ -133,6 +148,15 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
         _io.write_output(args.output, result, class_labels if result.heads else
                          labels if result.task == CLASSIFICATION else ())
         print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _feedback(client: Client, args: argparse.Namespace) -> int:
+    targets = _io.load_inputs(args.targets)
+    result = client.feedback(args.model, args.request_id, integral_as_labels(targets),
+                             rows=args.rows)
+    print(f"matched {result.rows_matched} rows of {args.model} v{result.version} "
+          f"(request id {args.request_id})")
     return 0
 
 

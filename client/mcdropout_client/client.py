@@ -13,6 +13,7 @@ from mcdropout_client import _messages
 from mcdropout_client._base import ClientBase, Metadata, Timeout
 from mcdropout_client._retry import Attempts
 from mcdropout_client.errors import NotFound, raise_for
+from mcdropout_client.feedback import FeedbackResult, feedback_request, feedback_result
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
 from mcdropout_client.results import ModelDescription, ModelSummary, PredictResult
 
@@ -80,6 +81,40 @@ class Client(ClientBase):
         )
         reply = self._invoke(self._stub.Predict, request, timeout, metadata)
         return _messages.predict_result(reply)
+
+    def feedback(self, model: str, request_id: str, targets: Any, *,
+                 rows: Sequence[int] | None = None, timeout: Timeout = ...,
+                 metadata: Metadata = ()) -> FeedbackResult:
+        """Send the observed targets of an answered :meth:`predict` (by its ``request_id``).
+
+        The server matches them with the answer it kept and counts them in its live
+        calibration gauges (interval coverage, ECE, accuracy, NLL per model and version).
+
+        Args:
+            model: model name of the answer.
+            request_id: the answer's ``PredictResult.request_id``.
+            targets: regression: (rows, outputs) or (rows,) values; classification: (rows,)
+                integer class indices. A model with several heads: a mapping head name ->
+                such an array (a head may be left out).
+            rows: the answer's rows the targets are for (0-based, each at most once);
+                ``None`` for every row in order.
+            timeout: deadline of the call in seconds; ``...`` for the client's default.
+            metadata: extra ``(key, value)`` pairs for this call.
+
+        Returns:
+            A :class:`FeedbackResult`: rows matched and the version that answered.
+
+        Raises:
+            ValueError: an empty model or request id, a negative row index.
+            NotFound: no answer kept under that id (unknown, already fed back, expired or
+                dropped; the message says which).
+            InvalidArgument: targets of the wrong shape or dtype, labels out of range, rows out
+                of range.
+            FailedPrecondition: the server keeps no answers.
+        """
+        request = feedback_request(model, request_id, targets, rows)
+        reply = self._invoke(self._stub.Feedback, request, timeout, metadata)
+        return feedback_result(reply)
 
     def metadata(self, model: str, version: int | None = None, *, timeout: Timeout = ...,
                  metadata: Metadata = ()) -> ModelDescription:

@@ -26,6 +26,7 @@ from mcdropout.loading import import_modules
 from mcdropout_server.batching import BatchPolicy
 from mcdropout_server.concurrency import ConcurrencyLimit
 from mcdropout_server.drain import DrainGate
+from mcdropout_server.feedback import Feedback
 from mcdropout_server.health import HealthService
 from mcdropout_server.intake import intake_interceptor
 from mcdropout_server.logs import fields
@@ -89,6 +90,10 @@ class ServerApp:
         self.settings = settings
         self.registry = registry
         self.metrics = ServerMetrics(registry.names())
+        self.feedback = Feedback.from_settings(
+            self.metrics, store_rows=settings.feedback_store_rows,
+            ttl=settings.feedback_ttl_seconds, window=settings.feedback_window,
+            levels=settings.monitored_levels)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._server: Any = None
@@ -108,7 +113,7 @@ class ServerApp:
         self.runner = PredictionRunner(
             self.registry, s.workers, max_queue=s.max_queue, metrics=self.metrics,
             batching=BatchPolicy(s.batching, s.batch_max_rows, s.batch_max_wait_ms / 1000),
-            max_reply_bytes=s.max_message_bytes)
+            max_reply_bytes=s.max_message_bytes, feedback=self.feedback)
         # The RPC limit is ours, not grpcio's maximum_concurrent_rpcs (which counts health
         # checks too, so probes starved under load). Authentication runs first: a call without
         # a token never takes a slot.

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.registry import Collector
 
 UNKNOWN_MODEL = "_unknown"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
@@ -65,6 +66,21 @@ class ServerMetrics:
             "Requests refused at once by admission control: QueueFullError (queue at "
             "MCDROPOUT_MAX_QUEUE) or DeadlineExceededError (deadline shorter than the expected "
             "queue wait).", ["reason"], registry=self.registry)
+        self.feedback_rows = Counter(
+            "mcdropout_feedback_rows_matched", "Fed-back rows matched with a kept answer and "
+            "counted in the feedback gauges, by model and the version that answered.",
+            ["model", "version"], registry=self.registry)
+        self.feedback_unmatched = Counter(
+            "mcdropout_feedback_requests_unmatched", "Feedback calls that found no kept answer, "
+            "by reason: unknown, used (fed back already), expired, evicted (dropped for room), "
+            "too_large (more rows than the store holds).", ["model", "reason"],
+            registry=self.registry)
+        self.feedback_store_rows = Gauge(
+            "mcdropout_feedback_store_rows", "Rows of answers kept for Feedback now (at most "
+            "MCDROPOUT_FEEDBACK_STORE_ROWS).", registry=self.registry)
+        self.feedback_store_bytes = Gauge(
+            "mcdropout_feedback_store_bytes", "Bytes of the arrays of the answers kept for "
+            "Feedback now.", registry=self.registry)
         self._http: Any = None
 
     def add_models(self, models: Iterable[str]) -> None:
@@ -102,6 +118,10 @@ class ServerMetrics:
     def observe_rejection(self, reason: str) -> None:
         """Count one request refused by admission control (``reason``: the exception's name)."""
         self.rejections.labels(reason).inc()
+
+    def add_collector(self, collector: Collector) -> None:
+        """Serve what ``collector`` reports (e.g. the monitoring windows) with the rest."""
+        self.registry.register(collector)
 
     def start_http(self, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) and return the bound port."""

@@ -9,6 +9,7 @@ frees the worker for the next request; a merged call stops only once all its cal
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,12 @@ from mcdropout_server.admission import Admission
 from mcdropout_server.batching import DEFAULT_POLICY, BatchPolicy, Job, Scheduler
 from mcdropout_server.calls import Answer, PredictCall
 from mcdropout_server.errors import DeadlineExceededError
+from mcdropout_server.feedback import Feedback
+from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
-from mcdropout_server.registry import ModelRegistry
+from mcdropout_server.registry import ModelRegistry, ServedModel
+
+log = logging.getLogger(__name__)
 
 
 class PredictionRunner:
@@ -33,14 +38,17 @@ class PredictionRunner:
         metrics: Where queue time, queue depth and batch sizes are recorded, if anywhere.
         max_reply_bytes: Largest reply the transport sends; a call whose reply would be larger
             is refused before it is queued. None: no check.
+        feedback: Where every answer is recorded (kept for Feedback, its drift counted), if
+            anywhere.
     """
 
     def __init__(self, registry: ModelRegistry, workers: int, *,
                  batching: BatchPolicy = DEFAULT_POLICY, max_queue: int = 32,
                  metrics: ServerMetrics | None = None,
-                 max_reply_bytes: int | None = None) -> None:
+                 max_reply_bytes: int | None = None, feedback: Feedback | None = None) -> None:
         self.registry = registry
         self.max_reply_bytes = max_reply_bytes
+        self.feedback = feedback
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mcdropout-worker")
         self.scheduler = Scheduler(self._pool, workers, batching, Admission(max_queue),
                                    self._run, metrics)
@@ -78,8 +86,7 @@ class PredictionRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- on a worker thread ------------------------------------------------------------------------
-    @staticmethod
-    def _run(jobs: Sequence[Job]) -> list[Answer | InvalidArgumentError]:
+    def _run(self, jobs: Sequence[Job]) -> list[Answer | InvalidArgumentError]:
         """Answer ``jobs`` with one engine call; a merged call of one job is the ordinary case.
 
         A job whose input values the engine refuses gets its error in place of an answer; the
@@ -93,6 +100,22 @@ class PredictionRunner:
             raise CancelledError("the request was cancelled before it started")
         model = jobs[0].model
         answers = model.predictor.run([job.prepared.request for job in jobs], should_stop)
-        return [answer if isinstance(answer, InvalidArgumentError)
+        done = [answer if isinstance(answer, InvalidArgumentError)
                 else Answer(model.name, model.version, answer, job.prepared.outputs)
                 for job, answer in zip(jobs, answers, strict=True)]
+        if self.feedback is not None:
+            self._record(model, jobs, done)
+        return done
+
+    def _record(self, model: ServedModel, jobs: Sequence[Job],
+                answers: Sequence[Answer | InvalidArgumentError]) -> None:
+        # Monitoring must never cost a caller its answer: a failure here is logged, not raised.
+        assert self.feedback is not None
+        calibration = getattr(model.predictor, "calibration", None)
+        for job, answer in zip(jobs, answers, strict=True):
+            if isinstance(answer, Answer):
+                try:
+                    self.feedback.record(answer, job.prepared.request_id, calibration)
+                except Exception:
+                    log.exception("recording an answer for feedback and drift failed",
+                                  extra=fields(request_id=job.prepared.request_id))

@@ -13,9 +13,10 @@ from typing import Any
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
-from mcdropout_server import codec
+from mcdropout_server import codec, feedback_codec
 from mcdropout_server.calls import Answer, PredictCall
 from mcdropout_server.drain import DrainGate
+from mcdropout_server.feedback import Feedback
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.rpc import RpcRecord, rpc
 from mcdropout_server.runner import PredictionRunner
@@ -36,6 +37,7 @@ class ServicerBase:
         self.gate = gate
         self.metrics = metrics
         self.max_reply_bytes = runner.max_reply_bytes
+        self.feedback = runner.feedback or Feedback.off(metrics)
 
     async def predict(self, call: PredictCall, context: Any, record: RpcRecord) -> Answer:
         """Run a decoded call within the RPC's deadline, noting what it did in ``record``."""
@@ -58,6 +60,14 @@ class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
         call = codec.decode_predict(request, record.request_id)
         answer = await self.predict(call, context, record)
         return codec.encode_predict(answer, record.request_id)
+
+    @rpc("Feedback")
+    async def Feedback(self, request: pb.FeedbackRequest, context: Any,
+                       record: RpcRecord) -> pb.FeedbackResponse:
+        call = feedback_codec.decode_feedback(request)
+        result = self.feedback.apply(call)
+        record.version, record.rows = result.version, result.rows_matched
+        return feedback_codec.encode_feedback(result)
 
     @rpc("GetModelMetadata")
     async def GetModelMetadata(self, request: pb.GetModelMetadataRequest,

@@ -138,6 +138,21 @@ class ServerSettings:
         "while the served ones stay.", choices=ON_LOAD_ERROR))
     import_modules: tuple[str, ...] = field(default=(), metadata=_meta(
         IMPORT_MODULE_HELP, flag="import-module", metavar="MODULE"))
+    feedback_store_rows: int = field(default=100_000, metadata=_meta(
+        "Rows of recent Predict answers (native and OIP) kept for the Feedback RPC to match "
+        "targets against, all models together; the oldest answers are dropped first. Memory: "
+        "about 8 bytes x (2 x outputs) per regression row, 8 bytes x classes per classifier row. "
+        "0 keeps none: Feedback answers FAILED_PRECONDITION.", minimum=0))
+    feedback_ttl_seconds: float = field(default=3600.0, metadata=_meta(
+        "How long an answer may wait for its Feedback, seconds; 0: until the row bound drops "
+        "it.", minimum=0, flag="feedback-ttl"))
+    feedback_window: int = field(default=1000, metadata=_meta(
+        "Rows the rolling gauges average over, per model, version and head: the last rows fed "
+        "back (coverage, ECE, NLL, accuracy) and the last rows served (abstention rate, drift "
+        "shares).", minimum=1))
+    monitored_levels: tuple[float, ...] = field(default=(0.9, 0.95), metadata=_meta(
+        "Levels at which fed-back rows' interval and prediction-set coverage are tracked, each "
+        "in (0, 1).", metavar="LEVEL"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -148,6 +163,9 @@ class ServerSettings:
             if choices and value not in choices:
                 raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, "
                                  f"got {value!r}")
+        if not all(0.0 < level < 1.0 for level in self.monitored_levels):
+            raise ValueError(f"MCDROPOUT_MONITORED_LEVELS must each be in (0, 1), got "
+                             f"{','.join(map(str, self.monitored_levels))}")
         if self.port > 65535 or self.metrics_port > 65535:
             raise ValueError(f"ports must be in 0..65535, got port={self.port}, "
                              f"metrics_port={self.metrics_port}")
@@ -192,7 +210,7 @@ class ServerSettings:
             value = getattr(self, f.name)
             shown = "***" if f.metadata["secret"] and value else value
             if isinstance(value, tuple):
-                shown = ",".join(value)
+                shown = ",".join(map(str, value))
             parts.append(f"{f.name}={shown}")
         return " ".join(parts)
 
@@ -230,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _shown_default(f: dataclasses.Field[Any]) -> str:
     if f.default is None or f.default == ():
         return "unset"
-    return str(f.default)
+    return ",".join(map(str, f.default)) if isinstance(f.default, tuple) else str(f.default)
 
 
 def _kind(name: str) -> type:
@@ -244,7 +262,14 @@ def _kind(name: str) -> type:
 def _parse(name: str, text: str, error: type[Exception] = ValueError) -> Any:
     kind = _kind(name)
     if kind is tuple:
-        return parse_modules(text)
+        items = parse_modules(text)
+        if typing.get_args(typing.get_type_hints(ServerSettings)[name])[0] is float:
+            try:
+                return tuple(float(item) for item in items)
+            except ValueError:
+                raise error(f"{env_name(name)} must be comma-separated numbers, got "
+                            f"{text!r}") from None
+        return items
     if kind is Path:
         return Path(text) if text else None
     if kind is bool:

@@ -1,0 +1,445 @@
+"""Feedback: recent answers kept by request id, matched with the targets that arrive later.
+
+Every answered Predict (native and OIP: :class:`~mcdropout_server.runner.PredictionRunner` calls
+:meth:`Feedback.record` on the worker thread once the engine has answered) is kept in an
+:class:`AnswerStore` under (model, request id), with what is needed to score targets against it
+as it was served: per head the mean, the spread intervals are scaled by, and the head's
+calibration when the answer was calibrated. Raw samples are never kept; the arrays kept are the
+answer's own (no copies). The same call puts every row's drift measure into the
+:class:`~mcdropout_server.monitoring.DriftMonitor`.
+
+A Feedback call (:meth:`Feedback.apply`) takes its answer out of the store (each answer is fed
+back once), scores every row given (:func:`score_rows`) and pushes the scores into the rolling
+:class:`~mcdropout_server.monitoring.LiveCalibration` gauges.
+
+Scoring reproduces what was served: a calibrated regression answer's interval at a monitored
+level is ``mean +- q(level) * scale`` with the version's conformal q, exactly as served; an
+uncalibrated one's is the Gaussian ``mean +- z(level) * predictive_std`` (std without tau), an
+approximation of the served MC-mixture quantiles. A calibrated classifier's prediction set at a
+level is every class whose served (temperature-scaled) mean probability reaches the version's
+threshold, as served. A level the calibration cannot serve (above n/(n+1)) is not scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mcdropout import InvalidArgumentError, MCDropoutError, NotFoundError, Prediction
+from mcdropout.calibration.model import Calibration, HeadCalibration
+from mcdropout.errors import shorten
+from mcdropout_server.calls import Answer
+from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.monitoring import DriftMonitor, LiveCalibration, gaussian_multiplier
+
+log = logging.getLogger(__name__)
+# Ids of answers dropped (used, expired, evicted) remembered to say why a Feedback finds none.
+MAX_DROPPED_IDS = 10_000
+_EPS = 1e-12  # probabilities clipped in log-likelihoods, as in mcdropout.evaluation.scores
+
+
+class FeedbackOffError(MCDropoutError):
+    """The server keeps no answers (MCDROPOUT_FEEDBACK_STORE_ROWS=0): FAILED_PRECONDITION."""
+
+
+class AnswerNotFoundError(NotFoundError):
+    """No answer kept under a (model, request id); ``reason`` says why, as a counter label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# Why an id has no answer: counter label -> what the message says.
+_WHY = {
+    "unknown": "never answered, or dropped too long ago to remember",
+    "used": "already fed back (each answer is matched once)",
+    "expired": "expired",
+    "evicted": "dropped to make room for newer answers",
+    "too_large": "not kept: it had more rows than the store holds",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class StoredHead:
+    """What one head of a kept answer holds.
+
+    Attributes:
+        name, task: The head.
+        mean: The served mean, (rows, outputs); a classifier's mean probabilities (calibrated
+            ones for a calibrated answer).
+        scale: Regression: the spread its intervals are scaled by, (rows, outputs); else None.
+        calibration: The head's calibration when the answer was calibrated, else None.
+    """
+
+    name: str
+    task: str
+    mean: np.ndarray
+    scale: np.ndarray | None
+    calibration: HeadCalibration | None
+
+
+@dataclass(frozen=True, eq=False)
+class StoredAnswer:
+    """One kept answer: the version that gave it, when (``time.monotonic()``), its heads."""
+
+    version: int
+    rows: int
+    at: float
+    heads: tuple[StoredHead, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(h.mean.nbytes + (0 if h.scale is None else h.scale.nbytes) for h in self.heads)
+
+
+class AnswerStore:
+    """Recent answers by (model, request id), bounded in rows and age; oldest dropped first.
+
+    Args:
+        max_rows: Rows kept, all answers together; an answer of more rows is not kept.
+        ttl: Seconds an answer is kept; 0: until the row bound drops it.
+        clock: Seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, max_rows: int, ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_rows, self.ttl, self.clock = max_rows, ttl, clock
+        self._answers: OrderedDict[tuple[str, str], StoredAnswer] = OrderedDict()
+        self._dropped: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.rows = 0
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, model: str, request_id: str, answer: StoredAnswer) -> None:
+        """Keep ``answer``; a later answer with the same id replaces the earlier one."""
+        key = (model, request_id)
+        with self._lock:
+            self._expire()
+            if key in self._answers:
+                self._drop(key, "unknown")
+            if answer.rows > self.max_rows:
+                self._note(key, "too_large")
+                return
+            while self.rows + answer.rows > self.max_rows:
+                self._drop(next(iter(self._answers)), "evicted")
+            self._answers[key] = answer
+            self._dropped.pop(key, None)
+            self.rows += answer.rows
+            self.nbytes += answer.nbytes
+
+    def get(self, model: str, request_id: str) -> StoredAnswer:
+        """The answer kept under (model, request id), left in place.
+
+        Raises:
+            AnswerNotFoundError: none: never answered, already fed back, expired or dropped.
+        """
+        key = (model, request_id)
+        with self._lock:
+            self._expire()
+            answer = self._answers.get(key)
+        if answer is None:
+            raise self._not_found(key)
+        return answer
+
+    def take(self, model: str, request_id: str, answer: StoredAnswer) -> None:
+        """Remove ``answer`` (as returned by :meth:`get`), so that it is fed back only once.
+
+        Raises:
+            AnswerNotFoundError: another Feedback took it (or it was dropped) meanwhile.
+        """
+        key = (model, request_id)
+        with self._lock:
+            if self._answers.get(key) is not answer:
+                raise self._not_found(key)
+            self._drop(key, "used")
+
+    def _expire(self) -> None:
+        if not self.ttl:
+            return
+        oldest = self.clock() - self.ttl
+        while self._answers and next(iter(self._answers.values())).at < oldest:
+            self._drop(next(iter(self._answers)), "expired")
+
+    def _drop(self, key: tuple[str, str], why: str) -> None:
+        answer = self._answers.pop(key)
+        self.rows -= answer.rows
+        self.nbytes -= answer.nbytes
+        self._note(key, why)
+
+    def _note(self, key: tuple[str, str], why: str) -> None:
+        self._dropped[key] = why
+        self._dropped.move_to_end(key)
+        if len(self._dropped) > MAX_DROPPED_IDS:
+            self._dropped.popitem(last=False)
+
+    def _not_found(self, key: tuple[str, str]) -> AnswerNotFoundError:
+        model, request_id = key
+        reason = self._dropped.get(key, "unknown")
+        ttl = f"for {self.ttl:g} s" if self.ttl else "without a time limit"
+        return AnswerNotFoundError(
+            f"no answer of model {shorten(model)} with request id {shorten(request_id)} to "
+            f"match: {_WHY[reason]}. The server keeps the last {self.max_rows} rows of answers "
+            f"(MCDROPOUT_FEEDBACK_STORE_ROWS) {ttl} (MCDROPOUT_FEEDBACK_TTL_SECONDS), each "
+            "matched once", reason)
+
+
+@dataclass(frozen=True, eq=False)
+class FeedbackCall:
+    """One Feedback request as decoded from the wire.
+
+    Attributes:
+        model, request_id: The answer to match.
+        targets: One-head answers: the targets, (rows, outputs) or (rows,) for regression,
+            (rows,) integer labels for a classifier; None when ``named_targets`` is used.
+        named_targets: Head name -> such targets (a head may be left out).
+        rows: The answer's rows the targets are for, 0-based; empty: every row in order.
+    """
+
+    model: str
+    request_id: str
+    targets: np.ndarray | None
+    named_targets: Mapping[str, np.ndarray]
+    rows: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """Rows matched and counted, and the version that gave the answer."""
+
+    rows_matched: int
+    version: int
+
+
+class Feedback:
+    """Keeps answers, matches Feedback with them, and feeds the monitoring collectors.
+
+    Args:
+        store: Where answers wait; None when the server keeps none.
+        calibration: The fed-back rows' gauges.
+        drift: The served rows' drift measure.
+        metrics: Where matched rows and unmatched calls are counted.
+    """
+
+    def __init__(self, store: AnswerStore | None, calibration: LiveCalibration,
+                 drift: DriftMonitor, metrics: ServerMetrics) -> None:
+        self.store, self.calibration, self.drift, self.metrics = store, calibration, drift, metrics
+
+    @classmethod
+    def off(cls, metrics: ServerMetrics, window: int = 1) -> Feedback:
+        """A Feedback that keeps no answers (every Feedback call: FeedbackOffError)."""
+        return cls(None, LiveCalibration(window, ()), DriftMonitor(window), metrics)
+
+    @classmethod
+    def from_settings(cls, metrics: ServerMetrics, *, store_rows: int, ttl: float, window: int,
+                      levels: Sequence[float]) -> Feedback:
+        """The server's Feedback, its collectors and store gauges registered in ``metrics``.
+
+        Args:
+            store_rows: Rows of answers kept (0: none; Feedback calls are refused).
+            ttl: Seconds an answer is kept (0: no limit).
+            window: Rows each rolling gauge averages over.
+            levels: The monitored coverage levels.
+        """
+        store = AnswerStore(store_rows, ttl) if store_rows else None
+        feedback = cls(store, LiveCalibration(window, levels), DriftMonitor(window), metrics)
+        metrics.add_collector(feedback.calibration)
+        metrics.add_collector(feedback.drift)
+        if store is not None:
+            metrics.feedback_store_rows.set_function(lambda: store.rows)
+            metrics.feedback_store_bytes.set_function(lambda: store.nbytes)
+        return feedback
+
+    def record(self, answer: Answer, request_id: str, calibration: Calibration | None) -> None:
+        """Keep one answer and count its rows' drift (on the worker thread that answered it).
+
+        Args:
+            answer: The engine's answer.
+            request_id: The call's id; "" keeps nothing (the drift is counted still).
+            calibration: The answering version's calibration, if it has one.
+        """
+        heads = []
+        for name, prediction, _ in answer.heads():
+            head_cal = None if calibration is None else calibration.heads.get(name)
+            calibrated = bool(getattr(prediction, "calibrated", False)) and head_cal is not None
+            self._observe_drift(answer, name, prediction, head_cal, calibrated)
+            heads.append(StoredHead(name, prediction.task, prediction.mean,
+                                    _scale(prediction, head_cal if calibrated else None),
+                                    head_cal if calibrated else None))
+        if self.store is not None and request_id:
+            self.store.put(answer.model, request_id, StoredAnswer(
+                answer.version, answer.prediction.rows, self.store.clock(), tuple(heads)))
+
+    def _observe_drift(self, answer: Answer, name: str, prediction: Prediction,
+                       head_cal: HeadCalibration | None, calibrated: bool) -> None:
+        if prediction.task == "regression":
+            measure = _scale(prediction, None).mean(axis=1)
+            compared = head_cal is not None  # spreads are the same, calibrated or not
+        else:
+            measure = prediction.mutual_information
+            compared = calibrated and head_cal is not None  # MI of temperature-scaled passes
+        reference = (head_cal.drift.p95, head_cal.drift.p99) if compared and head_cal else None
+        self.drift.observe(answer.model, answer.version, name, measure, reference,
+                           getattr(prediction, "abstain", None))
+
+    def apply(self, call: FeedbackCall) -> FeedbackResult:
+        """Match ``call`` with its answer, score its rows into the gauges, drop the answer.
+
+        Raises:
+            FeedbackOffError: the server keeps no answers.
+            InvalidArgumentError: no model or request id; targets of no head of the answer, of
+                the wrong shape or dtype, labels out of range, bad row indices.
+            NotFoundError: no answer kept under (model, request id): never answered, already
+                fed back, expired or dropped (the message says which, if the server knows).
+        """
+        if self.store is None:
+            raise FeedbackOffError(
+                "this server keeps no answers to match Feedback with "
+                "(MCDROPOUT_FEEDBACK_STORE_ROWS=0); start it with a row bound above 0")
+        if not call.model or not call.request_id:
+            raise InvalidArgumentError("Feedback needs model_name and request_id (the "
+                                       "PredictResponse's), got "
+                                       f"{shorten(call.model)} and {shorten(call.request_id)}")
+        try:
+            answer = self.store.get(call.model, call.request_id)
+            targets = _by_head(call, answer)
+            rows = _rows(call.rows, answer.rows)
+            scored = [(head, score_rows(head, rows, y, self.calibration.levels))
+                      for head, y in targets]
+            self.store.take(call.model, call.request_id, answer)
+        except AnswerNotFoundError as exc:
+            self.metrics.feedback_unmatched.labels(self.metrics.model_label(call.model),
+                                                   exc.reason).inc()
+            raise
+        for head, values in scored:
+            self.calibration.add(call.model, answer.version, head.name,
+                                 head.calibration is not None, head.task, values)
+        self.metrics.feedback_rows.labels(call.model, str(answer.version)).inc(len(rows))
+        return FeedbackResult(len(rows), answer.version)
+
+
+def _scale(prediction: Prediction, head_cal: HeadCalibration | None) -> np.ndarray:
+    # A calibrated answer's intervals scale by what the conformal scores were scaled by.
+    if head_cal is not None and head_cal.regression and head_cal.regression.scale == "std":
+        return prediction.std
+    return prediction.predictive_std if prediction.predictive_std is not None else prediction.std
+
+
+def _by_head(call: FeedbackCall, answer: StoredAnswer) -> list[tuple[StoredHead, np.ndarray]]:
+    heads = {head.name: head for head in answer.heads}
+    if call.targets is not None:
+        if len(answer.heads) != 1:
+            raise InvalidArgumentError(
+                f"this answer has heads {sorted(heads)}: send named_targets by head name, not "
+                "targets")
+        return [(answer.heads[0], call.targets)]
+    unknown = sorted(set(call.named_targets) - set(heads))
+    if unknown or not call.named_targets:
+        raise InvalidArgumentError(f"named_targets must name heads of the answer "
+                                   f"({sorted(heads)}), got {shorten(sorted(call.named_targets))}")
+    return [(heads[name], y) for name, y in call.named_targets.items()]
+
+
+def _rows(wanted: Sequence[int], answered: int) -> np.ndarray:
+    if not wanted:
+        return np.arange(answered)
+    rows = np.asarray(wanted, dtype=np.int64)
+    if rows.min() < 0 or rows.max() >= answered or len(np.unique(rows)) != len(rows):
+        raise InvalidArgumentError(f"rows must be distinct row indices of the answer, in "
+                                   f"0..{answered - 1}, got {shorten(list(wanted))}")
+    return rows
+
+
+def score_rows(head: StoredHead, rows: np.ndarray, y: np.ndarray,
+               levels: Sequence[float]) -> np.ndarray:
+    """Score targets ``y`` of ``rows`` against a kept head, one row of values per target row.
+
+    Returns:
+        Regression: ``[nll, covered@level...]`` (nll and coverage averaged over the outputs);
+        classification: ``[correct, confidence, nll, set covered@level..., set size@level...]``
+        (set columns NaN for an uncalibrated answer or a level the calibration cannot serve).
+        Shape (len(rows), columns) float64.
+
+    Raises:
+        InvalidArgumentError: targets of the wrong shape or dtype, labels out of range.
+    """
+    if head.task == "regression":
+        return _score_regression(head, rows, y, levels)
+    return _score_classification(head, rows, y, levels)
+
+
+def _score_regression(head: StoredHead, rows: np.ndarray, y: np.ndarray,
+                      levels: Sequence[float]) -> np.ndarray:
+    outputs = head.mean.shape[1]
+    if y.dtype.kind not in "iuf" or y.shape not in ((len(rows), outputs),) + (
+            ((len(rows),),) if outputs == 1 else ()):
+        raise InvalidArgumentError(
+            f"head {shorten(head.name)}: regression targets must be numbers of shape "
+            f"({len(rows)}, {outputs}){f' or ({len(rows)},)' if outputs == 1 else ''} for "
+            f"{len(rows)} rows, got {y.dtype} {tuple(y.shape)}")
+    y = y.astype(np.float64).reshape(len(rows), outputs)
+    if not np.all(np.isfinite(y)):
+        raise InvalidArgumentError(f"head {shorten(head.name)}: targets must be finite")
+    assert head.scale is not None
+    mean, scale = head.mean[rows], head.scale[rows]
+    error = np.abs(y - mean)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nll = 0.5 * np.log(2 * np.pi) + np.log(scale) + 0.5 * (error / scale) ** 2
+    columns = [nll.mean(axis=1)]
+    for level in levels:
+        multiplier = _multiplier(head.calibration, level)
+        columns.append(np.full(len(rows), np.nan) if multiplier is None
+                       else (error <= multiplier * scale).mean(axis=1))
+    return np.stack(columns, axis=1)
+
+
+def _score_classification(head: StoredHead, rows: np.ndarray, y: np.ndarray,
+                          levels: Sequence[float]) -> np.ndarray:
+    probs = head.mean[rows]
+    if probs.shape[1] == 1:  # a sigmoid head: P(class 1)
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    classes = probs.shape[1]
+    if y.dtype.kind not in "iu" or y.shape not in ((len(rows),), (len(rows), 1)):
+        raise InvalidArgumentError(
+            f"head {shorten(head.name)}: classifier targets must be integer class indices of "
+            f"shape ({len(rows)},) for {len(rows)} rows, got {y.dtype} {tuple(y.shape)}")
+    y = y.reshape(len(rows))
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise InvalidArgumentError(f"head {shorten(head.name)}: labels must be in "
+                                   f"0..{classes - 1}, got {y.min()}..{y.max()}")
+    labels = y.astype(np.int64)
+    picked = probs[np.arange(len(rows)), labels]
+    columns = [(probs.argmax(axis=1) == labels).astype(np.float64), probs.max(axis=1),
+               -np.log(np.clip(picked, _EPS, 1.0))]
+    thresholds = [_threshold(head.calibration, level) for level in levels]
+    nan = np.full(len(rows), np.nan)
+    columns += [nan if t is None else (picked >= t).astype(np.float64) for t in thresholds]
+    columns += [nan if t is None else (probs >= t).sum(axis=1).astype(np.float64)
+                for t in thresholds]
+    return np.stack(columns, axis=1)
+
+
+def _multiplier(head_cal: HeadCalibration | None, level: float) -> np.ndarray | float | None:
+    if head_cal is None:
+        return gaussian_multiplier(level)
+    if head_cal.regression is None:
+        return None
+    try:
+        return head_cal.regression.quantile(level)
+    except InvalidArgumentError:  # above n/(n+1): the version serves no interval there
+        return None
+
+
+def _threshold(head_cal: HeadCalibration | None, level: float) -> float | None:
+    if head_cal is None or head_cal.sets is None:
+        return None
+    try:
+        return head_cal.sets.threshold(level)
+    except InvalidArgumentError:
+        return None
