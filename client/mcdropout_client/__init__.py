@@ -16,7 +16,9 @@ from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
 from mcdropout_client.outputs import OUTPUT_NAMES
 from mcdropout_client.results import (
+    AbstentionPolicy,
     DropoutLayer,
+    HeadCalibration,
     HeadResult,
     HeadSpec,
     ModelDescription,
@@ -28,10 +30,12 @@ from mcdropout_client.results import (
 
 __all__ = [
     "OUTPUT_NAMES",
+    "AbstentionPolicy",
     "AsyncClient",
     "Client",
     "ClientError",
     "DropoutLayer",
+    "HeadCalibration",
     "HeadResult",
     "HeadSpec",
     "ModelDescription",

@@ -16,8 +16,11 @@ INPUT_SUFFIXES = (".csv", ".npy")
 OUTPUT_SUFFIXES = (".json", ".csv")
 
 
-def load_input(path: Path) -> np.ndarray:
+def load_input(path: Path, *, mmap: bool = False) -> np.ndarray:
     """Read input rows from a ``.npy`` array or a numeric ``.csv`` (an optional header row).
+
+    With ``mmap`` a ``.npy`` file is mapped read-only rather than read (rows are read from disk
+    as they are used, so a file larger than memory works).
 
     Raises:
         ValueError: unknown suffix, unreadable file, empty or ragged CSV, a non-numeric cell.
@@ -27,7 +30,7 @@ def load_input(path: Path) -> np.ndarray:
         raise ValueError(f"input must be a {' or '.join(INPUT_SUFFIXES)} file, got {str(path)!r}")
     try:
         if suffix == ".npy":
-            return np.asarray(np.load(path, allow_pickle=False))
+            return np.asarray(np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None))
         text = path.read_text()
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read input {str(path)!r}: {error}") from None
@@ -62,10 +65,13 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def load_inputs(specs: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+def load_inputs(specs: Sequence[str], *, mmap: bool = False
+                ) -> np.ndarray | dict[str, np.ndarray]:
     """The ``--input`` values of the command line: one ``FILE``, or ``NAME=FILE`` per input.
 
     A value is ``NAME=FILE`` when it holds ``=`` and is not itself an existing file.
+
+    ``mmap`` as in :func:`load_input`.
 
     Raises:
         ValueError: files as in :func:`load_input`; a mix of named and unnamed inputs, an
@@ -81,14 +87,14 @@ def load_inputs(specs: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
         if not name or name in named:
             raise ValueError(f"--input NAME=FILE: {'empty' if not name else 'repeated'} input "
                              f"name in {spec!r}")
-        named[name] = load_input(Path(file))
+        named[name] = load_input(Path(file), mmap=mmap)
     if named and plain:
         raise ValueError(f"--input: name every input (NAME=FILE) or give one unnamed FILE, not "
                          f"both; unnamed: {plain}")
     if len(plain) > 1:
         raise ValueError(f"--input: several inputs need names (NAME=FILE, see `metadata` for "
                          f"the model's inputs); got {plain}")
-    return named or load_input(Path(plain[0]))
+    return named or load_input(Path(plain[0]), mmap=mmap)
 
 
 def result_to_dict(result: PredictResult,
@@ -103,7 +109,7 @@ def result_to_dict(result: PredictResult,
     out: dict[str, Any] = {
         "model": result.model, "version": result.version, "task": result.task,
         "samples_used": result.samples_used, "seed": result.seed,
-        "request_id": result.request_id,
+        "request_id": result.request_id, "calibrated": result.calibrated,
     }
     if result.heads:
         by_head = labels if isinstance(labels, Mapping) else {}
@@ -126,7 +132,12 @@ def _statistics_dict(stats: Statistics, labels: Sequence[str]) -> dict[str, Any]
             for level, (lower, upper) in sorted(stats.intervals.items())
         }
     if labels and stats.predicted_class is not None:
-        out["predicted_label"] = [_label(labels, int(c)) for c in stats.predicted_class]
+        out["predicted_label"] = [class_label(labels, int(c)) for c in stats.predicted_class]
+    if stats.prediction_sets:
+        out["prediction_sets"] = {str(level): members.tolist()
+                                  for level, members in sorted(stats.prediction_sets.items())}
+    if stats.abstain is not None:
+        out["abstain"] = stats.abstain.tolist()
     return out
 
 
@@ -182,7 +193,14 @@ def _columns(stats: Statistics, labels: Sequence[str]) -> list[tuple[str, Any]]:
         if value is not None:
             columns.append((name, value))
     if labels and stats.predicted_class is not None:
-        columns.append(("predicted_label", [_label(labels, int(c)) for c in stats.predicted_class]))
+        columns.append(("predicted_label",
+                        [class_label(labels, int(c)) for c in stats.predicted_class]))
+    for level, members in sorted(stats.prediction_sets.items()):
+        columns.append((f"set_{level:g}", ["|".join(class_label(labels, int(k))
+                                                    for k in np.flatnonzero(row))
+                                           for row in members]))
+    if stats.abstain is not None:
+        columns.append(("abstain", stats.abstain))
     return columns
 
 
@@ -197,5 +215,6 @@ def _split(name: str, value: np.ndarray) -> list[tuple[str, Any]]:
     return [(f"{name}_{j}", matrix[:, j]) for j in range(matrix.shape[1])]
 
 
-def _label(labels: Sequence[str], cls: int) -> str:
+def class_label(labels: Sequence[str], cls: int) -> str:
+    """The label of class ``cls``, or its index when there is no such label."""
     return labels[cls] if 0 <= cls < len(labels) else str(cls)

@@ -11,7 +11,9 @@ from mcdropout_client import tensors
 from mcdropout_client.outputs import OUTPUT_NAMES, TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2
 from mcdropout_client.results import (
+    AbstentionPolicy,
     DropoutLayer,
+    HeadCalibration,
     HeadResult,
     HeadSpec,
     ModelDescription,
@@ -26,7 +28,7 @@ _MAX_SEED = 2**64
 def predict_request(
     x: Any, *, model: str, version: int | None, samples: int | None, seed: int | None,
     tolerance: float | None, interval_levels: Sequence[float], outputs: Sequence[str] | None,
-    request_id: str | None,
+    request_id: str | None, calibrated: bool = False, set_levels: Sequence[float] = (),
 ) -> mcdropout_pb2.PredictRequest:
     """Build a PredictRequest, checking locally what the wire types cannot carry.
 
@@ -48,6 +50,8 @@ def predict_request(
         interval_levels=[float(level) for level in interval_levels],
         outputs=[output_enum(name) for name in outputs or ()],
         request_id=request_id or "",
+        calibrated=bool(calibrated),
+        set_levels=[float(level) for level in set_levels],
     )
     if isinstance(x, Mapping):
         for name, value in x.items():
@@ -70,7 +74,9 @@ def output_enum(name: str) -> mcdropout_pb2.Output.ValueType:
 
 def predict_result(response: mcdropout_pb2.PredictResponse) -> PredictResult:
     """Turn a PredictResponse into a :class:`PredictResult` of numpy arrays."""
-    heads = {head.name: HeadResult(name=head.name, task=task_name(head.task), **_statistics(head))
+    # The answer is calibrated as a whole: every head's statistics were taken the same way.
+    heads = {head.name: HeadResult(name=head.name, task=task_name(head.task),
+                                   **_statistics(head, response.calibrated))
              for head in response.heads}
     return PredictResult(
         model=response.model_name,
@@ -80,12 +86,12 @@ def predict_result(response: mcdropout_pb2.PredictResponse) -> PredictResult:
         request_id=response.request_id,
         task=task_name(response.task),
         heads=heads,
-        **_statistics(response),
+        **_statistics(response, response.calibrated),
     )
 
 
-def _statistics(message: mcdropout_pb2.PredictResponse | mcdropout_pb2.HeadResult
-                ) -> dict[str, Any]:
+def _statistics(message: mcdropout_pb2.PredictResponse | mcdropout_pb2.HeadResult,
+                calibrated: bool) -> dict[str, Any]:
     # A HeadResult holds its statistics in fields of the same names as a PredictResponse.
     found: dict[str, Any] = {
         spec.attribute: tensors.from_proto(getattr(message, spec.name))
@@ -96,6 +102,9 @@ def _statistics(message: mcdropout_pb2.PredictResponse | mcdropout_pb2.HeadResul
         iv.level: (tensors.from_proto(iv.lower), tensors.from_proto(iv.upper))
         for iv in message.intervals
     }
+    found["prediction_sets"] = {s.level: tensors.from_proto(s.members)
+                                for s in message.prediction_sets}
+    found["calibrated"] = calibrated
     return found
 
 
@@ -126,6 +135,7 @@ def model_description(meta: mcdropout_pb2.ModelMetadata) -> ModelDescription:
         max_rows=meta.max_rows,
         inputs=tuple(_spec(spec) for spec in meta.inputs),
         heads=tuple(_head(head) for head in meta.heads),
+        calibration=tuple(_calibration(head) for head in meta.calibration),
     )
 
 
@@ -161,6 +171,17 @@ def _spec(spec: mcdropout_pb2.TensorSpec) -> TensorSpec:
     except ValueError:  # unspecified, or a dtype newer than this client
         dtype = "unspecified" if spec.dtype == 0 else f"dtype_{spec.dtype}"
     return TensorSpec(name=spec.name, dtype=dtype, shape=tuple(spec.shape))
+
+
+def _calibration(cal: mcdropout_pb2.HeadCalibration) -> HeadCalibration:
+    policy = cal.abstention if cal.HasField("abstention") else None
+    return HeadCalibration(
+        head=cal.head, method=cal.method, rows=cal.rows, temperature=cal.temperature or None,
+        scale=cal.scale, before=dict(cal.before), after=dict(cal.after),
+        abstention=None if policy is None else AbstentionPolicy(
+            policy.measure, policy.threshold, policy.target, policy.target_value, policy.risk,
+            policy.coverage),
+        drift_measure=cal.drift_measure, drift_p95=cal.drift_p95, drift_p99=cal.drift_p99)
 
 
 def _head(head: mcdropout_pb2.HeadSpec) -> HeadSpec:

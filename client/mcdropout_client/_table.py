@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mcdropout_client._io import class_label
 from mcdropout_client.results import (
     CLASSIFICATION,
+    HeadCalibration,
     ModelDescription,
     ModelSummary,
     PredictResult,
@@ -32,6 +34,7 @@ def prediction(result: PredictResult,
     one-head model, head name -> labels for several heads.
     """
     kind = f"{len(result.heads)} heads" if result.heads else result.task
+    kind += ", calibrated" if result.calibrated else ""
     title = (f"model {result.model} v{result.version} ({kind}), "
              f"{result.samples_used} passes, seed {result.seed}, request {result.request_id}")
     if not result.heads:
@@ -60,6 +63,7 @@ def _regression(result: Statistics, labels: Sequence[str]) -> str:
     header = ["row", "output", "mean ± std" if std is not None else "mean"]
     header += ["predictive_std"] if pstd is not None else []
     header += [f"{level:.4g} interval" for level, _, _ in intervals]
+    header += ["abstain"] if result.abstain is not None else []
     rows = []
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
@@ -67,6 +71,7 @@ def _regression(result: Statistics, labels: Sequence[str]) -> str:
             cells = [str(i), labels[j] if j < len(labels) else str(j), center]
             cells += [_num(pstd[i, j])] if pstd is not None else []
             cells += [f"[{_num(lo[i, j])}, {_num(hi[i, j])}]" for _, lo, hi in intervals]
+            cells += [_yes(result.abstain[i])] if result.abstain is not None else []
             rows.append(cells)
     return render(header, rows)
 
@@ -79,11 +84,18 @@ def _classification(result: Statistics, labels: Sequence[str]) -> str:
                 ("variation_ratio", result.variation_ratio)]
     present = [(name, values) for name, values in optional if values is not None]
     header += [name for name, _ in present]
+    sets = sorted(result.prediction_sets.items())
+    header += [f"{level:.4g} set" for level, _ in sets]
+    header += ["abstain"] if result.abstain is not None else []
     rows = []
     for i, cls in enumerate(int(c) for c in result.predicted_class):
         label = f"{cls} ({labels[cls]})" if 0 <= cls < len(labels) else str(cls)
         prob = _num(_matrix(result.mean)[i, cls]) if result.mean is not None else "-"
-        rows.append([str(i), label, prob, *(_num(values[i]) for _, values in present)])
+        cells = [str(i), label, prob, *(_num(values[i]) for _, values in present)]
+        cells += ["{" + ", ".join(class_label(labels, int(k)) for k in np.flatnonzero(members[i]))
+                  + "}" for _, members in sets]
+        cells += [_yes(result.abstain[i])] if result.abstain is not None else []
+        rows.append(cells)
     return render(header, rows)
 
 
@@ -112,6 +124,7 @@ def description(meta: ModelDescription) -> str:
         ("max rows", str(meta.max_rows) if meta.max_rows else "unlimited"),
         ("tau", f"{meta.tau:.6g}" if meta.tau is not None else "unknown"),
         ("description", meta.description or "-"),
+        *_calibration(meta.calibration, several=len(meta.heads) > 1),
     ]
     width = max(len(key) for key, _ in pairs)
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in pairs)
@@ -128,6 +141,36 @@ def _inputs_and_heads(meta: ModelDescription) -> list[tuple[str, str]]:
         labels = f", labels {', '.join(head.labels)}" if head.labels else ""
         lines.append((f"head {head.name}", f"{head.task} {_tensor(head.output)}{tau}{labels}"))
     return lines
+
+
+def _calibration(calibration: Sequence[HeadCalibration], several: bool) -> list[tuple[str, str]]:
+    if not calibration:
+        return [("calibration", "none (`mcdropout calibrate` makes a calibrated version)")]
+    lines = []
+    for cal in calibration:
+        suffix = f" {cal.head}" if several else ""
+        how = f"{cal.method} on {cal.rows} rows"
+        how += f", temperature {cal.temperature:.4g}" if cal.temperature is not None else ""
+        how += f", scale {cal.scale}" if cal.scale else ""
+        lines.append((f"calibration{suffix}", how))
+        scores = [f"{key} {_num(cal.before[key])} -> {_num(cal.after[key])}"
+                  for key in sorted(cal.before) if key in cal.after]
+        if scores:
+            lines.append((f"calibration scores{suffix}", "; ".join(scores)))
+        policy = cal.abstention
+        if policy is not None:
+            lines.append((f"abstention{suffix}", (
+                f"{policy.measure} > {policy.threshold:.4g} (for {policy.target} "
+                f"{policy.target_value:g}: risk {_num(policy.risk)}, keeps "
+                f"{policy.coverage:.1%} of the calibration rows)")))
+        if cal.drift_measure:
+            lines.append((f"drift reference{suffix}", f"{cal.drift_measure} p95 "
+                          f"{_num(cal.drift_p95)}, p99 {_num(cal.drift_p99)}"))
+    return lines
+
+
+def _yes(value: object) -> str:
+    return "yes" if value else "no"
 
 
 def _tensor(spec: TensorSpec) -> str:

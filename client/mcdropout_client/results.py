@@ -30,6 +30,12 @@ class Statistics:
         mutual_information: (rows,) nats (epistemic part, BALD).
         variation_ratio: (rows,) in [0, 1).
         raw_samples: (passes, rows, outputs) float32 per-pass outputs, when requested.
+        prediction_sets: classification, calibrated: coverage level -> (rows, classes) bool,
+            ``[i, k]`` true when class k is in row i's conformal set (a set may be empty).
+        abstain: calibrated, with an abstention policy: (rows,) bool, true where the policy
+            abstains (the row's uncertainty is above the threshold fitted at calibration).
+        calibrated: whether the version's calibration was applied to every statistic
+            (temperature-scaled passes, conformal intervals).
     """
 
     mean: np.ndarray | None = None
@@ -43,11 +49,15 @@ class Statistics:
     mutual_information: np.ndarray | None = None
     variation_ratio: np.ndarray | None = None
     raw_samples: np.ndarray | None = None
+    prediction_sets: dict[float, np.ndarray] = field(default_factory=dict)
+    abstain: np.ndarray | None = None
+    calibrated: bool = False
 
     @property
     def rows(self) -> int:
         """Number of input rows answered."""
-        for arr in (self.mean, self.predicted_class, self.std, self.predictive_entropy):
+        for arr in (self.mean, self.predicted_class, self.std, self.predictive_entropy,
+                    self.abstain):
             if arr is not None:
                 return int(arr.shape[0])
         return 0
@@ -149,6 +159,59 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class AbstentionPolicy:
+    """A calibrated version's rule for abstaining: abstain when ``measure`` > ``threshold``.
+
+    Attributes:
+        measure: "predictive_std" or "std" (regression, mean over outputs),
+            "predictive_entropy", "mutual_information" or "variation_ratio" (classification).
+        threshold: rows whose measure is above it are abstained on.
+        target: what the threshold was chosen for: "risk" or "coverage".
+        target_value: the risk or the share of rows kept that was asked for.
+        risk: on the calibration rows, the risk of the rows kept (error rate; RMSE for
+            regression).
+        coverage: on the calibration rows, the share of rows kept.
+    """
+
+    measure: str
+    threshold: float
+    target: str
+    target_value: float
+    risk: float
+    coverage: float
+
+
+@dataclass(frozen=True)
+class HeadCalibration:
+    """How one head of a version was calibrated (``mcdropout calibrate``).
+
+    Attributes:
+        head: the head's name.
+        method: "split-conformal" (regression) or "temperature+lac" (classification).
+        rows: labelled calibration rows it was fitted on.
+        temperature: classification: the fitted temperature; ``None`` for regression.
+        scale: regression: the spread conformal intervals scale, "predictive_std" or "std".
+        before, after: scores on the calibration rows before and after calibration, by name
+            (e.g. "coverage@0.95", "ece", "nll").
+        abstention: the abstention policy, or ``None`` when the version has none.
+        drift_measure: the uncertainty measure served rows are compared with for drift.
+        drift_p95, drift_p99: its 95th and 99th percentiles on the calibration rows.
+    """
+
+    head: str
+    method: str
+    rows: int
+    temperature: float | None = None
+    scale: str = ""
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    abstention: AbstentionPolicy | None = None
+    drift_measure: str = ""
+    drift_p95: float = 0.0
+    drift_p99: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Metadata of one model version, as ``GetModelMetadata`` describes it.
 
@@ -161,6 +224,8 @@ class ModelDescription:
         max_rows: largest accepted number of rows per request (0 when the server sets no limit).
         inputs: every input, in the model's order, named as ``predict`` takes them in a mapping.
         heads: every output head, in the model's order.
+        calibration: the version's calibration, one entry per head in the model's order;
+            empty when the version is not calibrated.
     """
 
     name: str
@@ -178,6 +243,12 @@ class ModelDescription:
     max_rows: int
     inputs: tuple[TensorSpec, ...] = ()
     heads: tuple[HeadSpec, ...] = ()
+    calibration: tuple[HeadCalibration, ...] = ()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the version can answer calibrated requests."""
+        return bool(self.calibration)
 
 
 @dataclass(frozen=True)

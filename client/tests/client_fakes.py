@@ -95,6 +95,8 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
             _classification(reply, draws, wanted)
         if pb.SAMPLES in wanted:
             reply.samples.CopyFrom(tensors.to_proto(draws.astype(np.float32)))
+        if request.calibrated or request.set_levels or {pb.PREDICTION_SETS, pb.ABSTAIN} & wanted:
+            _calibrated(request, reply, draws, context)
         return reply
 
     def GetModelMetadata(self, request, context):
@@ -119,6 +121,7 @@ class FakePredictionService(mcdropout_pb2_grpc.PredictionServiceServicer):
                                             recurrent_rate=0.3)],
             default_samples=DEFAULT_SAMPLES, max_samples=MAX_SAMPLES,
             tau=4.0 if is_reg else 0.0, description=f"fake {request.model_name}", max_rows=100,
+            calibration=[CLF_CALIBRATION] if not is_reg and request.model_version != 1 else [],
         )
 
     def ListModels(self, request, context):
@@ -165,6 +168,30 @@ def _shop(request, context):
         reply.heads[0].samples.CopyFrom(tensors.to_proto(price.astype(np.float32)))
         reply.heads[1].samples.CopyFrom(tensors.to_proto(kind.astype(np.float32)))
     return reply
+
+
+# "clf" version 2 (the latest) is calibrated; version 1 and "reg" are not.
+CLF_CALIBRATION = pb.HeadCalibration(
+    head="y", method="temperature+lac", rows=500, temperature=1.5,
+    before={"ece": 0.12, "nll": 0.9}, after={"ece": 0.03, "nll": 0.7},
+    abstention=pb.AbstentionPolicy(measure="mutual_information", threshold=0.05,
+                                   target="coverage", target_value=0.9, risk=0.08,
+                                   coverage=0.9),
+    drift_measure="mutual_information", drift_p95=0.04, drift_p99=0.06)
+
+
+def _calibrated(request, reply, draws, context) -> None:
+    """A calibrated answer of "clf" v2: sets of the classes with mean >= 1 - level (a stand-in
+    for a threshold), abstain where the top class is below one half."""
+    if request.model_name != "clf" or request.model_version == 1:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                      f"model {request.model_name!r} has no calibration")
+    mean = draws.mean(axis=0)
+    for level in request.set_levels:
+        reply.prediction_sets.add(level=level, members=tensors.to_proto(mean >= 1 - level))
+    if pb.ABSTAIN in request.outputs:
+        reply.abstain.CopyFrom(tensors.to_proto(mean.max(axis=-1) < 0.5))
+    reply.calibrated = True
 
 
 def _regression(reply, draws, wanted, levels) -> None:

@@ -130,6 +130,9 @@ def show_info(args: argparse.Namespace) -> int:
     except MCDropoutError as exc:  # still describe what the store holds
         predictor, problem = None, f"cannot be served: {exc}"
     print("\n".join(output.model_lines(info, predictor, find_stochastic_layers(model))))
+    calibration = store.read_calibration(info.name, info.version)
+    print("\n".join(output.calibration_lines(calibration)) if calibration is not None else
+          "calibration: none (`mcdropout calibrate` makes a calibrated version)")
     if problem:
         print(problem)
     print(info.to_json())

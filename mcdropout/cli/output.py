@@ -112,3 +112,31 @@ def model_lines(info: Any, predictor: Any | None, layers: Any) -> list[str]:
         + (f", recurrent p={s.recurrent_rate:g}" if s.recurrent_rate else "") + ")"
         for s in layers))
     return lines
+
+
+def calibration_lines(calibration: Any) -> list[str]:
+    """A version's calibration for people: per head the method, rows and passes, temperature,
+    abstention policy, drift percentiles, and a table of the scores before and after (the
+    after scores are in-sample, on the calibration rows)."""
+    lines = []
+    for head in calibration.heads.values():
+        extra = (f", scale {head.regression.scale}" if head.regression is not None else
+                 f", temperature {head.temperature:.4g}" if head.temperature is not None else "")
+        lines.append(f"head {head.head}: {head.task}, {head.method}{extra}; {head.rows} "
+                     f"calibration rows, {head.samples} passes")
+        keys = list(dict.fromkeys([*head.before, *head.after]))
+        lines.append(f"  {'score':<18} {'before':>10} {'after':>10}")
+        for key in keys:
+            cells = [f"{d[key]:>10.4g}" if key in d else f"{'-':>10}"
+                     for d in (head.before, head.after)]
+            lines.append(f"  {key:<18} {cells[0]} {cells[1]}")
+        lines.append(f"  drift reference ({head.drift.measure}): p95 {head.drift.p95:.4g}, "
+                     f"p99 {head.drift.p99:.4g}")
+        policy = head.abstention
+        if policy is not None:
+            lines.append(f"  abstain when {policy.measure} > {policy.threshold:.4g} (target "
+                         f"{policy.target} {policy.target_value:g}; on the calibration rows: "
+                         f"keeps {policy.coverage:.1%}, risk {policy.risk:.4g})")
+        else:
+            lines.append("  no abstention policy")
+    return lines

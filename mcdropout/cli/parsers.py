@@ -9,16 +9,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from mcdropout.cli import commands
+from mcdropout.cli import calibrating, commands
 from mcdropout.loading import IMPORT_MODULE_HELP, IMPORT_MODULES_ENV
 
 
 def add_builtin_commands(sub: Any) -> None:
-    """Add train, import, predict, evaluate, info, make-default-models and demo, in that order."""
+    """Add train, import, predict, evaluate, calibrate, info, make-default-models and demo, in
+    that order."""
     _add_train(sub)
     _add_import(sub)
     _add_predict(sub)
     _add_evaluate(sub)
+    _add_calibrate(sub)
     _add_info(sub)
     _add_defaults(sub)
 
@@ -161,13 +163,65 @@ def _add_evaluate(sub: Any) -> None:
     p.set_defaults(func=commands.evaluate)
 
 
+_CALIBRATE_DESCRIPTION = """\
+Fit post-hoc calibration of a stored version on labelled rows it was not trained on, and write
+a calibrated copy as a new version (atomically; the version calibrated stays as it was). Every
+head is calibrated:
+
+- regression: split-conformal intervals. Scores |y - mean| / scale (scale: predictive std when
+  the head has tau, else the MC std) give, at level L, intervals mean +- q(L) scale that cover at
+  least L of new targets exchangeable with the calibration rows (on average over rows, not for
+  each row). A level needs n >= L/(1-L) rows (19 for 0.95).
+- classification: a temperature T (each pass's probabilities become softmax(log p / T) before
+  any statistic), fitted by the NLL of the MC predictive distribution, then LAC prediction sets
+  on the calibrated mean probabilities.
+
+Optionally an abstention policy: a threshold on --abstain-measure (predictive_std or std for
+regression; predictive_entropy, mutual_information or variation_ratio for a classifier), chosen
+on the calibration rows to keep the share --abstain-coverage, or the largest share whose risk
+(error rate; RMSE in target units for regression) is at most --abstain-risk.
+
+Prints the new version and, per head, the scores before and after (after: on the calibration
+rows themselves), the drift reference (95th/99th percentiles of the drift measure) and the
+policy. Exit status: 0 written; 1 refused (one line on stderr says why); 2 bad usage."""
+
+
+def _add_calibrate(sub: Any) -> None:
+    p = sub.add_parser(
+        "calibrate", help="fit conformal intervals / temperature and prediction sets on held-out "
+                          "rows and write a calibrated version",
+        description=_CALIBRATE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-root", type=Path, required=True, help="model store directory")
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument("--version", type=int, help="version to calibrate; default the latest")
+    p.add_argument("--data", required=True, type=Path,
+                   help="held-out labelled rows: CSV with a header, or NPZ with x and y (several "
+                        "heads: one array per head, named by --target)")
+    p.add_argument("--target", action="append", metavar="[HEAD=]COLUMN",
+                   help="target column (repeat for several outputs); HEAD=COLUMN for each head "
+                        "of a model with several; default the columns the model was trained on")
+    _sampling_args(p)
+    p.add_argument("--abstain-measure", metavar="MEASURE",
+                   help="measure of an abstention policy: predictive_std, std, "
+                        "predictive_entropy, mutual_information or variation_ratio")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--abstain-risk", type=float, metavar="R",
+                        help="keep the largest share of rows whose risk is at most R")
+    target.add_argument("--abstain-coverage", type=float, metavar="C",
+                        help="keep the share C in (0, 1] of rows with the lowest measure")
+    _import_module_arg(p)
+    p.set_defaults(func=calibrating.calibrate)
+
+
 def _add_info(sub: Any) -> None:
     p = sub.add_parser("info", help="list the models of a store, or describe one",
                        description="Without --name: every model and its versions. With "
                                    "--name: every input (name, row shape with None for a "
                                    "variable dimension, dtype), every head (name, task, values "
                                    "a row, labels, tau), the stochastic layers with their rates "
-                                   "(an RNN's recurrent rate too), and the metadata.")
+                                   "(an RNN's recurrent rate too), the calibration (method, "
+                                   "rows, temperature, scores before and after, abstention "
+                                   "policy, drift percentiles) and the metadata.")
     p.add_argument("--model-root", type=Path,
                    help="model store directory; default the built-in default store")
     p.add_argument("--name", help="model to describe")

@@ -23,6 +23,8 @@ from mcdropout import (
     Task,
 )
 
+CLASSIFICATION = catalogue.CLASSIFICATION
+
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -52,6 +54,8 @@ class PredictCall:
         interval_levels: Coverage levels of the intervals to return.
         outputs: Requested output names (lower case); empty for the task's default set.
         request_id: Id echoed in logs and the response.
+        calibrated: Apply the version's calibration (see :attr:`uses_calibration`).
+        set_levels: Coverage levels of the conformal prediction sets to return.
     """
 
     model: str
@@ -63,6 +67,15 @@ class PredictCall:
     interval_levels: tuple[float, ...] = ()
     outputs: tuple[str, ...] = ()
     request_id: str = ""
+    calibrated: bool = False
+    set_levels: tuple[float, ...] = ()
+
+    @property
+    def uses_calibration(self) -> bool:
+        """Whether the answer is calibrated: asked for, or implied by set levels or an output
+        only a calibrated version has (prediction sets, abstain)."""
+        return (self.calibrated or bool(self.set_levels)
+                or any(name in catalogue.CALIBRATED_OUTPUTS for name in self.outputs))
 
     @property
     def rows(self) -> int:
@@ -112,26 +125,43 @@ def resolve_outputs(call: PredictCall, heads: Sequence[Head]) -> dict[str, froze
 
     Each head gets the requested outputs that apply to its task (all of them for a one-head
     model, where any that does not apply is refused); no outputs requested gives each head its
-    task's default set. Non-empty ``interval_levels`` add "intervals" implicitly.
+    task's default set. Non-empty ``interval_levels`` add "intervals" implicitly, non-empty
+    ``set_levels`` "prediction_sets" (to the classifier heads). Outputs only a calibrated
+    version has are allowed here: whether the version has a calibration is the engine's check.
 
     Raises:
         InvalidArgumentError: an output that no head has (the message lists each head's
-            allowed outputs), or "intervals" without levels.
+            allowed outputs), "intervals" without interval levels, "prediction_sets" without
+            set levels, or set levels for a model without a classifier head.
     """
-    if call.interval_levels:
-        extra = {"intervals"}
-    elif "intervals" in call.outputs:
-        raise InvalidArgumentError("output 'intervals' needs interval_levels, each strictly "
-                                   "between 0 and 1 (e.g. [0.9, 0.95]); got none")
-    else:
-        extra = set()
-    allowed = {head.name: set(catalogue.allowed(head.task, head.has_tau)) for head in heads}
+    extra = (_implied("intervals", call.interval_levels, call.outputs, "interval_levels")
+             | _implied("prediction_sets", call.set_levels, call.outputs, "set_levels"))
+    if call.set_levels and all(head.task != CLASSIFICATION for head in heads):
+        raise InvalidArgumentError(
+            f"set_levels ask for prediction sets, which only classifiers have; this "
+            f"{heads[0].task if len(heads) == 1 else 'model'} has no classification head; got "
+            f"set_levels {list(call.set_levels)} (calibrated regression intervals come at "
+            "interval_levels)")
+    allowed = {head.name: set(catalogue.allowed(head.task, head.has_tau, calibrated=True))
+               for head in heads}
     wrong = sorted(set(call.outputs) - set().union(*allowed.values()))
     if wrong:
         raise InvalidArgumentError(_not_applicable(wrong, heads))
-    return {head.name: frozenset(extra | (set(call.outputs) & allowed[head.name] if call.outputs
-                                          else set(catalogue.defaults(head.task, head.has_tau))))
+    return {head.name: frozenset((extra | set(call.outputs) if call.outputs else
+                                  extra | set(catalogue.defaults(head.task, head.has_tau)))
+                                 & allowed[head.name])
             for head in heads}
+
+
+def _implied(output: str, levels: tuple[float, ...], outputs: tuple[str, ...],
+             field: str) -> set[str]:
+    # An output given per level: asked for by its levels, refused when named without any.
+    if levels:
+        return {output}
+    if output in outputs:
+        raise InvalidArgumentError(f"output {output!r} needs {field}, each strictly between 0 "
+                                   "and 1 (e.g. [0.9, 0.95]); got none")
+    return set()
 
 
 def _not_applicable(wrong: list[str], heads: Sequence[Head]) -> str:
@@ -140,26 +170,29 @@ def _not_applicable(wrong: list[str], heads: Sequence[Head]) -> str:
         why = (" (the model has no noise precision tau)"
                if wrong == ["predictive_std"] and head.task == "regression" else "")
         return (f"outputs {wrong} do not apply to this {head.task} model{why}; allowed "
-                f"outputs: {', '.join(catalogue.allowed(head.task, head.has_tau))}")
+                f"outputs: {', '.join(catalogue.allowed(head.task, head.has_tau, True))}")
     each = "; ".join(f"{head.name} ({head.task}): "
-                     f"{', '.join(catalogue.allowed(head.task, head.has_tau))}" for head in heads)
+                     f"{', '.join(catalogue.allowed(head.task, head.has_tau, True))}"
+                     for head in heads)
     return f"outputs {wrong} apply to no head of this model; allowed outputs per head: {each}"
 
 
 def check_reply_size(outputs: HeadOutputs, widths: Mapping[str, int], *, rows: int,
-                     samples: int, levels: int, limit: int) -> None:
+                     samples: int, levels: int, limit: int, set_levels: int = 0) -> None:
     """Refuse a call whose reply would be larger than ``limit`` bytes, before any pass runs.
 
     Args:
         outputs: The outputs each head sends.
         widths: Values per row of each head's per-row-and-output statistics.
-        rows, samples, levels: The resolved request's rows, passes and interval levels.
+        rows, samples, levels, set_levels: The resolved request's rows, passes, interval
+            levels and prediction set levels.
 
     Raises:
         ResourceLimitError: the reply, every head counted, would exceed ``limit``.
     """
     size = sum(catalogue.reply_bytes(sent, rows=rows, width=widths[name], samples=samples,
-                                     levels=levels) for name, sent in outputs.items())
+                                     levels=levels, set_levels=set_levels)
+               for name, sent in outputs.items())
     if size > limit:
         raw = " and raw samples" if any("samples" in sent for sent in outputs.values()) else ""
         raise ResourceLimitError(

@@ -14,6 +14,7 @@ from mcdropout_client.outputs import TENSOR_OUTPUTS
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 
 from mcdropout import InvalidArgumentError, Prediction, Task
+from mcdropout.calibration import Calibration, HeadCalibration
 from mcdropout.engine.inputs import LEGACY_NAME as LEGACY_INPUT_NAME
 from mcdropout.errors import shorten
 from mcdropout_server.calls import (
@@ -37,8 +38,9 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
     Raises:
         InvalidArgumentError: no inputs, both ``inputs`` and ``named_inputs``, a malformed
             tensor, an unknown output enum value, a request id that is over-long or not
-            printable ASCII. Which input names a model takes, and values with a range (samples,
-            seed, tolerance, levels), are checked once, by the registry's resolution.
+            printable ASCII. Which input names a model takes, values with a range (samples,
+            seed, tolerance, levels), and whether the version is calibrated, are checked once,
+            by the registry's resolution.
     """
     if request.request_id and not is_valid_request_id(request.request_id):
         raise InvalidArgumentError(
@@ -54,6 +56,8 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
         interval_levels=tuple(request.interval_levels),
         outputs=tuple(_output_name(value) for value in request.outputs),
         request_id=request_id,
+        calibrated=request.calibrated,
+        set_levels=tuple(request.set_levels),
     )
 
 
@@ -85,11 +89,12 @@ def encode_predict(answer: Answer, request_id: str) -> pb.PredictResponse:
 
     A one-head model's statistics fill the response's own fields; a model with several heads
     answers in ``heads`` (one HeadResult each, in the model's order) and says TASK_UNSPECIFIED.
+    ``calibrated`` says whether the version's calibration was applied.
     """
     prediction = answer.prediction
     response = pb.PredictResponse(
         model_name=answer.model, model_version=answer.version, samples_used=prediction.samples,
-        seed=prediction.seed, request_id=request_id)
+        seed=prediction.seed, request_id=request_id, calibrated=prediction.calibrated)
     if isinstance(prediction, Prediction):
         ((_, outputs),) = answer.outputs.items()
         response.task = _TASKS[prediction.task]
@@ -113,6 +118,10 @@ def _fill(message: pb.PredictResponse | pb.HeadResult, prediction: Prediction,
             message.intervals.add(level=interval.level,
                                   lower=_tensor(interval.lower, np.float64),
                                   upper=_tensor(interval.upper, np.float64))
+    if "prediction_sets" in outputs:
+        for found in prediction.prediction_sets:
+            message.prediction_sets.add(level=found.level,
+                                        members=_tensor(found.members, np.bool_))
 
 
 def encode_metadata(served: ServedModel, registry: ModelRegistry) -> pb.ModelMetadata:
@@ -143,7 +152,27 @@ def encode_metadata(served: ServedModel, registry: ModelRegistry) -> pb.ModelMet
         max_rows=registry.limits.max_rows,
         inputs=inputs,
         heads=heads,
+        calibration=calibration_specs(served.calibration),
     )
+
+
+def calibration_specs(calibration: Calibration | None) -> list[pb.HeadCalibration]:
+    """What a version's calibration is, head by head (none for an uncalibrated version)."""
+    if calibration is None:
+        return []
+    return [_head_calibration(head) for head in calibration.heads.values()]
+
+
+def _head_calibration(head: HeadCalibration) -> pb.HeadCalibration:
+    policy = head.abstention
+    return pb.HeadCalibration(
+        head=head.head, method=head.method, rows=head.rows, temperature=head.temperature or 0.0,
+        before=head.before, after=head.after,
+        abstention=None if policy is None else pb.AbstentionPolicy(
+            measure=policy.measure, threshold=policy.threshold, target=policy.target,
+            target_value=policy.target_value, risk=policy.risk, coverage=policy.coverage),
+        scale=head.regression.scale if head.regression is not None else "",
+        drift_measure=head.drift.measure, drift_p95=head.drift.p95, drift_p99=head.drift.p99)
 
 
 def encode_models(registry: ModelRegistry) -> pb.ListModelsResponse:

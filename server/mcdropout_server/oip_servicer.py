@@ -73,7 +73,8 @@ class InferenceServicer(ServicerBase, oip_grpc.GRPCInferenceServiceServicer):
     @rpc("ModelInfer")
     async def ModelInfer(self, request: oip.ModelInferRequest, context: Any,
                          record: RpcRecord) -> oip.ModelInferResponse:
-        decoded = oip_codec.decode_infer(request, self.registry)
+        # Without an id of its own, the call carries the RPC's, so its answer can be fed back.
+        decoded = oip_codec.decode_infer(request, self.registry, record.request_id)
         answer = await self.predict(decoded.call, context, record)
         return oip_codec.encode_infer(answer, decoded)
 

@@ -28,6 +28,8 @@ DATATYPES: dict[str, tuple[int, str]] = {
     "UINT32": (pb.UINT32, "uint_contents"), "UINT64": (pb.UINT64, "uint64_contents"),
 }
 NAME_OF_ENUM = {enum: name for name, (enum, _) in DATATYPES.items()}
+# Outputs may also be BOOL (prediction sets, abstain); inputs may not: no model takes booleans.
+OUTPUT_DATATYPES: dict[str, tuple[int, str]] = {**DATATYPES, "BOOL": (pb.BOOL, "bool_contents")}
 
 
 def decode_inputs(request: oip.ModelInferRequest) -> dict[str, np.ndarray]:
@@ -87,5 +89,5 @@ def _input(tensor: Any, raw: bytes | None) -> np.ndarray:
 
 
 def dtype_of(datatype: str) -> np.dtype[Any]:
-    """The numpy dtype of an OIP datatype name such as "FP32"."""
-    return tensors.enum_to_dtype(DATATYPES[datatype][0])
+    """The numpy dtype of an OIP datatype name such as "FP32" (or "BOOL", an output's)."""
+    return tensors.enum_to_dtype(OUTPUT_DATATYPES[datatype][0])

@@ -20,6 +20,7 @@ from mcdropout import (
     ModelStore,
     NotFoundError,
 )
+from mcdropout.calibration import Calibration
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.engine.request import Limits as RequestLimits
 from mcdropout.engine.request import Request
@@ -38,10 +39,15 @@ FailedVersions = dict[tuple[str, int], str]
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded model version: its store metadata and its predictor."""
+    """One loaded model version: its store metadata and its predictor (which holds the
+    version's calibration, if it has one)."""
 
     info: ModelInfo
     predictor: MCDropoutPredictor
+
+    @property
+    def calibration(self) -> Calibration | None:
+        return self.predictor.calibration
 
     @property
     def name(self) -> str:
@@ -210,8 +216,11 @@ class ModelRegistry:
 
         Raises:
             InvalidArgumentError, NotFoundError: see :meth:`get` and
-                :func:`~mcdropout_server.calls.resolve_outputs`; samples, seed, tolerance or
-                interval levels out of range.
+                :func:`~mcdropout_server.calls.resolve_outputs`; samples, seed, tolerance,
+                interval or set levels out of range (a level above n/(n+1) of the version's
+                calibration set among them).
+            NotCalibratedError: a calibrated call to a version without calibration, or
+                "abstain" asked of one without an abstention policy.
             ResourceLimitError: rows above max_rows, rows x samples above max_row_samples, raw
                 passes above the model's limit, or a reply that would be larger than
                 ``max_reply_bytes`` (checked before any pass runs).
@@ -223,11 +232,13 @@ class ModelRegistry:
             call.x, call.samples,
             call.seed, tolerance=call.tolerance, interval_levels=call.interval_levels,
             return_samples=any("samples" in sent for sent in outputs.values()),
-            limits=self._request_limits(served))
+            limits=self._request_limits(served), calibrated=call.uses_calibration,
+            set_levels=call.set_levels, abstain="abstain" in call.outputs)
         if max_reply_bytes is not None:
             check_reply_size(outputs, {head.name: head.width for head in predictor.heads},
                              rows=request.rows, samples=request.samples,
-                             levels=len(request.interval_levels), limit=max_reply_bytes)
+                             levels=len(request.interval_levels),
+                             set_levels=len(request.set_levels), limit=max_reply_bytes)
         return PreparedCall(served, request, outputs, call.request_id)
 
     def _request_limits(self, served: ServedModel) -> RequestLimits:

@@ -1,18 +1,18 @@
 """Model updates with no downtime: new store versions are loaded, warmed up, then swapped in.
 
 :class:`ModelReloader` compares the model store with what the registry serves. Versions that
-appeared, or whose files changed, are loaded and warmed up (graphs traced) while the old set keeps
-serving; then the whole set is swapped in with :meth:`ModelRegistry.replace`. Calls in flight keep
-the version they resolved and finish on it. A version that fails to load is rejected with one
-error log line and not retried until its files change; what was served stays served, and the
-registry reports the rejected version as failed to load (not ready), as at start under the
-"serve" policy (:mod:`mcdropout_server.startup`); reload never exits, whatever the policy.
-Versions that disappeared from the store stop being served, but a scan that finds nothing
-servable never empties the registry.
+appeared, or whose files (model, metadata, calibration) changed, are loaded and warmed up (graphs
+traced) while the old set keeps serving; then the whole set is swapped in with
+:meth:`ModelRegistry.replace`. Calls in flight keep the version they resolved and finish on it.
+A version that fails to load is rejected with one error log line and not retried until its files
+change; what was served stays served, and the registry reports the rejected version as failed to
+load (not ready), as at start under the "serve" policy (:mod:`mcdropout_server.startup`); reload
+never exits, whatever the policy. Versions that disappeared from the store stop being served,
+but a scan that finds nothing servable never empties the registry.
 
-The store is only ever read. Changes are found by polling (a directory listing and two ``stat``
-calls per version, every ``reload_interval_seconds``) and on SIGHUP; :class:`ReloadLoop` runs
-the reloads off the event loop.
+The store is only ever read. Changes are found by polling (a directory listing and three
+``stat`` calls per version, every ``reload_interval_seconds``) and on SIGHUP; :class:`ReloadLoop`
+runs the reloads off the event loop.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from mcdropout.calibration import CALIBRATION_FILE
 from mcdropout.store import METADATA_FILE, MODEL_FILE
 from mcdropout_server.logs import fields
 from mcdropout_server.registry import FailedVersions, ModelRegistry, ServedModel
@@ -32,8 +33,9 @@ from mcdropout_server.startup import load_version
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
-# (mtime_ns, size) of the model file and of the metadata file; -1s for a missing file.
-Fingerprint = tuple[int, int, int, int]
+# (mtime_ns, size) of the model, metadata and calibration files; -1s for a missing file.
+Fingerprint = tuple[int, ...]
+_FILES = (MODEL_FILE, METADATA_FILE, CALIBRATION_FILE)
 
 
 @dataclass(frozen=True)
@@ -160,13 +162,13 @@ class ModelReloader:
     def _fingerprint(self, key: Key) -> Fingerprint:
         folder = self._source.store.path(*key)
         stats: list[int] = []
-        for file in (MODEL_FILE, METADATA_FILE):
+        for file in _FILES:
             try:
                 stat = (folder / file).stat()
                 stats += [stat.st_mtime_ns, stat.st_size]
             except OSError:
                 stats += [-1, -1]
-        return (stats[0], stats[1], stats[2], stats[3])
+        return tuple(stats)
 
 
 class ReloadLoop:

@@ -22,6 +22,7 @@ import grpc
 from mcdropout import (
     CancelledError,
     InvalidArgumentError,
+    NotCalibratedError,
     NotFoundError,
     ResourceLimitError,
 )
@@ -45,6 +46,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ResourceLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotCalibratedError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 

@@ -33,15 +33,21 @@ log = logging.getLogger(__name__)
 def load_version(store: ModelStore, name: str, version: int, options: LoadOptions) -> ServedModel:
     """Load one stored version, build its predictor and (by default) warm it up.
 
+    The version's calibration (``calibration.json``, when it has one) is read with it and
+    handed to the predictor.
+
     Raises:
         ModelLoadError: the version cannot be loaded or served (the message names it), including
-            a model file that needs arbitrary code while ``options.safe_mode`` is on.
+            a model file that needs arbitrary code while ``options.safe_mode`` is on, and a
+            calibration file that is malformed or does not fit the model's heads.
     """
     started = time.monotonic()
     try:
         info = store.read_info(name, version)
+        calibration = store.read_calibration(name, version)
         predictor = MCDropoutPredictor.from_info(
             store.load_model(name, version, safe_mode=options.safe_mode), info,
+            calibration=calibration,
             memory_budget_bytes=options.memory_budget_bytes,
             max_samples=min(info.max_samples, options.max_samples),
             default_samples=min(info.default_samples, options.max_samples),
@@ -54,7 +60,7 @@ def load_version(store: ModelStore, name: str, version: int, options: LoadOption
         raise ModelLoadError(f"model {name!r} version {version} cannot be served: "
                              f"{type(exc).__name__}: {exc}") from exc
     log.info("loaded model", extra=fields(
-        model=name, version=version, task=info.task,
+        model=name, version=version, task=info.task, calibrated=calibration is not None,
         seconds=round(time.monotonic() - started, 3)))
     return ServedModel(info, predictor)
 
