@@ -45,11 +45,13 @@ class AsyncClient(ClientBase):
         seed: int | None = None, tolerance: float | None = None,
         interval_levels: Sequence[float] = (), outputs: Sequence[str] | None = None,
         timeout: Timeout = ..., metadata: Metadata = (), request_id: str | None = None,
+        calibrated: bool = False, set_levels: Sequence[float] = (),
     ) -> PredictResult:
         """Run T stochastic passes of ``model`` over ``x``; see :meth:`Client.predict`."""
         request = _messages.predict_request(
             x, model=model, version=version, samples=samples, seed=seed, tolerance=tolerance,
             interval_levels=interval_levels, outputs=outputs, request_id=request_id,
+            calibrated=calibrated, set_levels=set_levels,
         )
         reply = await self._invoke(self._stub.Predict, request, timeout, metadata)
         return _messages.predict_result(reply)

@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop early once every mean's standard error is <= this")
     predict.add_argument("--interval", type=float, nargs="+", action="extend", default=[],
                          metavar="LEVEL", help="central interval levels in (0, 1), e.g. 0.95")
+    predict.add_argument("--calibrated", action="store_true",
+                         help="use the version's calibration (conformal intervals, temperature-"
+                              "scaled classifier passes); `metadata` shows what a version has")
+    predict.add_argument("--set-level", type=float, action="append", default=[],
+                         metavar="LEVEL", help="classification: conformal prediction set level, "
+                                               "e.g. 0.9 (implies --calibrated); repeatable")
     predict.add_argument("--outputs", nargs="+", action="extend", choices=OUTPUT_NAMES,
                          metavar="NAME", help=f"statistics to return: {', '.join(OUTPUT_NAMES)}")
     predict.add_argument("--output", type=Path,
@@ -132,6 +138,7 @@ def _predict(client: Client, args: argparse.Namespace) -> int:
     result = client.predict(
         x, model=args.model, version=args.version, samples=args.samples, seed=args.seed,
         tolerance=args.tolerance, interval_levels=args.interval, outputs=args.outputs,
+        calibrated=args.calibrated, set_levels=args.set_level,
     )
     labels: tuple[str, ...] = ()
     head_labels: dict[str, tuple[str, ...]] = {}

@@ -48,6 +48,7 @@ class Client(ClientBase):
         seed: int | None = None, tolerance: float | None = None,
         interval_levels: Sequence[float] = (), outputs: Sequence[str] | None = None,
         timeout: Timeout = ..., metadata: Metadata = (), request_id: str | None = None,
+        calibrated: bool = False, set_levels: Sequence[float] = (),
     ) -> PredictResult:
         """Run T stochastic passes of ``model`` over the rows of ``x``.
 
@@ -66,6 +67,12 @@ class Client(ClientBase):
             timeout: deadline of the call in seconds; ``...`` for the client's default.
             metadata: extra ``(key, value)`` pairs for this call.
             request_id: id echoed in server logs and the result.
+            calibrated: apply the version's calibration (``metadata(model).calibration``):
+                conformal intervals for regression, temperature-scaled passes for a
+                classifier. Asking for ``"prediction_sets"`` or ``"abstain"``, or giving
+                ``set_levels``, turns it on too.
+            set_levels: classification: coverage levels of conformal prediction sets, each in
+                (0, n/(n+1)] for a calibration set of n rows; adds ``"prediction_sets"``.
 
         Returns:
             A :class:`PredictResult`; for a model with several heads, its ``heads`` hold one
@@ -73,11 +80,14 @@ class Client(ClientBase):
 
         Raises:
             ValueError: an unknown output name, a seed out of range, an unsupported dtype.
-            ClientError: the server refused or failed the call (e.g. ``InvalidArgument``).
+            ClientError: the server refused or failed the call (e.g. ``InvalidArgument``;
+                ``FailedPrecondition`` for a calibrated request to a version without
+                calibration).
         """
         request = _messages.predict_request(
             x, model=model, version=version, samples=samples, seed=seed, tolerance=tolerance,
             interval_levels=interval_levels, outputs=outputs, request_id=request_id,
+            calibrated=calibrated, set_levels=set_levels,
         )
         reply = self._invoke(self._stub.Predict, request, timeout, metadata)
         return _messages.predict_result(reply)
