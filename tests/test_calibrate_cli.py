@@ -176,3 +176,22 @@ def test_help_tells_the_guarantee_and_the_flags(capsys: pytest.CaptureFixture[st
                  "exchangeable", "Exit status"):
         assert text in out
     assert os.environ.get("TF_CPP_MIN_LOG_LEVEL") is not None
+
+
+def test_evaluate_scores_a_calibrated_version_and_draws_the_risk_coverage_curve(
+        store: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = store["root"]
+    code, _, err = run(capsys, "calibrate", "--model-root", root, "--name", "reg", "--version",
+                       "1", "--data", store["reg_calib"], "--samples", "20")
+    assert code == 0, err
+    version = str(ModelStore(root).versions("reg")[-1])
+    code, out, err = run(capsys, "evaluate", "--model-root", root, "--name", "reg", "--version",
+                         version, "--data", store["reg_calib"], "--samples", "20", "--json",
+                         "--calibrated", "--report", tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["picp"] >= 0.95  # conformal intervals, in-sample
+    assert (tmp_path / "risk_coverage.png").stat().st_size > 1000
+    assert "(calibrated)" in (tmp_path / "index.html").read_text()
+    code, _, err = run(capsys, "evaluate", "--model-root", root, "--name", "reg", "--version",
+                       "1", "--data", store["reg_calib"], "--calibrated")
+    assert code == 1 and "version 1 has no calibration; `mcdropout calibrate`" in err

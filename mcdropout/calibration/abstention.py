@@ -15,6 +15,7 @@ import numpy as np
 
 from mcdropout.calibration.model import MEASURES, AbstentionPolicy, Measure
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.evaluation.scores import risk_coverage
 
 REGRESSION_MEASURES: tuple[str, ...] = ("predictive_std", "std")
 CLASSIFICATION_MEASURES: tuple[str, ...] = tuple(m for m in MEASURES
@@ -97,13 +98,9 @@ def choose(target: AbstentionTarget, measure: np.ndarray, loss: np.ndarray,
         InvalidArgumentError: no share of the rows reaches the target risk (the message gives
             the lowest risk reachable).
     """
-    order = np.argsort(measure, kind="stable")
-    sorted_measure = np.asarray(measure, dtype=np.float64)[order]
-    n = len(order)
+    _, risk, sorted_measure = risk_coverage(measure, loss, root=regression)
+    n = len(risk)
     kept = np.arange(1, n + 1)
-    risk = np.cumsum(np.asarray(loss, dtype=np.float64)[order]) / kept
-    if regression:
-        risk = np.sqrt(risk)
     # A share can end after row k only where the next row's measure is larger (or k = n).
     ends = np.append(sorted_measure[1:] > sorted_measure[:-1], True)
     if target.target == "coverage":

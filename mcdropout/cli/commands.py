@@ -84,7 +84,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from mcdropout.evaluation import scores
     from mcdropout.modeling import tables
 
-    predictor, info = _open(args)
+    predictor, info = _open(args, calibrated=args.calibrated)
     # By default the columns the model was trained on, where the file has them.
     recorded = info.provenance.get("data", {})
     header = set(tables.csv_header(args.data)) if args.data.suffix.lower() == ".csv" else set()
@@ -96,7 +96,8 @@ def evaluate(args: argparse.Namespace) -> int:
     features = None if args.target else present(recorded.get("features"))
     table = tables.load_table(args.data, task=info.task, target=target, features=features)
     y = tables.encode_labels(table.y, info.labels)[0] if info.task == "classification" else table.y
-    result = scores.evaluate(predictor, table.x, y, samples=args.samples, seed=args.seed)
+    result = scores.evaluate(predictor, table.x, y, samples=args.samples, seed=args.seed,
+                             calibrated=args.calibrated)
     print(json.dumps(result, indent=2) if args.json else
           f"{info.name} v{info.version} on {args.data}: " + output.format_metrics(result))
     if args.report is not None:
@@ -104,7 +105,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
         index = report.write_report(args.report, predictor, table.x, y, samples=args.samples,
                                     seed=args.seed, metrics_table=result,
-                                    title=f"{info.name} v{info.version} on {args.data.name}")
+                                    title=f"{info.name} v{info.version} on {args.data.name}"
+                                    + (" (calibrated)" if args.calibrated else ""),
+                                    calibrated=args.calibrated)
         print(f"wrote {index} and its plots", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -175,8 +178,14 @@ def _import_modules(args: argparse.Namespace) -> None:
     import_modules(modules_setting(getattr(args, "import_module", None), os.environ))
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+def _open(args: argparse.Namespace, calibrated: bool = False) -> tuple[Any, Any]:
+    """The stored version's predictor (with its calibration when ``calibrated``) and metadata.
+
+    Raises:
+        NotCalibratedError: ``calibrated`` and the version has no calibration.
+    """
     from mcdropout.engine import MCDropoutPredictor
+    from mcdropout.errors import NotCalibratedError
     from mcdropout.store import ModelStore
 
     root, name, version = args.model_root, args.name, args.version
@@ -184,7 +193,13 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
     store = ModelStore(_root(root))
     info = store.read_info(name, version)
-    return MCDropoutPredictor.from_info(store.load_model(name, info.version), info), info
+    calibration = store.read_calibration(name, info.version) if calibrated else None
+    if calibrated and calibration is None:
+        raise NotCalibratedError(
+            f"model {name!r} version {info.version} has no calibration; `mcdropout calibrate` "
+            f"makes a calibrated version (versions: {store.versions(name)})")
+    return MCDropoutPredictor.from_info(store.load_model(name, info.version), info,
+                                        calibration=calibration), info
 
 
 def _root(root: Path | None) -> Path:

@@ -149,7 +149,10 @@ def _add_evaluate(sub: Any) -> None:
                     "Brier score. With --report, also plots: a calibration curve, error "
                     "against predicted std and (one input) the mean with +-2 std bands for "
                     "regression; a reliability diagram and mutual-information histograms of "
-                    "right and wrong predictions for classification.")
+                    "right and wrong predictions for classification; for both, the "
+                    "risk-coverage curve (risk of the rows kept against the share kept, the "
+                    "least uncertain first: by predictive std, or by predictive entropy and "
+                    "mutual information).")
     _store_args(p, required=False)
     p.add_argument("--data", required=True, type=Path,
                    help="CSV with a header (the columns the model was trained on) or NPZ x/y")
@@ -160,6 +163,10 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="also write the plots as PNG files and an index.html showing them with "
                         "the metrics into DIR")
+    p.add_argument("--calibrated", action="store_true",
+                   help="score the version's calibrated answers (conformal intervals, "
+                        "temperature-scaled probabilities); the version must be calibrated "
+                        "(mcdropout calibrate)")
     p.set_defaults(func=commands.evaluate)
 
 

@@ -4,8 +4,9 @@ Regression: the calibration curve (observed against nominal coverage of central 
 intervals at ten levels), the error against the predicted standard deviation, and, for a model
 with one input, the mean with a band of two predictive standard deviations. Classification: the
 reliability diagram (accuracy against confidence) and histograms of the mutual information of
-right and wrong predictions. :func:`plot_dropout_sweep` draws a grid search's validation metric
-against the dropout rate.
+right and wrong predictions. Both: the risk-coverage curve (the risk of the rows kept when only
+the least uncertain are kept, against the share kept), which shows what abstaining would buy.
+:func:`plot_dropout_sweep` draws a grid search's validation metric against the dropout rate.
 
 Plots are drawn by :mod:`mcdropout.evaluation.plotting` (matplotlib's Agg canvas, the optional
 ``report`` extra, imported only when a plot is drawn).
@@ -32,7 +33,8 @@ RELIABILITY_BINS = 10
 
 def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.ndarray, *,
                  samples: int | None = None, seed: int | None = 0,
-                 metrics_table: Mapping[str, float] | None = None, title: str = "") -> Path:
+                 metrics_table: Mapping[str, float] | None = None, title: str = "",
+                 calibrated: bool = False) -> Path:
     """Predict labelled rows, draw the uncertainty plots and write them with an index page.
 
     Args:
@@ -47,6 +49,7 @@ def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.nda
         metrics_table: Metric name -> value shown on the page (e.g. from
             :func:`mcdropout.evaluation.scores.evaluate`).
         title: Page heading, e.g. "diabetes v3 on test.csv".
+        calibrated: Plot the version's calibrated answers (the predictor holds a calibration).
 
     Returns:
         The path of ``index.html``; the PNG files lie beside it.
@@ -64,10 +67,11 @@ def write_report(directory: str | Path, predictor: Any, x: np.ndarray, y: np.nda
             f"x and y must hold the same, non-zero number of rows, got {x.shape[0] if x.ndim else 0}"
             f" and {len(y)}")
     if predictor.task == "regression":
-        figures = _regression_figures(predictor, x, np.asarray(y, np.float64), samples, seed)
+        figures = _regression_figures(predictor, x, np.asarray(y, np.float64), samples, seed,
+                                      calibrated)
     else:
         figures = _classification_figures(predictor, x, np.asarray(y).astype(np.int64).ravel(),
-                                          samples, seed)
+                                          samples, seed, calibrated)
     for name, (figure, _) in figures.items():
         figure.savefig(folder / name, dpi=DPI)
     index = folder / "index.html"
@@ -133,8 +137,8 @@ def plot_dropout_sweep(points: Sequence[tuple[float, str, float]], path: str | P
 
 # -- regression ------------------------------------------------------------------------------------
 def _regression_figures(predictor: Any, x: np.ndarray, y: np.ndarray, samples: int | None,
-                        seed: int | None) -> dict[str, tuple[Any, str]]:
-    part = _predict(predictor, x, samples, seed, CALIBRATION_LEVELS)
+                        seed: int | None, calibrated: bool) -> dict[str, tuple[Any, str]]:
+    part = _predict(predictor, x, samples, seed, CALIBRATION_LEVELS, calibrated)
     mean = part["mean"]
     y = y.reshape(mean.shape)
     std = part["predictive_std"] if part["predictive_std"] is not None else part["std"]
@@ -191,13 +195,17 @@ def _regression_figures(predictor: Any, x: np.ndarray, y: np.ndarray, samples: i
         ax.grid(alpha=0.3)
         figures["mean_band.png"] = (figure, "The MC mean with a band of two predictive standard "
                                             "deviations over the one input.")
+    which = "predictive std" if part["predictive_std"] is not None else "MC std"
+    figures["risk_coverage.png"] = _risk_coverage(
+        {which: std.mean(axis=1)}, np.mean((y - mean) ** 2, axis=1), "RMSE of the rows kept")
     return figures
 
 
 # -- classification --------------------------------------------------------------------------------
 def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
-                            samples: int | None, seed: int | None) -> dict[str, tuple[Any, str]]:
-    part = _predict(predictor, x, samples, seed, ())
+                            samples: int | None, seed: int | None, calibrated: bool
+                            ) -> dict[str, tuple[Any, str]]:
+    part = _predict(predictor, x, samples, seed, (), calibrated)
     probs = part["mean"]
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
@@ -241,15 +249,39 @@ def _classification_figures(predictor: Any, x: np.ndarray, labels: np.ndarray,
     figures["mutual_information.png"] = (figure, "Mutual information (BALD) of correct and "
                                                  "wrong predictions; wrong ones should sit "
                                                  "further right.")
+    figures["risk_coverage.png"] = _risk_coverage(
+        {"predictive entropy": part["predictive_entropy"], "mutual information": info},
+        (~correct).astype(np.float64), "error rate of the rows kept")
     return figures
+
+
+def _risk_coverage(measures: Mapping[str, np.ndarray], loss: np.ndarray, risk: str
+                   ) -> tuple[Any, str]:
+    figure, ax = new_figure()
+    root = risk.startswith("RMSE")
+    for name, measure in measures.items():
+        share, values, _ = scores.risk_coverage(measure, loss, root=root)
+        ax.plot(share, values, label=f"kept by lowest {name}")
+    everyone = float(np.sqrt(loss.mean()) if root else loss.mean())
+    ax.axhline(everyone, color="grey", linestyle="--", label="all rows")
+    ax.set_xlabel("share of rows kept (the least uncertain)")
+    ax.set_ylabel(risk)
+    ax.set_xlim(0, 1)
+    ax.set_title("Risk against coverage")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return figure, (f"The {risk} when only the least uncertain rows are kept, against the "
+                    "share kept; a useful uncertainty falls towards the left.")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _predict(predictor: Any, x: np.ndarray, samples: int | None, seed: int | None,
-             levels: Sequence[float]) -> dict[str, Any]:
-    p = scores.predict_chunked(predictor, x, samples, seed, interval_levels=levels)
+             levels: Sequence[float], calibrated: bool) -> dict[str, Any]:
+    p = scores.predict_chunked(predictor, x, samples, seed, interval_levels=levels,
+                               calibrated=calibrated)
     return {"mean": p.mean, "std": p.std, "predictive_std": p.predictive_std,
             "mutual_information": p.mutual_information,
+            "predictive_entropy": p.predictive_entropy,
             "intervals": [(i.lower, i.upper) for i in p.intervals]}
 
 

@@ -184,8 +184,28 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, bins: int = 15
             "brier": brier_score(labels, probs)}
 
 
+def risk_coverage(measure: np.ndarray, loss: np.ndarray, *, root: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The risk of the rows kept against the share kept, rows kept by increasing ``measure``.
+
+    Args:
+        measure: Each row's uncertainty, (rows,); the least uncertain rows are kept first.
+        loss: Each row's loss, (rows,): 0/1 errors, or squared errors (averaged over outputs).
+        root: Report the root of the mean loss (RMSE, for squared errors).
+
+    Returns:
+        (share kept (rows,) in (0, 1], risk of the kept rows (rows,), the measure sorted
+        ascending (rows,)): entry k is for the k + 1 least uncertain rows.
+    """
+    order = np.argsort(np.asarray(measure, dtype=np.float64), kind="stable")
+    kept = np.arange(1, len(order) + 1)
+    risk = np.cumsum(np.asarray(loss, dtype=np.float64)[order]) / kept
+    return kept / len(order), np.sqrt(risk) if root else risk, np.asarray(measure)[order]
+
+
 def evaluate(predictor: Any, x: np.ndarray, y: np.ndarray, *, samples: int | None = None,
-             seed: int | None = 0, level: float = 0.95) -> dict[str, float]:
+             seed: int | None = 0, level: float = 0.95, calibrated: bool = False
+             ) -> dict[str, float]:
     """Run an MC dropout predictor on labelled rows and report its metrics.
 
     Regression: ``rmse``, ``gaussian_nll`` (Gaussian with the predictive std, or the MC std when
@@ -202,13 +222,16 @@ def evaluate(predictor: Any, x: np.ndarray, y: np.ndarray, *, samples: int | Non
         seed: Dropout seed; the same seed is used for every chunk of rows, so the result does
             not depend on the chunking.
         level: Interval level for PICP and width, in (0, 1).
+        calibrated: Score the version's calibrated answers (conformal intervals,
+            temperature-scaled passes); the predictor must hold a calibration.
 
     Returns:
         Metric name -> value.
     """
     regression = predictor.task == "regression"
     prediction = predict_chunked(predictor, x, samples, seed, interval_levels=(level,),
-                                 return_samples=regression and predictor.tau is not None)
+                                 return_samples=regression and predictor.tau is not None,
+                                 calibrated=calibrated)
     if regression:
         return regression_metrics(y, prediction, predictor.tau, level)
     report = classification_metrics(np.asarray(y), prediction.mean)
@@ -218,7 +241,7 @@ def evaluate(predictor: Any, x: np.ndarray, y: np.ndarray, *, samples: int | Non
 
 def predict_chunked(predictor: Any, x: np.ndarray, samples: int | None = None,
                     seed: int | None = 0, *, interval_levels: Sequence[float] = (),
-                    return_samples: bool = False) -> Any:
+                    return_samples: bool = False, calibrated: bool = False) -> Any:
     """``predictor.predict`` over any number of rows, in blocks that keep the raw passes small.
 
     The engine refuses requests whose raw passes (kept for intervals and samples) exceed its
@@ -234,8 +257,10 @@ def predict_chunked(predictor: Any, x: np.ndarray, samples: int | None = None,
         raise InvalidArgumentError("there are no rows to predict")
     passes = samples or predictor.default_samples
     chunk = max(1, _SAMPLE_VALUES_PER_CHUNK // (passes * max(1, predictor.output_dim)))
+    # Only a calibrated call names the flag, so predictors without it still serve the rest.
+    options = {"calibrated": True} if calibrated else {}
     parts = [predictor.predict(x[i:i + chunk], passes, seed, interval_levels=interval_levels,
-                               return_samples=return_samples)
+                               return_samples=return_samples, **options)
              for i in range(0, rows, chunk)]
     return parts[0] if len(parts) == 1 else _concatenate(parts)
 
@@ -248,9 +273,13 @@ def _concatenate(parts: list[Any]) -> Any:
     merged: dict[str, Any] = {}
     for f in fields(parts[0]):
         values = [getattr(p, f.name) for p in parts]
-        if f.name in ("task", "samples", "seed"):
+        if f.name in ("task", "samples", "seed") or isinstance(values[0], bool):
             continue
-        if f.name == "raw_samples":
+        if f.name == "prediction_sets":
+            merged[f.name] = tuple(
+                replace(group[0], members=np.concatenate([g.members for g in group]))
+                for group in zip(*values, strict=True))
+        elif f.name == "raw_samples":
             merged[f.name] = None if values[0] is None else np.concatenate(values, axis=1)
         elif f.name == "intervals":
             merged[f.name] = tuple(

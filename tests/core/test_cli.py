@@ -133,8 +133,9 @@ def test_evaluate_regression_and_classification(
 
 def test_evaluate_report_writes_the_plots_and_a_page(
         trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for name, pictures in (("reg", ["calibration.png", "error_vs_std.png"]),
-                           ("cls", ["reliability.png", "mutual_information.png"])):
+    for name, pictures in (("reg", ["calibration.png", "error_vs_std.png", "risk_coverage.png"]),
+                           ("cls", ["reliability.png", "mutual_information.png",
+                                    "risk_coverage.png"])):
         folder = tmp_path / name
         code, out, _ = run(capsys, "evaluate", "--model-root", trained["root"], "--name", name,
                            "--data", trained[name], "--samples", "20", "--report", folder)

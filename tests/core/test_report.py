@@ -53,7 +53,8 @@ def test_regression_report_with_one_input(tmp_path: Path) -> None:
     index = report.write_report(tmp_path / "out", predictor, x, y, samples=50, seed=1,
                                 metrics_table={"rmse": 0.5, "picp": 0.93}, title="sine <test>")
     assert index == tmp_path / "out" / "index.html"
-    assert referenced_images(index) == ["calibration.png", "error_vs_std.png", "mean_band.png"]
+    assert referenced_images(index) == ["calibration.png", "error_vs_std.png", "mean_band.png",
+                                        "risk_coverage.png"]
     for name in referenced_images(index):
         assert_png(index.parent / name)
     page = index.read_text()
@@ -67,7 +68,8 @@ def test_regression_report_with_several_inputs_has_no_band(tmp_path: Path) -> No
     rng = np.random.default_rng(1)
     index = report.write_report(tmp_path, predictor, rng.normal(size=(40, 3)),
                                 rng.normal(size=(40, 2)), samples=20)
-    assert referenced_images(index) == ["calibration.png", "error_vs_std.png"]
+    assert referenced_images(index) == ["calibration.png", "error_vs_std.png",
+                                        "risk_coverage.png"]
     assert not (tmp_path / "mean_band.png").exists()
     for name in referenced_images(index):
         assert_png(tmp_path / name)
@@ -80,7 +82,8 @@ def test_classification_report(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     index = report.write_report(tmp_path, predictor, rng.normal(size=(50, 2)),
                                 np.arange(50) % 3, samples=30, metrics_table={"accuracy": 0.4})
-    assert referenced_images(index) == ["reliability.png", "mutual_information.png"]
+    assert referenced_images(index) == ["reliability.png", "mutual_information.png",
+                                        "risk_coverage.png"]
     for name in referenced_images(index):
         assert_png(tmp_path / name)
 
