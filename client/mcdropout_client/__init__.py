@@ -15,6 +15,7 @@ from mcdropout_client.aio import AsyncClient
 from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
 from mcdropout_client.outputs import OUTPUT_NAMES
+from mcdropout_client.ranking import ACQUISITION_NAMES, RankedPool
 from mcdropout_client.results import (
     AbstentionPolicy,
     DropoutLayer,
@@ -29,6 +30,7 @@ from mcdropout_client.results import (
 )
 
 __all__ = [
+    "ACQUISITION_NAMES",
     "OUTPUT_NAMES",
     "AbstentionPolicy",
     "AsyncClient",
@@ -41,6 +43,7 @@ __all__ = [
     "ModelDescription",
     "ModelSummary",
     "PredictResult",
+    "RankedPool",
     "Statistics",
     "TensorSpec",
 ]

@@ -9,12 +9,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from mcdropout_client import _messages
+from mcdropout_client import _messages, ranking
 from mcdropout_client._base import ClientBase, Metadata, Timeout
 from mcdropout_client._retry import Attempts
 from mcdropout_client.errors import NotFound, raise_for
 from mcdropout_client.feedback import FeedbackResult, feedback_request, feedback_result
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
+from mcdropout_client.ranking import RankedPool
 from mcdropout_client.results import ModelDescription, ModelSummary, PredictResult
 
 _Response = TypeVar("_Response")
@@ -63,6 +64,28 @@ class AsyncClient(ClientBase):
         request = feedback_request(model, request_id, targets, rows)
         reply = await self._invoke(self._stub.Feedback, request, timeout, metadata)
         return feedback_result(reply)
+
+    async def rank_pool(
+        self, model: str, pool: Any, *, top_k: int, acquisition: str = "bald",
+        chunk_rows: int = 1024, samples: int | None = None, seed: int | None = None,
+        head: str | None = None, calibrated: bool = False, version: int | None = None,
+        timeout: Timeout = None, metadata: Metadata = (), request_id: str | None = None,
+    ) -> RankedPool:
+        """Rank the rows of ``pool``; return the best ``top_k``; see :meth:`Client.rank_pool`.
+
+        The chunks are made on the event loop, one at a time, as gRPC is ready to send them.
+        """
+        first = ranking.settings_request(
+            model=model, top_k=top_k, acquisition=acquisition, samples=samples, seed=seed,
+            head=head, calibrated=calibrated, version=version, request_id=request_id)
+        # A chunk that cannot be made raises into grpc.aio, which cancels the call.
+        stream = ranking.PoolStream(pool, chunk_rows, first)
+        try:
+            reply = await self._stub.RankPool(iter(stream), timeout=self._call_timeout(timeout),
+                                              metadata=self._call_metadata(metadata))
+        except (grpc.RpcError, asyncio.CancelledError) as error:
+            stream.raise_for(error)
+        return ranking.ranked_pool(reply)
 
     async def metadata(self, model: str, version: int | None = None, *, timeout: Timeout = ...,
                        metadata: Metadata = ()) -> ModelDescription:

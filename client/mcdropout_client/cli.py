@@ -17,6 +17,7 @@ from mcdropout_client.client import Client
 from mcdropout_client.errors import ClientError
 from mcdropout_client.feedback import integral_as_labels
 from mcdropout_client.outputs import OUTPUT_NAMES
+from mcdropout_client.ranking import ACQUISITION_NAMES
 from mcdropout_client.results import CLASSIFICATION
 
 EXIT_SERVER_ERROR = 1
@@ -86,6 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the answer's rows the targets are for, 0-based (default: all, "
                                "in order)")
     feedback.set_defaults(func=_feedback)
+
+    rank = commands.add_parser(
+        "rank", parents=[common], help="rank a pool of unlabelled rows for labelling",
+        description="Stream a pool of rows to the server in chunks and print the --top rows "
+                    "by an acquisition function, best first (docs/acquisition.md). A .npy pool "
+                    "is memory-mapped: it may be larger than memory.")
+    rank.add_argument("--model", required=True, help="model name")
+    rank.add_argument("--version", type=int, help="model version (default: latest)")
+    rank.add_argument("--input", required=True, action="append", metavar="[NAME=]FILE",
+                      help="the pool: .npy array (memory-mapped) or numeric .csv; for a model "
+                           "with several inputs, NAME=FILE once per input")
+    rank.add_argument("--top", type=int, required=True, metavar="K", help="rows to return")
+    rank.add_argument("--acquisition", choices=ACQUISITION_NAMES, default="bald",
+                      help="bald, predictive_entropy, variation_ratio (classification) or "
+                           "predictive_std (regression) (default: %(default)s)")
+    rank.add_argument("--chunk-rows", type=int, default=1024, metavar="N",
+                      help="rows per message (default: %(default)s)")
+    rank.add_argument("--samples", type=int, help="stochastic passes T (default: the model's)")
+    rank.add_argument("--seed", type=int, help="seed of the first chunk (reproducible)")
+    rank.add_argument("--head", help="the head to score (models with several heads)")
+    rank.add_argument("--calibrated", action="store_true",
+                      help="score with the version's calibration")
+    rank.set_defaults(func=_rank, timeout=None)
 
     models = commands.add_parser("models", parents=[common], help="list the served models")
     models.set_defaults(func=_models)
@@ -164,6 +188,20 @@ def _feedback(client: Client, args: argparse.Namespace) -> int:
                              rows=args.rows)
     print(f"matched {result.rows_matched} rows of {args.model} v{result.version} "
           f"(request id {args.request_id})")
+    return 0
+
+
+def _rank(client: Client, args: argparse.Namespace) -> int:
+    pool = _io.load_inputs(args.input, mmap=True)
+    ranked = client.rank_pool(
+        args.model, pool, top_k=args.top, acquisition=args.acquisition,
+        chunk_rows=args.chunk_rows, samples=args.samples, seed=args.seed, head=args.head,
+        calibrated=args.calibrated, version=args.version, timeout=args.timeout)
+    print("rank\tindex\tscore")
+    for rank, (index, score) in enumerate(zip(ranked.indices, ranked.scores, strict=True), 1):
+        print(f"{rank}\t{index}\t{score:.6g}")
+    print(f"scored {ranked.rows_scored} rows with {args.model} version {ranked.model_version} "
+          f"({args.acquisition}), seed {ranked.seed}", file=sys.stderr)
     return 0
 
 

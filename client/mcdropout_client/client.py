@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -9,12 +10,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from mcdropout_client import _messages
+from mcdropout_client import _messages, ranking
 from mcdropout_client._base import ClientBase, Metadata, Timeout
 from mcdropout_client._retry import Attempts
 from mcdropout_client.errors import NotFound, raise_for
 from mcdropout_client.feedback import FeedbackResult, feedback_request, feedback_result
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2, mcdropout_pb2_grpc
+from mcdropout_client.ranking import RankedPool
 from mcdropout_client.results import ModelDescription, ModelSummary, PredictResult
 
 _Response = TypeVar("_Response")
@@ -125,6 +127,72 @@ class Client(ClientBase):
         request = feedback_request(model, request_id, targets, rows)
         reply = self._invoke(self._stub.Feedback, request, timeout, metadata)
         return feedback_result(reply)
+
+    def rank_pool(
+        self, model: str, pool: Any, *, top_k: int, acquisition: str = "bald",
+        chunk_rows: int = 1024, samples: int | None = None, seed: int | None = None,
+        head: str | None = None, calibrated: bool = False, version: int | None = None,
+        timeout: Timeout = None, metadata: Metadata = (), request_id: str | None = None,
+    ) -> RankedPool:
+        """Rank the rows of ``pool`` by an acquisition function; return the best ``top_k``.
+
+        The pool is streamed to the server in chunks of ``chunk_rows`` rows, each made only when
+        gRPC is ready to send it: the client holds one chunk and the server one chunk and the
+        ``top_k`` best rows, however large the pool (pass an ``np.memmap`` or
+        ``np.load(path, mmap_mode="r")`` for a pool larger than memory). Each chunk is scored as
+        ``predict(chunk, samples=samples, seed=seed + c)`` would score it (chunk c from 0).
+        See docs/acquisition.md for what each acquisition function measures.
+
+        Args:
+            model: model name.
+            pool: the rows: an array (rows, *input_shape); a mapping input name -> rows; or an
+                iterable (not a list) of such arrays or mappings, read one at a time.
+            top_k: rows to return, >= 1 (at most the server's limit, about 3.7 million rows per
+                64 MiB of message limit).
+            acquisition: "bald" (mutual information), "predictive_entropy" or
+                "variation_ratio" for a classification head, "predictive_std" for a
+                regression head (std when the model has no tau; mean over the outputs).
+            chunk_rows: rows per message, >= 1 (at most the server's ``max_rows``).
+            samples: passes T per row; ``None`` for the model's default.
+            seed: seed of the first chunk in 0..2**64-1; ``None`` lets the server draw one.
+            head: the head to score (required for a model with several heads).
+            calibrated: score with the version's calibration (a classifier's temperature).
+            version: model version; ``None`` for the latest, fixed for the whole pool.
+            timeout: deadline of the whole call in seconds; ``None`` (the default) for none,
+                since a large pool takes long; ``...`` for the client's default.
+            metadata: extra ``(key, value)`` pairs for this call.
+            request_id: id of the call in the server's logs.
+
+        Returns:
+            A :class:`~mcdropout_client.ranking.RankedPool`: indices and scores best first.
+
+        Raises:
+            ValueError: bad settings, or a chunk that cannot be sent (an unsupported dtype,
+                inputs of different lengths), raised as it is rather than as the cancelled call.
+            ClientError: the server refused or failed the call (e.g. ``InvalidArgument`` for an
+                acquisition that does not fit the head's task). The call is not retried: the
+                pool's chunks are made as they are sent.
+        """
+        first = ranking.settings_request(
+            model=model, top_k=top_k, acquisition=acquisition, samples=samples, seed=seed,
+            head=head, calibrated=calibrated, version=version, request_id=request_id)
+        started = threading.Event()
+        calls: list[grpc.Future] = []
+
+        def cancel() -> None:  # on gRPC's sending thread, once a chunk could not be made
+            started.wait()
+            calls[0].cancel()
+
+        stream = ranking.PoolStream(pool, chunk_rows, first, on_failure=cancel)
+        calls.append(self._stub.RankPool.future(
+            iter(stream), timeout=self._call_timeout(timeout),
+            metadata=self._call_metadata(metadata)))
+        started.set()
+        try:
+            reply = calls[0].result()
+        except (grpc.RpcError, grpc.FutureCancelledError) as error:
+            stream.raise_for(error)
+        return ranking.ranked_pool(reply)
 
     def metadata(self, model: str, version: int | None = None, *, timeout: Timeout = ...,
                  metadata: Metadata = ()) -> ModelDescription:

@@ -23,6 +23,7 @@ from mcdropout_server.calls import (
     PredictCall,
     is_valid_request_id,
 )
+from mcdropout_server.ranking import RankChunk, RankedPool, RankSettings
 from mcdropout_server.registry import ModelRegistry, ServedModel
 
 _TASKS = {"regression": pb.REGRESSION, "classification": pb.CLASSIFICATION}
@@ -42,10 +43,7 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
             seed, tolerance, levels), and whether the version is calibrated, are checked once,
             by the registry's resolution.
     """
-    if request.request_id and not is_valid_request_id(request.request_id):
-        raise InvalidArgumentError(
-            f"request_id must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters (it is "
-            f"echoed in the x-request-id trailer), got {shorten(request.request_id)}")
+    _check_request_id(request.request_id)
     return PredictCall(
         model=request.model_name,
         version=request.model_version or None,
@@ -61,7 +59,51 @@ def decode_predict(request: pb.PredictRequest, request_id: str) -> PredictCall:
     )
 
 
-def _inputs(request: pb.PredictRequest) -> np.ndarray | dict[str, np.ndarray]:
+def _check_request_id(request_id: str) -> None:
+    if request_id and not is_valid_request_id(request_id):
+        raise InvalidArgumentError(
+            f"request_id must be 1..{MAX_REQUEST_ID_CHARS} printable ASCII characters (it is "
+            f"echoed in the x-request-id trailer), got {shorten(request_id)}")
+
+
+def decode_rank_chunk(request: pb.RankPoolRequest) -> RankChunk:
+    """One message of a RankPool stream: the settings it gives (None where unset) and its rows.
+
+    Raises:
+        InvalidArgumentError: as :func:`decode_predict` for the rows and the request id; an
+            unknown acquisition enum value. The settings' ranges are checked by
+            :class:`~mcdropout_server.ranking.PoolRanking` and the registry.
+    """
+    _check_request_id(request.request_id)
+    settings = RankSettings(
+        model=request.model_name or None, version=request.model_version or None,
+        acquisition=_acquisition_name(request.acquisition), top_k=request.top_k or None,
+        samples=request.samples or None,
+        seed=request.seed if request.HasField("seed") else None,
+        head=request.head or None, calibrated=request.calibrated or None)
+    return RankChunk(settings, _inputs(request), request.request_id)
+
+
+def encode_rank_pool(ranked: RankedPool, request_id: str) -> pb.RankPoolResponse:
+    """The RankPoolResponse for ``ranked``: the top rows' indices and scores, best first."""
+    return pb.RankPoolResponse(
+        model_name=ranked.model, model_version=ranked.version, rows_scored=ranked.rows_scored,
+        indices=ranked.indices.tolist(), scores=ranked.scores.tolist(), seed=ranked.seed,
+        request_id=request_id)
+
+
+def _acquisition_name(value: int) -> str | None:
+    if value == pb.ACQUISITION_UNSPECIFIED:
+        return None  # the head's task's default
+    if value not in pb.Acquisition.values():
+        allowed = [v.name for v in pb.Acquisition.DESCRIPTOR.values if v.number]
+        raise InvalidArgumentError(f"unknown acquisition enum value {value}; allowed: "
+                                   f"{', '.join(allowed)}")
+    return pb.Acquisition.Name(value).lower().removeprefix("acquisition_")  # type: ignore[arg-type]
+
+
+def _inputs(request: pb.PredictRequest | pb.RankPoolRequest
+            ) -> np.ndarray | dict[str, np.ndarray]:
     if request.HasField("inputs") and request.named_inputs:
         raise InvalidArgumentError(
             f"set inputs or named_inputs, not both: inputs is for a one-input model, "

@@ -18,8 +18,14 @@ What the budget cannot bound, because it happens before any of our code runs: th
 core buffers while a message is still arriving (at most ``max_message_bytes`` per call) and the
 one Python copy of a body that is then refused (freed at once). What a call holds beyond its
 counted bytes (the parsed message, the arrays decoded from it) is a small multiple of them.
-Request-streaming methods (only reflection here) are left to grpcio; the log filter in
-:mod:`mcdropout_server.logs` rate-limits grpcio's own line for a body it cannot parse.
+A client-streaming method (RankPool) gets its messages raw too, one at a time: each is charged
+when it arrives and given back when the handler asks for the next one (or the call ends), so a
+stream holds at most one message's bytes against the budget however long it runs. Its refusals
+are raised as domain errors (:class:`~mcdropout.ResourceLimitError`,
+:class:`~mcdropout.InvalidArgumentError`) inside the handler, whose ``@rpc`` turns them into the
+same status codes and messages as a unary call gets. Bidirectional streams (only reflection
+here) are left to grpcio; the log filter in :mod:`mcdropout_server.logs` rate-limits grpcio's own
+line for a body it cannot parse.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ import functools
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
+from mcdropout import InvalidArgumentError, ResourceLimitError
 from mcdropout_server.health import peer_address
 from mcdropout_server.logs import RateLimiter, fields
 from mcdropout_server.security import OPEN_METHODS
@@ -114,8 +122,15 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler | None]],
             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+        if handler is None or handler.request_deserializer is None:
             return handler
+        if handler.request_streaming:
+            if handler.response_streaming or not inspect.iscoroutinefunction(handler.stream_unary):
+                return handler
+            return grpc.stream_unary_rpc_method_handler(
+                self._taking_raw_messages(handler.stream_unary, handler.request_deserializer,
+                                          details.method),
+                response_serializer=handler.response_serializer)
         behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
         if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
             return handler  # a synchronous behaviour expects grpcio's thread-pool context
@@ -150,32 +165,69 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return handle
 
+    def _taking_raw_messages(self, behaviour: Callable[..., Any], parse: Callable[[bytes], Any],
+                             method: str) -> Callable[..., Any]:
+        async def handle(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            held = 0  # the bytes of the message the handler is working on
+
+            async def messages() -> AsyncIterator[Any]:
+                nonlocal held
+                async for body in bodies:
+                    # Asking for the next message means the handler is done with the last one.
+                    self._ended(held, admitted=True)
+                    held = 0
+                    parsed = self._charge(body, parse, method, context)
+                    if isinstance(parsed, _Refusal):
+                        raise parsed.error()
+                    held = len(body)
+                    del body  # the handler gets the parsed message; the raw bytes can go
+                    yield parsed
+
+            try:
+                return await behaviour(messages(), context)
+            except BaseException as exc:
+                _clear_frames(exc)
+                del context
+                raise
+            finally:
+                self._ended(held, admitted=True)
+
+        return handle
+
     async def _admit(self, body: bytes, parse: Callable[[bytes], Any], method: str,
                      context: grpc.aio.ServicerContext) -> Any:
         """The parsed request, its bytes charged; or the call aborted with nothing charged."""
+        parsed = self._charge(body, parse, method, context)
+        if isinstance(parsed, _Refusal):
+            await context.abort(parsed.code, parsed.message)
+        return parsed
+
+    def _charge(self, body: bytes, parse: Callable[[bytes], Any], method: str,
+                context: grpc.aio.ServicerContext) -> Any:
+        """The parsed message, its bytes charged; or a :class:`_Refusal` with nothing charged."""
         size = len(body)
         if method in self._open and size > OPEN_BODY_LIMIT:
             self._log("request refused: too large for a method open without a token", method,
                       context, size)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{method} needs no token, so its request may be at most "
-                                f"{OPEN_BODY_LIMIT} bytes; got {size} bytes")
+            return _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{method} needs no token, so its request may be at most "
+                            f"{OPEN_BODY_LIMIT} bytes; got {size} bytes")
         if not self.budget.take(size):
-            message = (f"the server is holding {self.budget.held / _MIB:.1f} MiB of received "
-                       f"requests; this {size / _MIB:.1f} MiB one would go beyond its budget of "
-                       f"{self.budget.limit / _MIB:.1f} MiB ({BUDGET_SETTING}): retry later, "
-                       "or send smaller requests")
             self._log("request refused: received-bytes budget full", method, context, size)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            return _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the server is holding {self.budget.held / _MIB:.1f} MiB of received "
+                            f"requests; this {size / _MIB:.1f} MiB one would go beyond its budget "
+                            f"of {self.budget.limit / _MIB:.1f} MiB ({BUDGET_SETTING}): retry "
+                            "later, or send smaller requests")
         try:
             return parse(body)
         except DecodeError as exc:
             error = str(exc)
         self.budget.give_back(size)
         self._log("request body does not parse", method, context, size, error=error)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"the request body ({size} bytes) is not a valid request message for "
-                            f"{method}: {error}")
+        return _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"the request body ({size} bytes) is not a valid request message for "
+                        f"{method}: {error}")
 
     def _ended(self, size: int, admitted: bool) -> None:
         if admitted:
@@ -190,6 +242,18 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if held_back is not None:
             log.warning(what, extra=fields(method=method, peer=address, bytes=size,
                                            held_back=held_back, **more))
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: grpc.StatusCode
+    message: str
+
+    def error(self) -> Exception:
+        """The domain error a handler's ``@rpc`` turns into this code and message."""
+        kind = (ResourceLimitError if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                else InvalidArgumentError)
+        return kind(self.message)
 
 
 class HeapTrimmer:

@@ -8,17 +8,20 @@ running one decoded call with its deadline and bookkeeping.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
+from mcdropout import InvalidArgumentError
 from mcdropout_server import codec, feedback_codec
 from mcdropout_server.calls import Answer, PredictCall
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.feedback import Feedback
 from mcdropout_server.metrics import ServerMetrics
-from mcdropout_server.rpc import RpcRecord, rpc
+from mcdropout_server.ranking import PoolRanking, top_k_limit
+from mcdropout_server.rpc import REQUEST_ID_KEY, RpcRecord, rpc
 from mcdropout_server.runner import PredictionRunner
 
 
@@ -68,6 +71,33 @@ class PredictionServicer(ServicerBase, pb_grpc.PredictionServiceServicer):
         result = self.feedback.apply(call)
         record.version, record.rows = result.version, result.rows_matched
         return feedback_codec.encode_feedback(result)
+
+    @rpc("RankPool")
+    async def RankPool(self, requests: AsyncIterator[pb.RankPoolRequest], context: Any,
+                       record: RpcRecord) -> pb.RankPoolResponse:
+        # Each chunk is a Predict of its own (see mcdropout_server.ranking); only one chunk and
+        # the top k are held at once, whatever the pool's length.
+        ranking: PoolRanking | None = None
+        async for request in requests:
+            chunk = codec.decode_rank_chunk(request)
+            if ranking is None:
+                if chunk.request_id:  # the stream's id is its first message's
+                    record.request_id = chunk.request_id
+                    context.set_trailing_metadata(((REQUEST_ID_KEY, record.request_id),))
+                record.model = request.model_name
+                ranking = PoolRanking(chunk.settings, self.registry,
+                                      top_k_limit(self.max_reply_bytes))
+            else:
+                ranking.check(chunk.settings)
+            answer = await self.predict(ranking.call(chunk.x, record.request_id), context,
+                                        record)
+            ranking.add(answer.prediction)
+        if ranking is None:
+            raise InvalidArgumentError("the RankPool stream held no message: send the pool's "
+                                       "rows in one or more RankPoolRequests, the first naming "
+                                       "the model, top_k and the other settings")
+        record.rows, record.seed = ranking.rows_scored, ranking.seed
+        return codec.encode_rank_pool(ranking.result(), record.request_id)
 
     @rpc("GetModelMetadata")
     async def GetModelMetadata(self, request: pb.GetModelMetadataRequest,

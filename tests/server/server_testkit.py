@@ -90,6 +90,19 @@ def predictor(store_root: Path, name: str, version: int) -> MCDropoutPredictor:
                                         store.read_info(name, version), **load_options())
 
 
+def padded(request: Any, padding: int) -> bytes:
+    """``request`` serialised with an unknown field of ``padding`` bytes (parsed, then ignored)."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n > 0x7F:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        return bytes(out + bytes([n]))
+
+    # Field 1000, wire type 2 (length-delimited): the tag, the length, the bytes.
+    return request.SerializeToString() + varint(1000 << 3 | 2) + varint(padding) + b"\0" * padding
+
+
 def reg_inputs(rows: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(rows, REG_FEATURES)).astype(np.float32)
 

@@ -40,6 +40,7 @@ from server_testkit import (
     REG_FEATURES,
     REG_INFO,
     cls_inputs,
+    padded,
     reg_inputs,
     serve_process,
     settings,
@@ -313,19 +314,6 @@ def test_unparseable_body_with_a_token_is_invalid_argument_logged_once_per_clien
     assert lines[0].fields["peer"] == "ipv4:127.0.0.1"  # type: ignore[attr-defined]
     assert lines[0].exc_info is None
     assert not [r for r in caplog.records if r.name.startswith("grpc")]  # no traceback per call
-
-
-def padded(request: Any, padding: int) -> bytes:
-    """``request`` serialised with an unknown field of ``padding`` bytes (parsed, then ignored)."""
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while n > 0x7F:
-            out.append(n & 0x7F | 0x80)
-            n >>= 7
-        return bytes(out + bytes([n]))
-
-    # Field 1000, wire type 2 (length-delimited): the tag, the length, the bytes.
-    return request.SerializeToString() + varint(1000 << 3 | 2) + varint(padding) + b"\0" * padding
 
 
 def test_methods_open_without_a_token_take_only_small_bodies(token_server: ServerApp) -> None:
