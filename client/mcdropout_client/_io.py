@@ -73,8 +73,6 @@ def load_inputs(specs: Sequence[str], *, mmap: bool = False
 
     ``mmap`` as in :func:`load_input`.
 
-    ``mmap`` as in :func:`load_input`.
-
     Raises:
         ValueError: files as in :func:`load_input`; a mix of named and unnamed inputs, an
             unnamed input given twice, a name given twice or empty.
