@@ -176,6 +176,9 @@ class PoolRanking:
             heads) or unknown, an acquisition that does not apply to the head's task (the
             message names those that do).
         NotFoundError: unknown model or version.
+
+    A calibrated stream to a version without calibration is refused by the first chunk's
+    Predict (NotCalibratedError, FAILED_PRECONDITION), as a calibrated Predict is.
     """
 
     def __init__(self, first: RankSettings, registry: ModelRegistry, max_top_k: int) -> None:
@@ -221,13 +224,11 @@ class PoolRanking:
     def call(self, x: np.ndarray | dict[str, np.ndarray], request_id: str) -> PredictCall:
         """The Predict call of the next chunk, whose rows are ``x`` (seed: seed + chunk)."""
         settings = self.settings
-        if settings.calibrated:
-            # Served once the engine's calibrated requests land (PredictCall.calibrated).
-            raise InvalidArgumentError("calibrated ranking is not available on this server yet")
         return PredictCall(
-            model=self.settings.model or "", version=settings.version, x=x,
+            model=settings.model or "", version=settings.version, x=x,
             samples=settings.samples, seed=(self.seed + self.chunks) % SEED_LIMIT,
-            outputs=(self._statistic(),), request_id=request_id)
+            outputs=(self._statistic(),), request_id=request_id,
+            calibrated=bool(settings.calibrated))
 
     def add(self, prediction: Prediction | MultiHeadPrediction) -> None:
         """Score the rows of the chunk :meth:`call` made and keep the best k of all so far."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -17,15 +19,19 @@ import numpy as np
 import pytest
 from mcdropout_client import AsyncClient, Client, RankedPool, cli
 from mcdropout_client import tensors as wire
-from mcdropout_client.errors import InvalidArgument, NotFound
+from mcdropout_client.errors import FailedPrecondition, InvalidArgument, NotFound
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 from mcdropout_client.ranking import chunks
 from mcdropout_server import ranking
 from mcdropout_server.app import ServerApp, ServerThread
 from mcdropout_server.ranking import TopK, top_k_limit
-from mcdropout_server.registry import ModelRegistry
-from server_testkit import cls_inputs, padded, reg_inputs, settings
+from mcdropout_server.registry import ModelRegistry, ServedModel
+from server_testkit import cls_inputs, load_options, padded, reg_inputs, settings
+
+from mcdropout import InvalidArgumentError, ModelStore
+from mcdropout.calibration import model as cal
+from mcdropout.engine import MCDropoutPredictor
 
 MESSAGE_LIMIT = 3 * 2**20
 MAX_TOP_K = top_k_limit(MESSAGE_LIMIT)
@@ -34,9 +40,19 @@ CLASSIFIER = {"bald": "mutual_information", "predictive_entropy": "predictive_en
 
 
 @pytest.fixture(scope="module")
-def app(registry: ModelRegistry) -> Iterator[ServerApp]:
+def app(registry: ModelRegistry, store_root: Path) -> Iterator[ServerApp]:
+    """The session's models, and "calcls": "cls" with a calibration (temperature 3)."""
+    store = ModelStore(store_root)
+    info = replace(store.read_info("cls", 1), name="calcls")
+    head = registry.get("cls").predictor.heads[0].name
+    calibration = cal.Calibration({head: cal.HeadCalibration(
+        head, "classification", rows=50, samples=20,
+        drift=cal.DriftReference("mutual_information", 0.1, 0.2), temperature=3.0)})
+    calibrated = MCDropoutPredictor.from_info(store.load_model("cls", 1), info,
+                                              calibration=calibration, **load_options())
+    served = ModelRegistry([*registry.models(), ServedModel(info, calibrated)], registry.limits)
     thread = ServerThread(settings(max_message_bytes=MESSAGE_LIMIT, received_bytes_budget_mb=1,
-                                   metrics_port=0), registry)
+                                   metrics_port=0), served)
     yield thread.start()
     thread.stop(grace=1.0)
 
@@ -59,11 +75,13 @@ def stub(target: str) -> Iterator[pb_grpc.PredictionServiceStub]:
 
 
 def expected(client: Client, pool: np.ndarray, *, model: str, statistic: str, chunk_rows: int,
-             samples: int, seed: int, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+             samples: int, seed: int, top_k: int, calibrated: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]:
     """The top k by one Predict per chunk (seed + c), ranked by (-score, row)."""
     scores = np.concatenate([
         np.asarray(getattr(client.predict(chunk, model=model, samples=samples,
-                                          seed=(seed + c) % 2**64, outputs=[statistic]),
+                                          seed=(seed + c) % 2**64, outputs=[statistic],
+                                          calibrated=calibrated),
                            statistic), np.float64)
         .reshape(len(chunk), -1).mean(axis=1)
         for c, chunk in enumerate(chunks(pool, chunk_rows))])
@@ -119,6 +137,18 @@ def test_a_regression_pool_ranks_by_predictive_std_of_the_latest_version(client:
     np.testing.assert_array_equal(ranked.scores, scores)
 
 
+def test_calibrated_ranking_scores_the_temperature_scaled_passes(client: Client) -> None:
+    pool = cls_inputs(30, seed=4)
+    settings: dict[str, Any] = {"top_k": 5, "chunk_rows": 8, "samples": 16, "seed": 3}
+    ranked = client.rank_pool("calcls", pool, calibrated=True, **settings)
+    indices, scores = expected(client, pool, model="calcls", statistic="mutual_information",
+                               calibrated=True, **settings)
+    np.testing.assert_array_equal(ranked.indices, indices)
+    np.testing.assert_array_equal(ranked.scores, scores)
+    plain = client.rank_pool("calcls", pool, **settings)
+    assert not np.array_equal(plain.scores, ranked.scores)
+
+
 def test_ties_keep_the_earlier_row_and_k_above_the_pool_returns_every_row(
         client: Client) -> None:
     # One pass: every row's variation ratio is 0, so all rows tie.
@@ -143,6 +173,15 @@ def test_top_k_keeps_the_best_with_ties_to_the_earlier_row_and_never_more_than_k
     order = np.lexsort((np.arange(300), -scores))[:17]
     np.testing.assert_array_equal(indices, order)
     np.testing.assert_array_equal(kept, scores[order])
+
+
+def test_a_model_with_several_heads_needs_the_head_named() -> None:
+    heads: Any = [SimpleNamespace(name="price", task="regression"),
+                  SimpleNamespace(name="kind", task="classification")]
+    with pytest.raises(InvalidArgumentError, match="head is required for a model with several "
+                                                   "heads; this model's heads: price, kind"):
+        ranking._head(heads, None)
+    assert ranking._head(heads, "kind").name == "kind"
 
 
 def test_the_server_holds_one_chunk_and_k_entries(
@@ -272,7 +311,7 @@ def test_settings_changed_mid_stream_are_refused_naming_the_field(
     ([request(cls_inputs(2), model_name="cls", top_k=MAX_TOP_K + 1)],
      grpc.StatusCode.INVALID_ARGUMENT, f"top_k must be in 1..{MAX_TOP_K}"),
     ([request(cls_inputs(2), model_name="nope", top_k=1)], grpc.StatusCode.NOT_FOUND,
-     "model 'nope' not found; served models: ['cls', 'reg']"),
+     "model 'nope' not found; served models: ['calcls', 'cls', 'reg']"),
     ([request(cls_inputs(2), model_name="cls", model_version=9, top_k=1)],
      grpc.StatusCode.NOT_FOUND, "model 'cls' has no version 9"),
     ([request(cls_inputs(2), top_k=1)], grpc.StatusCode.INVALID_ARGUMENT,
@@ -301,9 +340,9 @@ def test_refusals_say_what_was_wrong(stub: pb_grpc.PredictionServiceStub, messag
 
 
 def test_calibrated_ranking_of_an_uncalibrated_version_is_refused(client: Client) -> None:
-    with pytest.raises(InvalidArgument) as caught:
+    with pytest.raises(FailedPrecondition) as caught:
         client.rank_pool("cls", cls_inputs(2), top_k=1, calibrated=True)
-    assert "calibrated ranking" in caught.value.message
+    assert "model 'cls' version 1 has no calibration" in caught.value.message
 
 
 def test_unknown_model_through_the_client_is_not_found(client: Client) -> None:
