@@ -208,21 +208,21 @@ class DriftMonitor(Collector):
         measure = np.asarray(measure, dtype=np.float64)
         index = np.searchsorted(DRIFT_BUCKETS, measure, side="left")  # bucket: value <= le
         counts = np.bincount(index, minlength=len(DRIFT_BUCKETS) + 1)
-        total = float(np.nansum(measure))
-        above = (None if reference is None else
-                 np.stack([measure > reference[0], measure > reference[1]], axis=1))
+        total = float(measure.sum())
+        above = None if reference is None else measure[:, None] > np.asarray(reference)
+        flags = None if above is None else above.sum(axis=0)
         with self._lock:
             series = self._series.get((model, str(version), head))
             if series is None:
                 series = self._series[(model, str(version), head)] = _Served()
             series.buckets += counts
             series.total += total
-            if above is not None:
+            if above is not None and flags is not None:
                 series.shares = series.shares or RollingRows(self.window, 2)
                 series.shares.push(above)
                 series.compared += len(above)
-                series.above_p95 += int(above[:, 0].sum())
-                series.above_p99 += int(above[:, 1].sum())
+                series.above_p95 += int(flags[0])
+                series.above_p99 += int(flags[1])
             if abstain is not None:
                 series.abstained = series.abstained or RollingRows(self.window, 1)
                 series.abstained.push(np.asarray(abstain, dtype=np.float64)[:, None])

@@ -22,10 +22,10 @@ from mcdropout_client.errors import InvalidArgument, NotFound
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
+from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc
 from mcdropout_server import feedback as feedback_module
 from mcdropout_server.app import ServerApp, ServerThread
 from mcdropout_server.feedback import (
-    MAX_DROPPED_IDS,
     AnswerNotFoundError,
     AnswerStore,
     FeedbackCall,
@@ -47,7 +47,8 @@ LEVELS = (0.9, 0.95)
 @pytest.fixture(scope="module")
 def app(registry: ModelRegistry) -> Iterator[ServerApp]:
     thread = ServerThread(settings(feedback_store_rows=STORE_ROWS, feedback_ttl_seconds=TTL,
-                                   feedback_window=WINDOW, monitored_levels=LEVELS), registry)
+                                   feedback_window=WINDOW, monitored_levels=LEVELS,
+                                   batching=False), registry)
     yield thread.start()
     thread.stop(grace=1.0)
 
@@ -204,7 +205,7 @@ def test_bad_targets_are_invalid_and_leave_the_answer_to_feed_back(
 
 def test_targets_and_named_targets_exactly_one(app: ServerApp) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        stub = pb_grpc_stub(channel)
+        stub = mcdropout_pb2_grpc.PredictionServiceStub(channel)
         both = pb.FeedbackRequest(model_name="reg", request_id="x",
                                   targets=tensors.to_proto(np.zeros(1)))
         both.named_targets["y"].CopyFrom(tensors.to_proto(np.zeros(1)))
@@ -216,12 +217,6 @@ def test_targets_and_named_targets_exactly_one(app: ServerApp) -> None:
                 stub.Feedback(request, timeout=10)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert says in caught.value.details()
-
-
-def pb_grpc_stub(channel: grpc.Channel) -> object:
-    from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc
-
-    return mcdropout_pb2_grpc.PredictionServiceStub(channel)
 
 
 def test_the_cli_sends_targets_from_a_file(app: ServerApp, fb_client: Client, tmp_path,
@@ -242,7 +237,9 @@ def test_without_a_store_feedback_is_a_failed_precondition() -> None:
     assert status_for(caught.value, "x")[0] == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_store_memory_stays_bounded_over_many_answers() -> None:
+def test_store_memory_stays_bounded_over_many_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    remembered = 500  # ids of dropped answers kept to say why (MAX_DROPPED_IDS in the server)
+    monkeypatch.setattr(feedback_module, "MAX_DROPPED_IDS", remembered)
     store = AnswerStore(max_rows=1000, ttl=0)
     row_bytes = 2 * 8 * 4  # mean and scale, 4 outputs, float64
 
@@ -250,16 +247,20 @@ def test_store_memory_stays_bounded_over_many_answers() -> None:
         mean = np.full((10, 4), float(i))
         return StoredAnswer(1, 10, 0.0, (StoredHead("y", "regression", mean, mean.copy(), None),))
 
-    for i in range(MAX_DROPPED_IDS + 200):  # fill the store and the remembered ids first
-        store.put("m", f"id-{i:06d}", answer(i))
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(MAX_DROPPED_IDS + 200, MAX_DROPPED_IDS + 5200):
-        store.put("m", f"id-{i:06d}", answer(i))
-    grown = tracemalloc.get_traced_memory()[0] - before
+    held, start = [], 0
+    for checkpoint in (2_000, 8_000, 14_000):
+        for i in range(start, checkpoint):
+            store.put("m", f"id-{i:06d}", answer(i))
+        start = checkpoint
+        held.append(tracemalloc.get_traced_memory()[0])
+        assert store.rows == 1000 and store.nbytes == 1000 * row_bytes
     tracemalloc.stop()
-    assert store.rows == 1000 and store.nbytes == 1000 * row_bytes
     with pytest.raises(AnswerNotFoundError, match="dropped to make room"):
-        store.get("m", f"id-{MAX_DROPPED_IDS:06d}")
-    # Kept answers plus the remembered ids of dropped ones: the same before and after.
-    assert grown < 2 * 1000 * row_bytes, grown
+        store.get("m", f"id-{14_000 - 200:06d}")
+    with pytest.raises(AnswerNotFoundError, match="never answered"):  # too old to remember
+        store.get("m", "id-000000")
+    # 100 answers of 640 bytes of arrays plus 500 remembered ids: well under 1 MB, and the same
+    # after 6,000 more answers as before them.
+    assert max(held) < 2**20, held
+    assert abs(held[2] - held[1]) < 64 * 1024, held
