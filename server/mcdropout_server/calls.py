@@ -23,8 +23,6 @@ from mcdropout import (
     Task,
 )
 
-CLASSIFICATION = catalogue.CLASSIFICATION
-
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -127,21 +125,16 @@ def resolve_outputs(call: PredictCall, heads: Sequence[Head]) -> dict[str, froze
     model, where any that does not apply is refused); no outputs requested gives each head its
     task's default set. Non-empty ``interval_levels`` add "intervals" implicitly, non-empty
     ``set_levels`` "prediction_sets" (to the classifier heads). Outputs only a calibrated
-    version has are allowed here: whether the version has a calibration is the engine's check.
+    version has are allowed here: whether the version has a calibration, and whether the model
+    has a classifier head for set levels, are the engine's checks.
 
     Raises:
         InvalidArgumentError: an output that no head has (the message lists each head's
             allowed outputs), "intervals" without interval levels, "prediction_sets" without
-            set levels, or set levels for a model without a classifier head.
+            set levels.
     """
     extra = (_implied("intervals", call.interval_levels, call.outputs, "interval_levels")
              | _implied("prediction_sets", call.set_levels, call.outputs, "set_levels"))
-    if call.set_levels and all(head.task != CLASSIFICATION for head in heads):
-        raise InvalidArgumentError(
-            f"set_levels ask for prediction sets, which only classifiers have; this "
-            f"{heads[0].task if len(heads) == 1 else 'model'} has no classification head; got "
-            f"set_levels {list(call.set_levels)} (calibrated regression intervals come at "
-            "interval_levels)")
     allowed = {head.name: set(catalogue.allowed(head.task, head.has_tau, calibrated=True))
                for head in heads}
     wrong = sorted(set(call.outputs) - set().union(*allowed.values()))

@@ -84,10 +84,13 @@ def settings(**changes: object) -> ServerSettings:
 
 
 def predictor(store_root: Path, name: str, version: int) -> MCDropoutPredictor:
-    """An in-process predictor configured exactly as the test registry configures its models."""
+    """An in-process predictor configured exactly as the test registry configures its models
+    (with the version's calibration, when it has one)."""
     store = ModelStore(store_root)
     return MCDropoutPredictor.from_info(store.load_model(name, version),
-                                        store.read_info(name, version), **load_options())
+                                        store.read_info(name, version),
+                                        calibration=store.read_calibration(name, version),
+                                        **load_options())
 
 
 def padded(request: Any, padding: int) -> bytes:
