@@ -30,6 +30,7 @@ from mcdropout.errors import shorten
 from mcdropout_server.calls import is_valid_request_id
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.errors import DeadlineExceededError, ShuttingDownError
+from mcdropout_server.feedback import FeedbackOffError
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 
@@ -47,6 +48,7 @@ _CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (ResourceLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotCalibratedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (FeedbackOffError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 
