@@ -6,7 +6,9 @@ from its /metrics page and compared with values computed here from the answers a
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from mcdropout_server.feedback import (
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.registry import ModelRegistry
 from mcdropout_server.rpc import status_for
+from mcdropout_server.settings import ServerSettings, add_arguments
 from server_testkit import CLASSES, cls_inputs, reg_inputs, settings
 
 WINDOW = 150
@@ -264,3 +267,28 @@ def test_store_memory_stays_bounded_over_many_answers(monkeypatch: pytest.Monkey
     # after 6,000 more answers as before them.
     assert max(held) < 2**20, held
     assert abs(held[2] - held[1]) < 64 * 1024, held
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MCDROPOUT_MONITORED_LEVELS": "0.9,1.5"}, "MCDROPOUT_MONITORED_LEVELS must each be in (0, 1), "
+                                               "got 0.9,1.5"),
+    ({"MCDROPOUT_MONITORED_LEVELS": "high"}, "MCDROPOUT_MONITORED_LEVELS must be comma-separated "
+                                             "numbers, got 'high'"),
+    ({"MCDROPOUT_FEEDBACK_STORE_ROWS": "-1"}, "MCDROPOUT_FEEDBACK_STORE_ROWS must be >= 0, got -1"),
+    ({"MCDROPOUT_FEEDBACK_WINDOW": "0"}, "MCDROPOUT_FEEDBACK_WINDOW must be >= 1, got 0"),
+])
+def test_bad_feedback_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServerSettings.from_env(env)
+
+
+def test_monitored_levels_come_from_the_environment_or_repeated_flags() -> None:
+    assert ServerSettings.from_env({"MCDROPOUT_MONITORED_LEVELS": "0.8, 0.99"}
+                                   ).monitored_levels == (0.8, 0.99)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--monitored-levels", "0.5", "--monitored-levels", "0.9,0.95",
+                              "--feedback-ttl", "5"])
+    got = ServerSettings.from_args(args, {})
+    assert (got.monitored_levels, got.feedback_ttl_seconds) == ((0.5, 0.9, 0.95), 5.0)
+    assert "monitored_levels=0.5,0.9,0.95" in got.describe()
