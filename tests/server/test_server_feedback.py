@@ -7,6 +7,7 @@ from its /metrics page and compared with values computed here from the answers a
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import re
 import tracemalloc
@@ -18,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from gated_testkit import scrape
-from mcdropout_client import Client, PredictResult, tensors
+from mcdropout_client import AsyncClient, Client, PredictResult, tensors
 from mcdropout_client.cli import main as client_main
 from mcdropout_client.errors import InvalidArgument, NotFound
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
@@ -292,3 +293,14 @@ def test_monitored_levels_come_from_the_environment_or_repeated_flags() -> None:
     got = ServerSettings.from_args(args, {})
     assert (got.monitored_levels, got.feedback_ttl_seconds) == ((0.5, 0.9, 0.95), 5.0)
     assert "monitored_levels=0.5,0.9,0.95" in got.describe()
+
+
+def test_the_asyncio_client_sends_feedback_too(app: ServerApp, fb_client: Client) -> None:
+    fb_client.predict(reg_inputs(4), model="reg", samples=5, request_id="aio-1")
+
+    async def send() -> tuple[int, int]:
+        async with AsyncClient(f"127.0.0.1:{app.port}", retries=0) as client:
+            fed = await client.feedback("reg", "aio-1", np.zeros((4, 1)), rows=[0, 1, 2, 3])
+            return fed.rows_matched, fed.version
+
+    assert asyncio.run(send()) == (4, 2)
