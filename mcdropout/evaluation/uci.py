@@ -23,13 +23,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from mcdropout.calibration.model import ConformalRegression, conformal_rank
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.evaluation import scores
+from mcdropout.evaluation import scores, uci_calibration
+from mcdropout.evaluation.uci_calibration import ConformalResult
 from mcdropout.evaluation.uci_data import UCIDataset
 from mcdropout.modeling import builders, gridfit, tables
 
@@ -46,8 +45,6 @@ PUBLISHED_2016: dict[str, tuple[float, float, float, float]] = {
 # Sampled values (networks x passes x rows) held at once while scoring the validation grid.
 _VALIDATION_VALUES_PER_CHUNK = 25_000_000
 INTERVAL_LEVEL = 0.95
-# Levels of the split-conformal intervals scored when calibration rows are held out.
-CONFORMAL_LEVELS = (0.95, 0.90)
 
 
 @dataclass(frozen=True)
@@ -90,28 +87,6 @@ class GridPoint:
 
 
 @dataclass(frozen=True)
-class ConformalResult:
-    """Split-conformal intervals ``mean +- q * predictive_std`` at one level, on the test rows.
-
-    Attributes:
-        level: The interval level.
-        q: The multiplier: the ``ceil((n + 1) level)``-th smallest calibration score
-            ``|y - mean| / predictive_std``.
-        coverage: Share of test targets inside their conformal interval.
-        width: Mean width of the conformal intervals (target units).
-        raw_coverage: Share inside the uncalibrated central interval of the MC mixture.
-        raw_width: Mean width of the uncalibrated intervals.
-    """
-
-    level: float
-    q: float
-    coverage: float
-    width: float
-    raw_coverage: float
-    raw_width: float
-
-
-@dataclass(frozen=True)
 class SplitResult:
     """The outcome of one split: the chosen setting and its test metrics in original units.
 
@@ -124,7 +99,8 @@ class SplitResult:
         interval_width: Mean width of those intervals.
         grid: Every grid setting with its validation scores, in grid order.
         calibration_rows: Training rows held out for calibration (0: none).
-        conformal: With calibration rows, one result per level of ``CONFORMAL_LEVELS``.
+        conformal: With calibration rows, one result per level of
+            :data:`mcdropout.evaluation.uci_calibration.LEVELS`.
     """
 
     split: int
@@ -214,7 +190,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
             f"got sizes {sizes}")
     # Calibration rows are the trailing share of each training split, in file order; everything
     # below (fit/validation cut, grid search, retraining) runs on the rows before them.
-    held = _calibration_rows(dataset, sizes[0], protocol)
+    held = uci_calibration.held_out_rows(dataset.name, sizes[0], protocol.calibration_fraction)
     calibration = [train[len(train) - held:] for train, _ in splits]
     splits = [(train[:len(train) - held], test) for train, test in splits]
     settings = [(p, tau) for p in dataset.dropout_rates for tau in dataset.tau_values]
@@ -249,8 +225,10 @@ def run(dataset: UCIDataset, protocol: Protocol,
             target_std=scaled.y_std, max_samples=max(protocol.samples, 10_000),
             default_samples=protocol.samples)
         if held:
-            measured, conformal = _score_calibrated(
-                predictor, dataset, test, calibration[i], protocol.samples, _seed(protocol, i))
+            measured, conformal = uci_calibration.score(
+                predictor, (dataset.x[test], dataset.y[test]),
+                (dataset.x[calibration[i]], dataset.y[calibration[i]]), protocol.samples,
+                _seed(protocol, i), INTERVAL_LEVEL)
         else:
             measured, conformal = scores.evaluate(
                 predictor, dataset.x[test], dataset.y[test], samples=protocol.samples,
@@ -289,52 +267,6 @@ class _Scaled:
         x_mean, x_std = tables.standardization(x)
         y_mean, y_std = tables.standardization(y)
         return cls((x - x_mean) / x_std, (y - y_mean) / y_std, x_mean, x_std, y_mean, y_std)
-
-
-def _score_calibrated(predictor: Any, dataset: UCIDataset, test: np.ndarray,
-                      calibration: np.ndarray, samples: int, seed: int
-                      ) -> tuple[dict[str, float], tuple[ConformalResult, ...]]:
-    """The test metrics of :func:`scores.evaluate` plus split-conformal intervals per level.
-
-    The calibration rows are scored with the same seed as the test rows: the same dropout masks
-    make (mean, predictive_std) one fixed function of the row, so calibration and test scores
-    are exchangeable whenever the rows are.
-    """
-    levels = tuple(sorted({INTERVAL_LEVEL, *CONFORMAL_LEVELS}))
-    y_test = dataset.y[test]
-    tested = scores.predict_chunked(predictor, dataset.x[test], samples, seed,
-                                    interval_levels=levels, return_samples=True)
-    measured = scores.regression_metrics(y_test, tested, predictor.tau, INTERVAL_LEVEL)
-    fitted = scores.predict_chunked(predictor, dataset.x[calibration], samples, seed)
-    y_cal = dataset.y[calibration].reshape(fitted.mean.shape)
-    conformal = ConformalRegression(
-        "predictive_std", np.sort(np.abs(y_cal - fitted.mean) / fitted.predictive_std, axis=0))
-    results = []
-    for level in CONFORMAL_LEVELS:
-        q = conformal.quantile(level)
-        half = q * tested.predictive_std
-        raw = next(iv for iv in tested.intervals if math.isclose(iv.level, level))
-        results.append(ConformalResult(
-            level=level, q=float(np.mean(q)),
-            coverage=scores.interval_coverage(y_test, tested.mean - half, tested.mean + half),
-            width=scores.mean_interval_width(tested.mean - half, tested.mean + half),
-            raw_coverage=scores.interval_coverage(y_test, raw.lower, raw.upper),
-            raw_width=scores.mean_interval_width(raw.lower, raw.upper)))
-    return measured, tuple(results)
-
-
-def _calibration_rows(dataset: UCIDataset, rows: int, protocol: Protocol) -> int:
-    """How many trailing training rows ``calibration_fraction`` holds out (0 when it is 0)."""
-    held = rows - int((1.0 - protocol.calibration_fraction) * rows)
-    if held:
-        needed = next(n for n in range(1, 10**6) if conformal_rank(n, max(CONFORMAL_LEVELS)) <= n)
-        if held < needed or rows - held < 2:
-            raise InvalidArgumentError(
-                f"calibration_fraction {protocol.calibration_fraction:g} holds out {held} of the "
-                f"{rows} training rows of {dataset.name}: conformal intervals at level "
-                f"{max(CONFORMAL_LEVELS):g} need at least {needed} calibration rows "
-                f"(n/(n+1) >= level), and training at least 2 rows")
-    return held
 
 
 def _score_grid(stack: gridfit.MLPStack, scaled: _Scaled, x_val: np.ndarray, y_val: np.ndarray,

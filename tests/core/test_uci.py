@@ -14,7 +14,7 @@ import pytest
 from mcdropout import cli
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError, NotFoundError
-from mcdropout.evaluation import uci, uci_data
+from mcdropout.evaluation import uci, uci_calibration, uci_data
 from mcdropout.modeling import gridfit
 
 UCI_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
@@ -213,18 +213,18 @@ def test_calibration_fraction_holds_out_trailing_rows_and_scores_conformal_inter
     write_layout(tmp_path, rows=200)  # 180 training rows per split: 36 held out, 144 trained on
     out = tmp_path / "out"
     held: list[np.ndarray] = []
-    score = uci._score_calibrated
-    monkeypatch.setattr(uci, "_score_calibrated", lambda predictor, dataset, test, calibration,
-                        *rest: held.append(calibration) or score(predictor, dataset, test,
-                                                                 calibration, *rest))
+    score = uci_calibration.score
+    monkeypatch.setattr(uci_calibration, "score", lambda predictor, test, calibration, *rest:
+                        held.append(calibration[0]) or score(predictor, test, calibration, *rest))
     status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
                        "--epochs-multiplier", "1", "--samples", "50", "--splits", "2",
                        "--calibration-fraction", "0.2", "--output", str(out)])
     assert status == 0
     assert "36 calibration rows held out per split" in capsys.readouterr().out
     ds = uci_data.load_dataset(tmp_path, "tiny")
-    for i, rows in enumerate(held):  # the last 20% of the training split, in file order
-        np.testing.assert_array_equal(rows, ds.split(i)[0][144:])
+    assert len(held) == 2
+    for i, x in enumerate(held):  # the last 20% of the training split, in file order
+        np.testing.assert_array_equal(x, ds.x[ds.split(i)[0][144:]])
     report = json.loads((out / "tiny.json").read_text())
     assert report["protocol"]["calibration_fraction"] == 0.2
     for split in report["splits"]:
