@@ -14,7 +14,8 @@ This module runs the protocol with :mod:`mcdropout.modeling.gridfit` for trainin
 production :class:`~mcdropout.MCDropoutPredictor` for the test passes, on data sets that
 :mod:`mcdropout.evaluation.uci_data` reads from disk (nothing is downloaded).
 :mod:`mcdropout.evaluation.uci_cli` writes the reports and adds the ``mcdropout benchmark uci``
-command.
+command. With a calibration fraction the trailing share of each training split is held out first,
+and :mod:`mcdropout.evaluation.uci_calibration` scores split-conformal intervals from it.
 """
 
 from __future__ import annotations
