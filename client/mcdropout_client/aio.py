@@ -66,7 +66,7 @@ class AsyncClient(ClientBase):
         return feedback_result(reply)
 
     async def rank_pool(
-        self, model: str, pool: Any, *, top_k: int, acquisition: str = "bald",
+        self, pool: Any, *, model: str, top_k: int, acquisition: str = "bald",
         chunk_rows: int = 1024, samples: int | None = None, seed: int | None = None,
         head: str | None = None, calibrated: bool = False, version: int | None = None,
         timeout: Timeout = None, metadata: Metadata = (), request_id: str | None = None,

@@ -194,7 +194,7 @@ def _feedback(client: Client, args: argparse.Namespace) -> int:
 def _rank(client: Client, args: argparse.Namespace) -> int:
     pool = _io.load_inputs(args.input, mmap=True)
     ranked = client.rank_pool(
-        args.model, pool, top_k=args.top, acquisition=args.acquisition,
+        pool, model=args.model, top_k=args.top, acquisition=args.acquisition,
         chunk_rows=args.chunk_rows, samples=args.samples, seed=args.seed, head=args.head,
         calibrated=args.calibrated, version=args.version, timeout=args.timeout)
     print("rank\tindex\tscore")

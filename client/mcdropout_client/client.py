@@ -129,7 +129,7 @@ class Client(ClientBase):
         return feedback_result(reply)
 
     def rank_pool(
-        self, model: str, pool: Any, *, top_k: int, acquisition: str = "bald",
+        self, pool: Any, *, model: str, top_k: int, acquisition: str = "bald",
         chunk_rows: int = 1024, samples: int | None = None, seed: int | None = None,
         head: str | None = None, calibrated: bool = False, version: int | None = None,
         timeout: Timeout = None, metadata: Metadata = (), request_id: str | None = None,
@@ -144,9 +144,10 @@ class Client(ClientBase):
         See docs/acquisition.md for what each acquisition function measures.
 
         Args:
-            model: model name.
             pool: the rows: an array (rows, *input_shape); a mapping input name -> rows; or an
-                iterable (not a list) of such arrays or mappings, read one at a time.
+                iterable (not a list) of such arrays or mappings, read one at a time (like
+                :meth:`predict`'s ``x``).
+            model: model name.
             top_k: rows to return, >= 1 (at most the server's limit, about 3.7 million rows per
                 64 MiB of message limit).
             acquisition: "bald" (mutual information), "predictive_entropy" or

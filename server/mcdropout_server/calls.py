@@ -54,6 +54,9 @@ class PredictCall:
         request_id: Id echoed in logs and the response.
         calibrated: Apply the version's calibration (see :attr:`uses_calibration`).
         set_levels: Coverage levels of the conformal prediction sets to return.
+        monitored: Served traffic: the answer is kept for Feedback and its rows counted in the
+            drift metrics. False for rows that are not answers to a user (a RankPool's pool
+            chunks), which must neither evict real answers nor shift the drift shares.
     """
 
     model: str
@@ -67,6 +70,7 @@ class PredictCall:
     request_id: str = ""
     calibrated: bool = False
     set_levels: tuple[float, ...] = ()
+    monitored: bool = True
 
     @property
     def uses_calibration(self) -> bool:

@@ -228,7 +228,7 @@ class PoolRanking:
             model=settings.model or "", version=settings.version, x=x,
             samples=settings.samples, seed=(self.seed + self.chunks) % SEED_LIMIT,
             outputs=(self._statistic(),), request_id=request_id,
-            calibrated=bool(settings.calibrated))
+            calibrated=bool(settings.calibrated), monitored=False)
 
     def add(self, prediction: Prediction | MultiHeadPrediction) -> None:
         """Score the rows of the chunk :meth:`call` made and keep the best k of all so far."""

@@ -103,12 +103,15 @@ class PreparedCall:
             checked; the inputs are checked by the engine when they run.
         outputs: The output names to send, per head.
         request_id: The call's id, for logs.
+        monitored: Whether the answer is recorded for Feedback and drift (see
+            :attr:`PredictCall.monitored`).
     """
 
     model: ServedModel
     request: Request
     outputs: HeadOutputs
     request_id: str = ""
+    monitored: bool = True
 
 
 class ModelRegistry:
@@ -239,7 +242,7 @@ class ModelRegistry:
                              rows=request.rows, samples=request.samples,
                              levels=len(request.interval_levels),
                              set_levels=len(request.set_levels), limit=max_reply_bytes)
-        return PreparedCall(served, request, outputs, call.request_id)
+        return PreparedCall(served, request, outputs, call.request_id, call.monitored)
 
     def _request_limits(self, served: ServedModel) -> RequestLimits:
         return replace(served.predictor.limits, max_rows=self.limits.max_rows,

@@ -113,7 +113,7 @@ class PredictionRunner:
         assert self.feedback is not None
         calibration = getattr(model.predictor, "calibration", None)
         for job, answer in zip(jobs, answers, strict=True):
-            if isinstance(answer, Answer):
+            if isinstance(answer, Answer) and job.prepared.monitored:
                 try:
                     self.feedback.record(answer, job.prepared.request_id, calibration)
                 except Exception:

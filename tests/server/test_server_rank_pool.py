@@ -106,7 +106,7 @@ def refused(stub: pb_grpc.PredictionServiceStub, messages: list[Any]) -> grpc.Rp
 def keeps_serving(client: Client) -> Iterator[None]:
     """After each test the server still ranks a pool."""
     yield
-    assert client.rank_pool("reg", reg_inputs(3), top_k=1, acquisition="predictive_std",
+    assert client.rank_pool(reg_inputs(3), model="reg", top_k=1, acquisition="predictive_std",
                             samples=2, seed=0).rows_scored == 3
 
 
@@ -115,7 +115,7 @@ def keeps_serving(client: Client) -> Iterator[None]:
 def test_a_classifier_pool_in_chunks_ranks_as_per_chunk_predicts(
         client: Client, acquisition: str) -> None:
     pool = cls_inputs(50, seed=3)
-    ranked = client.rank_pool("cls", pool, top_k=7, acquisition=acquisition, chunk_rows=16,
+    ranked = client.rank_pool(pool, model="cls", top_k=7, acquisition=acquisition, chunk_rows=16,
                               samples=20, seed=2**64 - 2)  # chunks 2.. wrap to seeds 0, 1
     indices, scores = expected(client, pool, model="cls", statistic=CLASSIFIER[acquisition],
                                chunk_rows=16, samples=20, seed=2**64 - 2, top_k=7)
@@ -128,7 +128,7 @@ def test_a_classifier_pool_in_chunks_ranks_as_per_chunk_predicts(
 
 def test_a_regression_pool_ranks_by_predictive_std_of_the_latest_version(client: Client) -> None:
     pool = reg_inputs(30, seed=5)
-    ranked = client.rank_pool("reg", pool, top_k=4, acquisition="predictive_std", chunk_rows=8,
+    ranked = client.rank_pool(pool, model="reg", top_k=4, acquisition="predictive_std", chunk_rows=8,
                               samples=15, seed=11)
     indices, scores = expected(client, pool, model="reg", statistic="predictive_std",
                                chunk_rows=8, samples=15, seed=11, top_k=4)
@@ -140,23 +140,23 @@ def test_a_regression_pool_ranks_by_predictive_std_of_the_latest_version(client:
 def test_calibrated_ranking_scores_the_temperature_scaled_passes(client: Client) -> None:
     pool = cls_inputs(30, seed=4)
     settings: dict[str, Any] = {"top_k": 5, "chunk_rows": 8, "samples": 16, "seed": 3}
-    ranked = client.rank_pool("calcls", pool, calibrated=True, **settings)
+    ranked = client.rank_pool(pool, model="calcls", calibrated=True, **settings)
     indices, scores = expected(client, pool, model="calcls", statistic="mutual_information",
                                calibrated=True, **settings)
     np.testing.assert_array_equal(ranked.indices, indices)
     np.testing.assert_array_equal(ranked.scores, scores)
-    plain = client.rank_pool("calcls", pool, **settings)
+    plain = client.rank_pool(pool, model="calcls", **settings)
     assert not np.array_equal(plain.scores, ranked.scores)
 
 
 def test_ties_keep_the_earlier_row_and_k_above_the_pool_returns_every_row(
         client: Client) -> None:
     # One pass: every row's variation ratio is 0, so all rows tie.
-    tied = client.rank_pool("cls", cls_inputs(20), top_k=5, acquisition="variation_ratio",
+    tied = client.rank_pool(cls_inputs(20), model="cls", top_k=5, acquisition="variation_ratio",
                             chunk_rows=6, samples=1, seed=0)
     np.testing.assert_array_equal(tied.indices, [0, 1, 2, 3, 4])
     np.testing.assert_array_equal(tied.scores, np.zeros(5))
-    everything = client.rank_pool("cls", cls_inputs(9), top_k=100, chunk_rows=4, samples=10,
+    everything = client.rank_pool(cls_inputs(9), model="cls", top_k=100, chunk_rows=4, samples=10,
                                   seed=1)
     assert everything.rows_scored == 9 and sorted(everything.indices) == list(range(9))
     assert np.all(np.diff(everything.scores) <= 0)
@@ -194,7 +194,7 @@ def test_the_server_holds_one_chunk_and_k_entries(
         held.append(len(self.scores))
 
     monkeypatch.setattr(ranking.TopK, "offer", offer)
-    ranked = client.rank_pool("cls", cls_inputs(200), top_k=3, chunk_rows=32, samples=5, seed=0)
+    ranked = client.rank_pool(cls_inputs(200), model="cls", top_k=3, chunk_rows=32, samples=5, seed=0)
     assert ranked.rows_scored == 200
     assert held == [3] * 7  # seven chunks, three entries kept after each
 
@@ -220,13 +220,13 @@ def test_a_memory_mapped_pool_an_iterable_of_chunks_and_the_async_client_agree(
     np.save(tmp_path / "pool.npy", pool)
     mapped = np.load(tmp_path / "pool.npy", mmap_mode="r")
     settings = {"top_k": 6, "chunk_rows": 10, "samples": 12, "seed": 4}
-    whole = client.rank_pool("cls", mapped, **settings)
+    whole = client.rank_pool(mapped, model="cls", **settings)
     # Chunks are what fix the seeds: pieces of 20 rows make the same four chunks of 10.
-    pieces = client.rank_pool("cls", (pool[i:i + 20] for i in range(0, 40, 20)), **settings)
+    pieces = client.rank_pool((pool[i:i + 20] for i in range(0, 40, 20)), model="cls", **settings)
 
     async def asynchronous() -> RankedPool:
         async with AsyncClient(target, retries=0) as aio:
-            return await aio.rank_pool("cls", pool, **settings)
+            return await aio.rank_pool(pool, model="cls", **settings)
 
     for other in (pieces, asyncio.run(asynchronous())):
         np.testing.assert_array_equal(other.indices, whole.indices)
@@ -239,18 +239,18 @@ def test_a_chunk_the_client_cannot_send_raises_its_own_error(client: Client, tar
         yield np.array([["a", "b", "c", "d"]])  # no wire dtype
 
     with pytest.raises(ValueError, match="cannot be sent as a Tensor"):
-        client.rank_pool("cls", pool(), top_k=2, samples=2)
+        client.rank_pool(pool(), model="cls", top_k=2, samples=2)
 
     async def asynchronous() -> None:
         async with AsyncClient(target, retries=0) as aio:
-            await aio.rank_pool("cls", pool(), top_k=2, samples=2)
+            await aio.rank_pool(pool(), model="cls", top_k=2, samples=2)
 
     with pytest.raises(ValueError, match="cannot be sent as a Tensor"):
         asyncio.run(asynchronous())
     with pytest.raises(ValueError, match="top_k must be >= 1"):
-        client.rank_pool("cls", cls_inputs(2), top_k=0)
+        client.rank_pool(cls_inputs(2), model="cls", top_k=0)
     with pytest.raises(ValueError, match="unknown acquisition 'entropy'"):
-        client.rank_pool("cls", cls_inputs(2), top_k=1, acquisition="entropy")
+        client.rank_pool(cls_inputs(2), model="cls", top_k=1, acquisition="entropy")
 
 
 def test_the_cli_ranks_a_npy_pool(target: str, tmp_path: Path,
@@ -264,7 +264,7 @@ def test_the_cli_ranks_a_npy_pool(target: str, tmp_path: Path,
     lines = out.splitlines()
     assert lines[0] == "rank\tindex\tscore" and len(lines) == 4
     with Client(target, retries=0) as client:
-        ranked = client.rank_pool("cls", cls_inputs(30, seed=2), top_k=3, chunk_rows=7,
+        ranked = client.rank_pool(cls_inputs(30, seed=2), model="cls", top_k=3, chunk_rows=7,
                                   samples=8, seed=5, acquisition="predictive_entropy")
     assert [int(line.split("\t")[1]) for line in lines[1:]] == ranked.indices.tolist()
     assert "scored 30 rows with cls version 1 (predictive_entropy), seed 5" in err
@@ -278,7 +278,7 @@ def test_the_cli_ranks_a_npy_pool(target: str, tmp_path: Path,
 def test_an_acquisition_for_another_task_is_refused_naming_those_that_fit(
         client: Client, model: str, acquisition: str, allowed: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        client.rank_pool(model, cls_inputs(2) if model == "cls" else reg_inputs(2), top_k=1,
+        client.rank_pool(cls_inputs(2) if model == "cls" else reg_inputs(2), model=model, top_k=1,
                          acquisition=acquisition)
     assert f"acquisition {acquisition!r} scores" in caught.value.message
     assert allowed in caught.value.message
@@ -341,13 +341,13 @@ def test_refusals_say_what_was_wrong(stub: pb_grpc.PredictionServiceStub, messag
 
 def test_calibrated_ranking_of_an_uncalibrated_version_is_refused(client: Client) -> None:
     with pytest.raises(FailedPrecondition) as caught:
-        client.rank_pool("cls", cls_inputs(2), top_k=1, calibrated=True)
+        client.rank_pool(cls_inputs(2), model="cls", top_k=1, calibrated=True)
     assert "model 'cls' version 1 has no calibration" in caught.value.message
 
 
 def test_unknown_model_through_the_client_is_not_found(client: Client) -> None:
     with pytest.raises(NotFound, match="model 'nope' not found"):
-        client.rank_pool("nope", cls_inputs(2), top_k=1)
+        client.rank_pool(cls_inputs(2), model="nope", top_k=1)
 
 
 def test_a_huge_chunk_is_refused_like_a_huge_predict(stub: pb_grpc.PredictionServiceStub,
@@ -372,3 +372,16 @@ def test_a_huge_chunk_is_refused_like_a_huge_predict(stub: pb_grpc.PredictionSer
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "is not a valid request message for /mcdropout.v1.PredictionService/RankPool" in \
         (caught.value.details() or "")
+
+
+def test_pool_rows_are_not_kept_for_feedback_as_served_answers_are(client: Client) -> None:
+    # Pool chunks are candidates for labelling, not answers: they must not evict real answers
+    # from the bounded answer store (nor count as served rows in the drift metrics).
+    client.rank_pool(cls_inputs(12, seed=9), model="cls", top_k=3, chunk_rows=5, samples=5, seed=1,
+                     request_id="pool-not-an-answer")
+    with pytest.raises(NotFound, match="pool-not-an-answer"):
+        client.feedback("cls", "pool-not-an-answer", np.zeros(5, dtype=np.int64))
+    answered = client.predict(cls_inputs(2, seed=9), model="cls", samples=5, seed=1,
+                              request_id="a-served-answer")
+    assert client.feedback("cls", answered.request_id,
+                           np.zeros(2, dtype=np.int64)).rows_matched == 2
