@@ -1,13 +1,14 @@
 """The UCI conformal table of docs/calibration.md, from ``mcdropout benchmark uci`` reports.
 
 Reads the ``<dataset>.json`` reports that ``mcdropout benchmark uci --calibration-fraction F``
-wrote into a folder and prints one markdown row per data set: the uncalibrated and the
-split-conformal 95% and 90% intervals on the test rows (coverage and mean width, mean ± SE over
-the splits), whether the conformal 95% coverage lies in the target band, and the wall time.
+wrote into one or more folders and prints one markdown row per report (data set and seed): the
+uncalibrated and the split-conformal 95% and 90% intervals on the test rows (coverage and mean
+width, mean ± SE over the splits), whether the conformal 95% coverage lies in the target band,
+and the wall time.
 With ``--update-docs`` the table replaces the text between ``<!-- uci-conformal:begin -->`` and
 ``<!-- uci-conformal:end -->`` in docs/calibration.md.
 
-    python -m bench.uci_conformal /work/uci17 --update-docs
+    python -m bench.uci_conformal /work/uci17 /work/uci17/energy-seed1 --update-docs
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def row(report: dict[str, Any]) -> list[str]:
     met = "-" if coverage is None else ("yes" if BAND[0] <= coverage <= BAND[1] else "**no**")
     stages = report["stage_seconds"]
     calibration_rows = report["splits"][0].get("calibration_rows", 0) if report["splits"] else 0
-    return [report["dataset"], str(report["splits_run"]), str(calibration_rows),
+    return [report["dataset"], str(report["protocol"]["seed"]), str(report["splits_run"]),
+            str(calibration_rows),
             _cell(s, "rmse", digits=3),
             _cell(s, "picp", 100), _cell(s, "coverage@0.95", 100),
             _cell(s, "interval_width", digits=2), _cell(s, "width@0.95", digits=2),
@@ -51,35 +53,37 @@ def row(report: dict[str, Any]) -> list[str]:
             f"{stages['test']:.0f})"]
 
 
-def table(folder: Path) -> str:
-    """The markdown table of every report in ``folder`` (known data sets first, in size order)."""
-    reports = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+def table(folders: Sequence[Path]) -> str:
+    """The markdown table of every report in ``folders`` (known data sets first, in size order,
+    then by seed)."""
+    reports = [json.loads(p.read_text()) for folder in folders for p in sorted(folder.glob("*.json"))]
     reports = [r for r in reports if "summary" in r and "splits_run" in r]
     reports.sort(key=lambda r: (ORDER.index(r["dataset"]) if r["dataset"] in ORDER else
-                                len(ORDER), r["dataset"]))
-    headers = ["data set", "splits", "calibration rows", "RMSE",
+                                len(ORDER), r["dataset"], r["protocol"]["seed"]))
+    headers = ["data set", "seed", "splits", "calibration rows", "RMSE",
                "95% coverage, uncalibrated (%)", "95% coverage, conformal (%)",
                "95% width, uncalibrated", "95% width, conformal",
                "90% coverage, uncalibrated (%)", "90% coverage, conformal (%)",
                "90% width, uncalibrated", "90% width, conformal",
                f"conformal 95% in {BAND[0]:.0%} to {BAND[1]:.1%}", "wall s (grid + retrain + test)"]
-    protocols = {json.dumps(r["protocol"], sort_keys=True) for r in reports}
+    protocols = {json.dumps({**r["protocol"], "seed": None}, sort_keys=True) for r in reports}
     lines = [common.markdown_table(headers, [row(r) for r in reports])]
     if len(protocols) == 1 and reports:
         p = reports[0]["protocol"]
         lines.append(f"Protocol of every row: calibration fraction {p['calibration_fraction']}, "
                      f"epochs = n_epochs x {p['epochs_multiplier']}, T = {p['samples']} "
-                     f"(validation {p['validation_samples'] or p['samples']}), seed {p['seed']}.")
+                     f"(validation {p['validation_samples'] or p['samples']}).")
     return "\n\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="the --output folder of the benchmark runs")
+    parser.add_argument("folders", type=Path, nargs="+", metavar="FOLDER",
+                        help="--output folder(s) of the benchmark runs")
     parser.add_argument("--update-docs", action="store_true",
                         help=f"write the table into docs/calibration.md between the {NAME} markers")
     args = parser.parse_args(argv)
-    block = table(args.folder)
+    block = table(args.folders)
     print(block)
     if args.update_docs:
         common.update_readme(NAME, block, readme=DOC)
