@@ -35,14 +35,14 @@ def _cell(summary: dict[str, Any], key: str, scale: float = 1.0, digits: int = 1
     return f"{mean:.{digits}f} ± {se:.{digits}f}"
 
 
-def row(report: dict[str, Any]) -> list[str]:
-    """One data set's table row from its JSON report."""
+def row(report: dict[str, Any], label: str) -> list[str]:
+    """One data set's table row from its JSON report, named ``label``."""
     s = report["summary"]
     coverage = s.get("coverage@0.95", {}).get("mean")
     met = "-" if coverage is None else ("yes" if BAND[0] <= coverage <= BAND[1] else "**no**")
     stages = report["stage_seconds"]
     calibration_rows = report["splits"][0].get("calibration_rows", 0) if report["splits"] else 0
-    return [report["dataset"], str(report["protocol"]["seed"]), str(report["splits_run"]),
+    return [label, str(report["protocol"]["seed"]), str(report["splits_run"]),
             str(calibration_rows),
             _cell(s, "rmse", digits=3),
             _cell(s, "picp", 100), _cell(s, "coverage@0.95", 100),
@@ -55,11 +55,14 @@ def row(report: dict[str, Any]) -> list[str]:
 
 def table(folders: Sequence[Path]) -> str:
     """The markdown table of every report in ``folders`` (known data sets first, in size order,
-    then by seed)."""
-    reports = [json.loads(p.read_text()) for folder in folders for p in sorted(folder.glob("*.json"))]
-    reports = [r for r in reports if "summary" in r and "splits_run" in r]
-    reports.sort(key=lambda r: (ORDER.index(r["dataset"]) if r["dataset"] in ORDER else
-                                len(ORDER), r["dataset"], r["protocol"]["seed"]))
+    then by folder). Rows from the second folder on carry the folder's name after the data set's.
+    """
+    found = [(json.loads(p.read_text()), "" if i == 0 else f" ({folder.name})")
+             for i, folder in enumerate(folders) for p in sorted(folder.glob("*.json"))]
+    found = [(r, suffix) for r, suffix in found if "summary" in r and "splits_run" in r]
+    found.sort(key=lambda item: (ORDER.index(item[0]["dataset"]) if item[0]["dataset"] in ORDER
+                                 else len(ORDER), item[0]["dataset"]))
+    reports = [r for r, _ in found]
     headers = ["data set", "seed", "splits", "calibration rows", "RMSE",
                "95% coverage, uncalibrated (%)", "95% coverage, conformal (%)",
                "95% width, uncalibrated", "95% width, conformal",
@@ -67,7 +70,7 @@ def table(folders: Sequence[Path]) -> str:
                "90% width, uncalibrated", "90% width, conformal",
                f"conformal 95% in {BAND[0]:.0%} to {BAND[1]:.1%}", "wall s (grid + retrain + test)"]
     protocols = {json.dumps({**r["protocol"], "seed": None}, sort_keys=True) for r in reports}
-    lines = [common.markdown_table(headers, [row(r) for r in reports])]
+    lines = [common.markdown_table(headers, [row(r, r["dataset"] + suffix) for r, suffix in found])]
     if len(protocols) == 1 and reports:
         p = reports[0]["protocol"]
         lines.append(f"Protocol of every row: calibration fraction {p['calibration_fraction']}, "
