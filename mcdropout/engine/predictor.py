@@ -328,14 +328,18 @@ class MCDropoutPredictor:
                 raise InvalidArgumentError(f"inputs[{i}]: {one}") from None
         return _answers(answers)
 
-    def warmup(self, batch_rows: int = 0) -> None:
+    def warmup(self, batch_rows: int = 0, every_sample_class: bool = False) -> None:
         """Trace and run the graphs once so the first real request pays no compile time.
 
         Args:
             batch_rows: Also prepare merged batches of up to this many rows at
                 ``default_samples`` passes (their mask kernels compile per size class).
+            every_sample_class: Also compile the mask kernels of every power-of-two class of
+                passes a request up to ``max_samples`` can run at (see
+                :func:`.warmup.sample_classes`): slower to load, and then no request pays the
+                60-120 ms compile of a new class.
         """
-        warm(self, self.graphs, batch_rows)
+        warm(self, self.graphs, batch_rows, every_sample_class)
 
 def _answers(answers: Sequence[Any]) -> list[AnyPrediction]:
     for one in answers:

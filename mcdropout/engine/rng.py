@@ -113,6 +113,11 @@ def _pass_keep_values(seed: tf.Tensor, salt: tf.Tensor, passes: tf.Tensor, thres
 _fused_pass_keep_values = tf.function(_pass_keep_values, jit_compile=True, reduce_retracing=True)
 
 
+def bucket_size(n: int) -> int:
+    """:func:`bucket` of a Python int: the row count a fused kernel compiles for ``n`` rows."""
+    return 1 << (max(n, _MIN_FUSED_ROWS) - 1).bit_length()
+
+
 def bucket(n: tf.Tensor) -> tf.Tensor:
     """The smallest power of two >= n (and >= _MIN_FUSED_ROWS), for int32 n >= 1.
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from mcdropout.engine.graphs import PassGraphs
 from mcdropout.engine.inputs import InputSpec
+from mcdropout.engine.rng import bucket_size
 from mcdropout.engine.split import PROBE_SIZES
 
 if TYPE_CHECKING:
@@ -23,7 +24,24 @@ def zero_inputs(specs: Sequence[InputSpec], rows: int = 1, size: int = PROBE_SIZ
                                 spec.dtype) for spec in specs}
 
 
-def warm(predictor: MCDropoutPredictor, graphs: PassGraphs, batch_rows: int = 0) -> None:
+def largest_chunk(predictor: MCDropoutPredictor) -> int:
+    """The most passes one graph call of a one-row request runs (see :func:`.sampling.plan`)."""
+    return predictor.plan(1, predictor.max_samples)[1]
+
+
+def sample_classes(predictor: MCDropoutPredictor) -> list[int]:
+    """Every pass-count class (:func:`.rng.bucket_size`) a single request's mask kernels can
+    run at: one per power of two from the smallest up to that of the largest chunk, which is
+    ``max_samples`` or what the memory budget allows for one row (chunks of more rows, the last
+    chunk of a request and adaptive sampling's chunks are all smaller)."""
+    classes = [bucket_size(1)]
+    while classes[-1] < bucket_size(largest_chunk(predictor)):
+        classes.append(2 * classes[-1])
+    return classes
+
+
+def warm(predictor: MCDropoutPredictor, graphs: PassGraphs, batch_rows: int = 0,
+         every_sample_class: bool = False) -> None:
     """Trace and run ``predictor``'s graphs once so the first real request pays no compile time.
 
     Args:
@@ -31,11 +49,19 @@ def warm(predictor: MCDropoutPredictor, graphs: PassGraphs, batch_rows: int = 0)
         graphs: Its graphs.
         batch_rows: Also prepare merged batches of up to this many rows at
             ``default_samples`` passes (their mask kernels compile per size class).
+        every_sample_class: Also compile the mask kernels of every pass-count class up to
+            ``max_samples`` (see :func:`sample_classes`), so that no single request of any T
+            compiles one later (each class otherwise costs its first request some 60-120 ms).
     """
     zeros = zero_inputs(predictor.inputs)
     predictor.predict(zeros, samples=2, seed=0)
     # Mask kernels compile once per power-of-two class of passes: make the default's now.
     predictor.predict(zeros, samples=predictor.default_samples, seed=0)
+    if every_sample_class:
+        largest = largest_chunk(predictor)
+        for size in sample_classes(predictor):
+            # One row, one chunk of min(size, largest) passes: the kernels of class ``size``.
+            predictor.predict(zeros, samples=max(2, min(size, largest)), seed=0)
     frontier = graphs.frontier(list(zeros.values()))  # the graphs of requests run in chunks
     graphs.chunk(frontier, np.zeros(2, np.uint32), None, 0, 2)
     if batch_rows >= 2:

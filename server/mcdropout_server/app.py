@@ -71,7 +71,8 @@ def load_registry(settings: ServerSettings) -> ModelRegistry:
         memory_budget_bytes=settings.memory_budget_mb * 2**20,
         max_samples=settings.max_samples,
         max_raw_sample_values=settings.max_raw_sample_values,
-        safe_mode=not settings.allow_unsafe_models, on_load_error=settings.on_load_error)
+        safe_mode=not settings.allow_unsafe_models, on_load_error=settings.on_load_error,
+        warmup_sample_classes=settings.warmup_sample_classes)
 
 
 class ServerApp:

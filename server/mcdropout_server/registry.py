@@ -76,6 +76,8 @@ class LoadOptions:
         max_raw_sample_values: Largest passes x rows x outputs returned as raw samples.
         safe_mode: Keras safe mode; False loads model files that run arbitrary code.
         warmup: Trace the model graphs at load rather than on the first request.
+        warmup_sample_classes: Also compile every pass-count class's mask kernels at load
+            (see :meth:`MCDropoutPredictor.warmup`); needs ``warmup``.
     """
 
     memory_budget_bytes: int = 256 * 2**20
@@ -83,6 +85,7 @@ class LoadOptions:
     max_raw_sample_values: int = 10_000_000
     safe_mode: bool = True
     warmup: bool = True
+    warmup_sample_classes: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ class ModelRegistry:
     def load(cls, store: ModelStore, *, limits: Limits = Limits(),
              memory_budget_bytes: int = 256 * 2**20, max_samples: int = 10_000,
              max_raw_sample_values: int = 10_000_000, warmup: bool = True,
-             safe_mode: bool = True, on_load_error: str = "serve") -> ModelRegistry:
+             safe_mode: bool = True, on_load_error: str = "serve",
+             warmup_sample_classes: bool = False) -> ModelRegistry:
         """Load (and by default warm up) every version of every model in ``store``.
 
         Args:
@@ -164,6 +168,8 @@ class ModelRegistry:
             on_load_error: "serve": a version that fails to load is logged and reported not
                 ready while the others serve; "exit": it fails the load (see
                 :mod:`mcdropout_server.startup`).
+            warmup_sample_classes: With ``warmup``, also compile the mask kernels of every
+                pass-count class up to ``max_samples``, so no request compiles one later.
 
         Raises:
             ModelLoadError: nothing servable, or (``on_load_error="exit"``) a version that
@@ -172,7 +178,7 @@ class ModelRegistry:
         from mcdropout_server.startup import load_store  # it builds on this module
 
         options = LoadOptions(memory_budget_bytes, max_samples, max_raw_sample_values, safe_mode,
-                              warmup)
+                              warmup, warmup_sample_classes)
         served, failed = load_store(store, options, on_load_error)
         return cls(served, limits, ModelSource(store, options), failed)
 

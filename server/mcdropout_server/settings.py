@@ -99,6 +99,11 @@ class ServerSettings:
     memory_budget_mb: int = field(default=256, metadata=_meta(
         "Memory one request's passes may use at once, MiB; passes run in chunks that fit.",
         minimum=1))
+    warmup_sample_classes: bool = field(default=False, metadata=_meta(
+        "At load, also compile the mask kernels of every power-of-two class of passes up to "
+        "max_samples, so that no request compiles one later (the first request of a new class "
+        "otherwise waits some 60-120 ms). Costs start-up time per model version, on load and "
+        "reload: about 2 s for the default diabetes model (9 classes up to T=10000)."))
     grace_seconds: float = field(default=20.0, metadata=_meta(
         "On SIGTERM/SIGINT: how long in-flight requests may take to finish, seconds.",
         minimum=0))

@@ -53,7 +53,7 @@ def load_version(store: ModelStore, name: str, version: int, options: LoadOption
             default_samples=min(info.default_samples, options.max_samples),
             max_raw_sample_values=options.max_raw_sample_values)
         if options.warmup:
-            predictor.warmup()
+            predictor.warmup(every_sample_class=options.warmup_sample_classes)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -62,6 +62,16 @@ def test_flag_beats_environment_beats_default() -> None:
     assert ServerSettings.from_env({}) == ServerSettings()
 
 
+def test_warmup_sample_classes_is_off_unless_a_flag_or_variable_turns_it_on() -> None:
+    assert ServerSettings().warmup_sample_classes is False
+    on = {"MCDROPOUT_WARMUP_SAMPLE_CLASSES": "true"}
+    assert ServerSettings.from_env(on).warmup_sample_classes is True
+    args = serve_parser().parse_args(["serve", "--warmup-sample-classes", "off"])
+    assert ServerSettings.from_args(args, on).warmup_sample_classes is False
+    with pytest.raises(ValueError, match="MCDROPOUT_WARMUP_SAMPLE_CLASSES must be true or false"):
+        ServerSettings.from_env({"MCDROPOUT_WARMUP_SAMPLE_CLASSES": "maybe"})
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"MCDROPOUT_PORT": "abc"}, "MCDROPOUT_PORT must be an integer, got 'abc'"),
     ({"MCDROPOUT_GRACE_SECONDS": "soon"}, "MCDROPOUT_GRACE_SECONDS must be a number"),
