@@ -94,6 +94,7 @@ class ServerApp:
         self.feedback = Feedback.from_settings(
             self.metrics, store_rows=settings.feedback_store_rows,
             ttl=settings.feedback_ttl_seconds, window=settings.feedback_window,
+            store_bytes=settings.feedback_store_mb * 2**20,
             levels=settings.monitored_levels)
         self.port: int | None = None
         self.metrics_port: int | None = None

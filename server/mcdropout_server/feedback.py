@@ -93,17 +93,21 @@ class StoredAnswer:
 
 
 class AnswerStore:
-    """Recent answers by (model, request id), bounded in rows and age; oldest dropped first.
+    """Recent answers by (model, request id), bounded in rows, bytes and age; oldest dropped
+    first.
 
     Args:
         max_rows: Rows kept, all answers together; an answer of more rows is not kept.
         ttl: Seconds an answer is kept; 0: until the row bound drops it.
         clock: Seconds, monotonic (tests pass their own).
+        max_bytes: Bytes of kept arrays, all answers together; None for no byte bound. Rows
+            alone do not bound memory: a classifier's row holds one value per class.
     """
 
     def __init__(self, max_rows: int, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_rows, self.ttl, self.clock = max_rows, ttl, clock
+                 clock: Callable[[], float] = time.monotonic, *,
+                 max_bytes: int | None = None) -> None:
+        self.max_rows, self.ttl, self.clock, self.max_bytes = max_rows, ttl, clock, max_bytes
         self._answers: OrderedDict[tuple[str, str], StoredAnswer] = OrderedDict()
         self._dropped: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.rows = 0
@@ -117,15 +121,18 @@ class AnswerStore:
             self._expire()
             if key in self._answers:
                 self._drop(key, "unknown")
-            if answer.rows > self.max_rows:
+            size = answer.nbytes
+            if answer.rows > self.max_rows or (self.max_bytes is not None
+                                               and size > self.max_bytes):
                 self._note(key, "too_large")
                 return
-            while self.rows + answer.rows > self.max_rows:
+            while self.rows + answer.rows > self.max_rows or (
+                    self.max_bytes is not None and self.nbytes + size > self.max_bytes):
                 self._drop(next(iter(self._answers)), "evicted")
             self._answers[key] = answer
             self._dropped.pop(key, None)
             self.rows += answer.rows
-            self.nbytes += answer.nbytes
+            self.nbytes += size
 
     def get(self, model: str, request_id: str) -> StoredAnswer:
         """The answer kept under (model, request id), left in place.
@@ -231,16 +238,17 @@ class Feedback:
 
     @classmethod
     def from_settings(cls, metrics: ServerMetrics, *, store_rows: int, ttl: float, window: int,
-                      levels: Sequence[float]) -> Feedback:
+                      levels: Sequence[float], store_bytes: int | None = None) -> Feedback:
         """The server's Feedback, its collectors and store gauges registered in ``metrics``.
 
         Args:
             store_rows: Rows of answers kept (0: none; Feedback calls are refused).
+            store_bytes: Bytes of answers kept; None for no byte bound.
             ttl: Seconds an answer is kept (0: no limit).
             window: Rows each rolling gauge averages over.
             levels: The monitored coverage levels.
         """
-        store = AnswerStore(store_rows, ttl) if store_rows else None
+        store = AnswerStore(store_rows, ttl, max_bytes=store_bytes) if store_rows else None
         feedback = cls(store, LiveCalibration(window, levels), DriftMonitor(window), metrics)
         metrics.add_collector(feedback.calibration)
         metrics.add_collector(feedback.drift)
@@ -262,8 +270,9 @@ class Feedback:
             head_cal = None if calibration is None else calibration.heads.get(name)
             calibrated = bool(getattr(prediction, "calibrated", False)) and head_cal is not None
             self._observe_drift(answer, name, prediction, head_cal, calibrated)
-            heads.append(StoredHead(name, prediction.task, prediction.mean,
-                                    _scale(prediction, head_cal if calibrated else None),
+            scale = _scale(prediction, head_cal if calibrated else None)
+            heads.append(StoredHead(name, prediction.task, _own(prediction.mean),
+                                    None if scale is None else _own(scale),
                                     head_cal if calibrated else None))
         if self.store is not None and request_id:
             self.store.put(answer.model, request_id, StoredAnswer(
@@ -347,3 +356,9 @@ def _rows(wanted: Sequence[int], answered: int) -> np.ndarray:
         raise InvalidArgumentError(f"rows must be distinct row indices of the answer, in "
                                    f"0..{answered - 1}, got {shorten(list(wanted))}")
     return rows
+
+
+def _own(values: np.ndarray) -> np.ndarray:
+    """``values`` as an array that owns its memory: the rows of a merged batch are views of the
+    whole batch's arrays, which a kept view would keep alive beyond the store's byte bound."""
+    return values if values.base is None else values.copy()

@@ -148,6 +148,9 @@ class ServerSettings:
         "targets against, all models together; the oldest answers are dropped first. Memory: "
         "about 8 bytes x (2 x outputs) per regression row, 8 bytes x classes per classifier row. "
         "0 keeps none: Feedback answers FAILED_PRECONDITION.", minimum=0))
+    feedback_store_mb: int = field(default=256, metadata=_meta(
+        "Memory the kept answers may take, MiB, all models together (a wide classifier's rows "
+        "are large); the oldest answers are dropped first to stay under it.", minimum=1))
     feedback_ttl_seconds: float = field(default=3600.0, metadata=_meta(
         "How long an answer may wait for its Feedback, seconds; 0: until the row bound drops "
         "it.", minimum=0, flag="feedback-ttl"))

@@ -270,6 +270,27 @@ def test_store_memory_stays_bounded_over_many_answers(monkeypatch: pytest.Monkey
     assert abs(held[2] - held[1]) < 64 * 1024, held
 
 
+def test_wide_answers_are_bounded_by_bytes_not_only_rows() -> None:
+    # A classifier's row holds one value per class: rows alone would not bound memory.
+    store = AnswerStore(max_rows=10_000, ttl=0, max_bytes=3 * 1000 * 8)  # three 1000-class rows
+
+    def wide(i: int) -> StoredAnswer:
+        return StoredAnswer(1, 1, 0.0, (StoredHead("c", "classification",
+                                                   np.full((1, 1000), i / 1e4), None, None),))
+
+    for i in range(5):
+        store.put("m", f"w{i}", wide(i))
+    assert store.rows == 3 and store.nbytes == 3 * 1000 * 8
+    with pytest.raises(AnswerNotFoundError, match="dropped to make room"):
+        store.get("m", "w1")
+    assert store.get("m", "w4").rows == 1
+    store.put("m", "huge", StoredAnswer(1, 4, 0.0, (StoredHead(
+        "c", "classification", np.zeros((4, 1000)), None, None),)))
+    with pytest.raises(AnswerNotFoundError):  # larger than the whole bound: not kept
+        store.get("m", "huge")
+    assert store.nbytes == 3 * 1000 * 8
+
+
 @pytest.mark.parametrize(("env", "message"), [
     ({"MCDROPOUT_MONITORED_LEVELS": "0.9,1.5"}, "MCDROPOUT_MONITORED_LEVELS must each be in (0, 1), "
                                                "got 0.9,1.5"),
