@@ -28,7 +28,10 @@ from server_testkit import CLS_FEATURES, REG_FEATURES, reg_inputs
 from mcdropout import MCDropoutError
 
 Code = grpc.StatusCode
-REFUSALS = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED}
+# FAILED_PRECONDITION: a calibrated answer (calibrated, set_levels, prediction_set@L, abstain)
+# asked of a version without calibration.
+REFUSALS = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED,
+            Code.FAILED_PRECONDITION}
 MAX_MESSAGE_CHARS = 1024  # a refusal quotes what it was sent shortened, whatever its size
 DEADLINE = 30.0  # seconds; the heaviest request the strategies allow takes well under one
 

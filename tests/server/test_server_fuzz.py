@@ -23,13 +23,21 @@ from mcdropout_server import codec
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import CLS_FEATURES, REG_FEATURES, reg_inputs
 
-from mcdropout import InvalidArgumentError, NotFoundError, ResourceLimitError
+from mcdropout import (
+    InvalidArgumentError,
+    NotCalibratedError,
+    NotFoundError,
+    ResourceLimitError,
+)
 
 Code = grpc.StatusCode
 # What a bad request may get back: a refusal that names the problem. INTERNAL (a bug), UNKNOWN
-# (an escaped exception) and DEADLINE_EXCEEDED (a hang) are never acceptable.
-REFUSALS = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED}
-DOMAIN_REFUSALS = (InvalidArgumentError, NotFoundError, ResourceLimitError)
+# (an escaped exception) and DEADLINE_EXCEEDED (a hang) are never acceptable. FAILED_PRECONDITION
+# is a calibrated answer (calibrated, set levels, prediction sets, abstain) of a version that has
+# no calibration.
+REFUSALS = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED,
+            Code.FAILED_PRECONDITION}
+DOMAIN_REFUSALS = (InvalidArgumentError, NotFoundError, ResourceLimitError, NotCalibratedError)
 DEADLINE = 30.0  # seconds; the heaviest request the strategies allow takes well under one
 MAX_MESSAGE_CHARS = 1024  # a refusal quotes what it was sent shortened, whatever its size
 PREDICT = "/mcdropout.v1.PredictionService/Predict"
