@@ -214,7 +214,7 @@ def _sweep(predictor: Any, x: Any, rows: int, passes: int, seed: int,
             head.mean.append(p.mean)
             head.std.append(p.std)
             if head.task == "regression":
-                head.spread.append(p.predictive_std if p.predictive_std is not None else p.std)
+                head.spread.append(p.spread)
                 head.intervals.append([(iv.lower, iv.upper) for iv in p.intervals])
                 continue
             sums = p.raw_samples.sum(axis=-1, dtype=np.float64)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import numpy as np
-
 from mcdropout.calibration.model import Calibration, HeadCalibration
 from mcdropout.engine.heads import HeadSpec
 from mcdropout.engine.prediction import (
@@ -155,8 +153,5 @@ def _finish_head(p: Prediction, cal: HeadCalibration, request: Request) -> Predi
                                            for level in request.set_levels)
     policy = cal.abstention
     if policy is not None and request.abstain:
-        measure = np.asarray(getattr(p, policy.measure))
-        if measure.ndim == 2:  # a regression spread: its mean over the outputs of each row
-            measure = measure.mean(axis=-1)
-        changes["abstain"] = measure > policy.threshold
+        changes["abstain"] = p.row_measure(policy.measure) > policy.threshold
     return dataclasses.replace(p, **changes)  # type: ignore[arg-type]

@@ -98,6 +98,26 @@ class Prediction:
     def rows(self) -> int:
         return int(self.mean.shape[0])
 
+    @property
+    def spread(self) -> np.ndarray:
+        """``predictive_std`` when the head knows tau, else ``std``: the spread a regression
+        head's intervals, drift and ranking are scaled by, (rows, outputs)."""
+        return self.predictive_std if self.predictive_std is not None else self.std
+
+    def row_measure(self, name: str) -> np.ndarray:
+        """One value per row of the statistic (or :attr:`spread`) called ``name``, float64: a
+        (rows, outputs) statistic is averaged over each row's outputs. The one definition of a
+        per-row uncertainty measure, for abstention, drift and ranking alike.
+
+        Raises:
+            ValueError: this prediction has no such statistic.
+        """
+        values = getattr(self, name)
+        if values is None:
+            raise ValueError(f"this {self.task} prediction has no {name!r}")
+        values = np.asarray(values, dtype=np.float64)
+        return values if values.ndim == 1 else values.reshape(len(values), -1).mean(axis=1)
+
 
 ROW_STATISTICS: tuple[str, ...] = tuple(f.name for f in fields(Prediction) if f.metadata.get("per_row"))
 """The per-row statistics of a :class:`Prediction`, in field order."""

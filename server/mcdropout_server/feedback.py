@@ -281,10 +281,10 @@ class Feedback:
     def _observe_drift(self, answer: Answer, name: str, prediction: Prediction,
                        head_cal: HeadCalibration | None, calibrated: bool) -> None:
         if prediction.task == "regression":
-            measure = _scale(prediction, None).mean(axis=1)
+            measure = prediction.row_measure("spread")
             compared = head_cal is not None  # spreads are the same, calibrated or not
         else:
-            measure = prediction.mutual_information
+            measure = prediction.row_measure("mutual_information")
             compared = calibrated and head_cal is not None  # MI of temperature-scaled passes
         reference = (head_cal.drift.p95, head_cal.drift.p99) if compared and head_cal else None
         self.drift.observe(answer.model, answer.version, name, measure, reference,
@@ -330,7 +330,7 @@ def _scale(prediction: Prediction, head_cal: HeadCalibration | None) -> np.ndarr
     # A calibrated answer's intervals scale by what the conformal scores were scaled by.
     if head_cal is not None and head_cal.regression and head_cal.regression.scale == "std":
         return prediction.std
-    return prediction.predictive_std if prediction.predictive_std is not None else prediction.std
+    return prediction.spread
 
 
 def _by_head(call: FeedbackCall, answer: StoredAnswer) -> list[tuple[StoredHead, np.ndarray]]:

@@ -234,8 +234,7 @@ class PoolRanking:
         """Score the rows of the chunk :meth:`call` made and keep the best k of all so far."""
         head = prediction.heads[self.head.name] if isinstance(prediction, MultiHeadPrediction) \
             else prediction
-        values = np.asarray(getattr(head, self._statistic()), dtype=np.float64)
-        scores = values.reshape(len(values), -1).mean(axis=1)
+        scores = head.row_measure(self._statistic())
         self.top.offer(scores, self.rows_scored)
         self.rows_scored += len(scores)
         self.chunks += 1
