@@ -32,6 +32,8 @@ from mcdropout_server.registry import ModelRegistry, ServedModel
 PLATFORM = "mcdropout_keras"
 DEFAULT_INTERVAL_LEVEL = 0.95
 PARAMETERS = ("samples", "seed", "tolerance", "interval_level", "calibrated", "set_levels")
+# The response parameter holding the seed as a string, for clients whose schema lacks uint64.
+SEED_STRING = "seed_string"
 # Set by Triton clients for Triton's scheduler, which mcdropout does not have: accepted, unused.
 IGNORED_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                       "headers", "binary_data_output")
@@ -227,6 +229,9 @@ def encode_infer(answer: Answer, decoded: InferCall) -> oip.ModelInferResponse:
                                       id=decoded.call.request_id)
     response.parameters["samples"].int64_param = prediction.samples
     response.parameters["seed"].uint64_param = prediction.seed
+    # The same seed as a decimal string: bool, int64 and string are the parameter types every
+    # OIP schema has (kserve's has no uint64, and an int64 cannot hold seeds above 2**63 - 1).
+    response.parameters[SEED_STRING].string_param = str(prediction.seed)
     if decoded.interval_level is not None:
         response.parameters["interval_level"].double_param = decoded.interval_level
     if prediction.calibrated:

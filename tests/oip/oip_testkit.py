@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from mcdropout_client import tensors
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_server.oip_codec import DATATYPES
 
 DATATYPE_OF = {tensors.enum_to_dtype(enum): name for name, (enum, _) in DATATYPES.items()}
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def client_python(script: str, what: str) -> str:
+    """The python of a third-party client's own environment, made by ``scripts/<script>`` on
+    first use from PyPI; skips the calling test, with the reason, when it cannot be made."""
+    venv = script.removesuffix(".sh").removesuffix("-venv")
+    try:
+        made = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True,
+                              timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"creating .venv-{venv} took over 15 minutes")
+    if made.returncode != 0:
+        pytest.skip(f"cannot create .venv-{venv} with {what} from PyPI: "
+                    + made.stderr.strip()[-500:])
+    return made.stdout.strip().splitlines()[-1]
 
 
 def infer_request(model: str, x: np.ndarray | dict[str, np.ndarray], outputs: tuple[str, ...] = (),

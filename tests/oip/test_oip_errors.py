@@ -231,3 +231,16 @@ def test_numbers_as_strings_must_be_finite_decimals(oip_stub: Any, text: str) ->
     assert error.code() == Code.INVALID_ARGUMENT
     assert "parameter 'interval_level' must be a number" in error.details()
     assert "finite decimal number" in error.details() and repr(text) in error.details()
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("interval_level", 1.5), ("interval_level", 0.0), ("tolerance", -0.5),
+    ("samples", MAX_SAMPLES + 1)])
+def test_numbers_as_strings_meet_the_same_range_checks(oip_stub: Any, key: str,
+                                                       value: float) -> None:
+    as_number = refused(oip_stub.ModelInfer, infer_request("reg", reg_inputs(2), ("lower",),
+                                                           **{key: value}))
+    as_string = refused(oip_stub.ModelInfer, infer_request("reg", reg_inputs(2), ("lower",),
+                                                           **{key: str(value)}))
+    assert as_string.code() == as_number.code() == Code.INVALID_ARGUMENT
+    assert as_string.details() == as_number.details()

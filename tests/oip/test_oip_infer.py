@@ -71,7 +71,8 @@ def test_regression_equals_the_native_api(oip_stub: Any, client: Client, raw: bo
                             outputs=[*REG_STATS, "intervals"])
 
     assert (response.model_name, response.model_version, response.id) == ("reg", "2", "req-1")
-    assert parameters_of(response) == {"samples": 300, "seed": 42, "interval_level": 0.9}
+    assert parameters_of(response) == {"samples": 300, "seed": 42, "seed_string": "42",
+                                       "interval_level": 0.9}
     assert bool(response.raw_output_contents) is raw
     assert not raw or all(not t.HasField("contents") for t in response.outputs)
     got = outputs_of(response)
@@ -123,11 +124,11 @@ def test_default_outputs_and_samples_follow_the_model(oip_stub: Any) -> None:
 
 def test_fresh_and_large_seeds_are_returned(oip_stub: Any, client: Client) -> None:
     fresh = parameters_of(oip_stub.ModelInfer(infer_request("reg", reg_inputs(1), samples=5)))
-    assert 0 <= fresh["seed"] < 2**64
-    top = str(2**64 - 1)  # above int64: sent as a string parameter
+    assert 0 <= fresh["seed"] < 2**64 and fresh["seed_string"] == str(fresh["seed"])
+    top = str(2**64 - 1)  # above int64: sent as a string parameter, and returned as one too
     large = oip_stub.ModelInfer(infer_request("reg", reg_inputs(3), ("mean",), samples=30,
                                               seed=top))
-    assert parameters_of(large)["seed"] == 2**64 - 1
+    assert (parameters_of(large)["seed"], parameters_of(large)["seed_string"]) == (2**64 - 1, top)
     native = client.predict(reg_inputs(3), model="reg", samples=30, seed=2**64 - 1)
     np.testing.assert_array_equal(outputs_of(large)["mean"], native.mean)
 

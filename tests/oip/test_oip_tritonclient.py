@@ -22,23 +22,15 @@ from mcdropout_client import Client
 from mcdropout_client.errors import ClientError
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from multi_testkit import ShopServer, shop_inputs, shop_server
+from oip_testkit import client_python
 from server_testkit import MAX_SAMPLES, cls_inputs, reg_inputs
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("tritonclient_probe.py")
 
 
 @pytest.fixture(scope="module")
 def triton_python() -> str:
-    try:
-        made = subprocess.run(["bash", str(ROOT / "scripts" / "tritonclient-venv.sh")],
-                              capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        pytest.skip("creating .venv-tritonclient took over 15 minutes")
-    if made.returncode != 0:
-        pytest.skip("cannot create .venv-tritonclient with tritonclient[grpc] from PyPI: "
-                    + made.stderr.strip()[-500:])
-    return made.stdout.strip().splitlines()[-1]
+    return client_python("tritonclient-venv.sh", "tritonclient[grpc]")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +70,8 @@ def test_regression_with_raw_inputs_equals_the_native_api(probe: dict[str, Any],
     native = client.predict(reg_inputs(6), model="reg", samples=300, seed=42,
                             interval_levels=[0.9], outputs=["mean", "std", "predictive_std"])
     assert (reg["model_version"], reg["id"], reg["raw"]) == ("2", "probe", 5)
-    assert reg["parameters"] == {"samples": 300, "seed": 42, "interval_level": 0.9}
+    assert reg["parameters"] == {"samples": 300, "seed": 42, "seed_string": "42",
+                                 "interval_level": 0.9}
     outputs = reg["outputs"]
     assert list(outputs) == ["mean", "std", "predictive_std", "lower", "upper"]
     for name in ("mean", "std", "predictive_std"):
