@@ -32,6 +32,7 @@ from mcdropout_server.intake import intake_interceptor
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
+from mcdropout_server.processes import ProcessRole, report_ready
 from mcdropout_server.registry import Limits, ModelRegistry
 from mcdropout_server.reload import ModelReloader, ReloadLoop, ReloadReport
 from mcdropout_server.runner import PredictionRunner
@@ -43,6 +44,7 @@ from mcdropout_server.security import (
 )
 from mcdropout_server.servicers import PredictionServicer
 from mcdropout_server.settings import ServerSettings
+from mcdropout_server.siblings import ProcessServicer, Siblings
 
 log = logging.getLogger(__name__)
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["PredictionService"].full_name
@@ -81,14 +83,19 @@ class ServerApp:
     Args:
         settings: Ports, limits and worker counts (model_root is not read here).
         registry: The loaded models.
+        role: Set when this is one of several processes on one port (``--processes``): the
+            port is bound with SO_REUSEPORT, and the private service the supervisor and the
+            other processes use is served too (:mod:`mcdropout_server.siblings`).
 
     Attributes:
         port: The bound gRPC port, once started (the real one when settings.port is 0).
         metrics_port: The bound metrics port, or None when metrics are off.
     """
 
-    def __init__(self, settings: ServerSettings, registry: ModelRegistry) -> None:
+    def __init__(self, settings: ServerSettings, registry: ModelRegistry,
+                 role: ProcessRole | None = None) -> None:
         self.settings = settings
+        self.role = role
         self.registry = registry
         self.metrics = ServerMetrics(registry.names())
         self.feedback = Feedback.from_settings(
@@ -103,6 +110,7 @@ class ServerApp:
         self.credentials = server_credentials(settings)
         self.auth = auth_interceptor(settings)
         self.reloads: ReloadLoop | None = None
+        self.siblings = Siblings(role, self.feedback, self.metrics) if role else None
 
     async def start(self) -> None:
         """Bind, start serving, and mark every health name SERVING.
@@ -124,9 +132,13 @@ class ServerApp:
             interceptors=[intake_interceptor(s), *([self.auth] if self.auth else []), self.limit],
             options=[("grpc.max_receive_message_length", s.max_message_bytes),
                      ("grpc.max_send_message_length", s.max_message_bytes),
-                     ("grpc.so_reuseport", 0)])  # a port already in use fails loudly
+                     # Alone, a port already in use fails loudly; one of several processes
+                     # shares the port the supervisor reserved.
+                     ("grpc.so_reuseport", int(self.siblings is not None))])
         pb_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.runner, self.gate, self.metrics), self._server)
+            PredictionServicer(self.runner, self.gate, self.metrics) if self.siblings is None
+            else ProcessServicer(self.runner, self.gate, self.metrics, self.siblings),
+            self._server)
         # The Open Inference Protocol (KServe v2): a second codec over the same runner and gate.
         oip_service = add_oip_to_server(self._server, self.runner, self.gate, self.metrics)
         self.health = HealthService(s.max_health_watches, s.max_health_watches_per_peer,
@@ -141,11 +153,15 @@ class ServerApp:
             self.port = (self._server.add_secure_port(address, self.credentials) if self.credentials
                          else self._server.add_insecure_port(address))
             await self._server.start()
+            if self.siblings is not None:
+                await self.siblings.start()
             if s.metrics_port:
                 self.metrics_port = self.metrics.start_http(s.metrics_host or s.host,
                                                             s.metrics_port)
         except BaseException:
             await self._server.stop(0)
+            if self.siblings is not None:
+                await self.siblings.stop()
             self.runner.shutdown()
             raise
         for name in ("", SERVICE_NAME):
@@ -156,14 +172,21 @@ class ServerApp:
             self.reloads = ReloadLoop(self._reloader(), s.reload_interval_seconds,
                                       self._models_changed)
             self.reloads.start()
+        metrics = f"metrics on :{self.metrics_port}" if self.metrics_port else "metrics off"
+        # One of several processes: the supervisor says "listening on" once every one serves.
+        where = (f"process {self.role.index} of {self.role.count} serving" if self.role
+                 else "listening")
+        log.info(f"{where} on {s.host}:{self.port}; {metrics}; models: {self.describe_models()}",
+                 extra=fields(port=self.port, metrics_port=self.metrics_port))
+
+    def describe_models(self) -> str:
+        """The served versions, and those that failed to load, for the start-up line."""
         models = ", ".join(f"{name} (v{', v'.join(map(str, self.registry.versions(name)))})"
                            for name in self.registry.names())
-        metrics = f"metrics on :{self.metrics_port}" if self.metrics_port else "metrics off"
         failed = sorted(self.registry.failed())
-        not_ready = ("; not ready (failed to load, see above): "
-                     + ", ".join(f"{name} v{version}" for name, version in failed)) if failed else ""
-        log.info(f"listening on {s.host}:{self.port}; {metrics}; models: {models}{not_ready}",
-                 extra=fields(port=self.port, metrics_port=self.metrics_port))
+        return models + (("; not ready (failed to load, see above): "
+                          + ", ".join(f"{name} v{version}" for name, version in failed))
+                         if failed else "")
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: NOT_SERVING, refuse new RPCs, let in-flight ones finish, stop.
@@ -181,6 +204,8 @@ class ServerApp:
         log.info("draining", extra=fields(in_flight=self.gate.in_flight, grace_seconds=grace))
         drained = await self.gate.wait_idle(grace)
         await self._server.stop(max(0.0, ends - time.monotonic()))
+        if self.siblings is not None:  # after the public port: a draining call may still ask
+            await self.siblings.stop()
         await asyncio.to_thread(self.runner.shutdown)
         self.metrics.stop_http()
         log.info("stopped", extra=fields(drained=drained))
@@ -217,21 +242,30 @@ class ServerApp:
                              prepare=lambda served: served.predictor.warmup(batch_rows=rows))
 
 
-def serve(settings: ServerSettings) -> int:
-    """Load the models, serve until SIGTERM or SIGINT, drain, and return the exit code (0)."""
-    return asyncio.run(_serve(settings))
+def serve(settings: ServerSettings, role: ProcessRole | None = None) -> int:
+    """Load the models, serve until SIGTERM or SIGINT, drain, and return the exit code (0).
+
+    Args:
+        settings: The server's settings.
+        role: Set in one of several processes (:mod:`mcdropout_server.child`): it reports to
+            the supervisor once it serves.
+    """
+    return asyncio.run(_serve(settings, role))
 
 
-async def _serve(settings: ServerSettings) -> int:
-    log.info("settings: " + settings.describe())
+async def _serve(settings: ServerSettings, role: ProcessRole | None) -> int:
+    if role is None:  # the supervisor logged them for all its processes
+        log.info("settings: " + settings.describe())
     # SIGHUP's default action ends the process; while the models load it is ignored instead.
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)
-    app = ServerApp(settings, load_registry(settings))
+    app = ServerApp(settings, load_registry(settings), role)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    if role is not None:
+        report_ready(role, app.describe_models())
     loop.add_signal_handler(signal.SIGHUP, app.request_reload)
     await stop.wait()
     log.info("shutdown signal received")

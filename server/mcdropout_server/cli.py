@@ -18,6 +18,13 @@ health checking, server reflection and Prometheus metrics. SIGTERM or SIGINT dra
 (health NOT_SERVING, new requests refused, in-flight ones finish within the grace period) and
 exits 0.
 
+With --processes N above 1, a supervisor runs N server processes on the one port (SO_REUSEPORT:
+the kernel spreads connections among them), each loading every model and taking connections only
+once loaded. They start and drain together; SIGHUP is forwarded to each; the metrics endpoint
+sums their counters, histograms and counts (a per-process label on the rolling calibration and
+drift gauges); a Feedback finds its answer whichever process kept it. A process that dies makes
+the others drain and the server exit 1, for the orchestrator to restart it whole.
+
 A version that fails to load (corrupt, an unknown custom class, metadata naming another model than
 its folder) is logged with its reason and reported not ready while the others serve; with
 --on-load-error exit the server exits 1 listing every such version instead, and with nothing
@@ -48,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"mcdropout serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    from mcdropout_server.app import serve  # deferred: imports TensorFlow and gRPC
-
     try:
+        if settings.processes > 1:  # a supervisor: its processes load TensorFlow, not it
+            from mcdropout_server.processes import supervise
+
+            return supervise(settings)
+        from mcdropout_server.app import serve  # deferred: imports TensorFlow and gRPC
+
         return serve(settings)
     except (MCDropoutError, OSError, RuntimeError) as exc:
         logging.getLogger(__name__).error(f"cannot serve: {exc}")
