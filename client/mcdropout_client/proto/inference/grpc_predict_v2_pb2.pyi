@@ -571,7 +571,14 @@ class ModelInferResponse(_message.Message):
     """The id of the request, if given."""
     @_builtins.property
     def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
-        """Optional inference response parameters."""
+        """Optional inference response parameters. mcdropout's: "samples" (int64, passes run), "seed"
+        (uint64) and "seed_string" (the same seed as a decimal string), "interval_level" (double),
+        "calibrated" (bool, true for a calibrated answer), "set_levels" (string, "0.9,0.95").
+        "seed_string" is for clients whose schema has only bool, int64 and string parameters, such
+        as KServe's Python SDK (kserve 0.21): they cannot decode uint64 or double values, and an
+        int64 cannot hold a seed above 2**63 - 1. Request parameters that are numbers may also be
+        sent as strings ("0.9", "1e-2", "18446744073709551615"), with the same range checks.
+        """
 
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInferResponse.InferOutputTensor]:
