@@ -19,6 +19,9 @@ from mcdropout.errors import InvalidArgumentError
 
 INPUT_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 TASKS = ("regression", "classification")
+NOISE_MODELS = ("fixed", "learned")
+"""A regression head's observation noise: "fixed" (one precision tau, or none known) or
+"learned" (the model predicts a log-variance beside each mean, Kendall & Gal 2017)."""
 LEGACY_HEAD_NAME = "output"
 _REQUIRED = ("name", "task", "input_shape")
 
@@ -27,6 +30,16 @@ def _check_task(task: object, where: str) -> None:
     if task not in TASKS:
         raise InvalidArgumentError(f"{where}task must be 'regression' or 'classification', "
                                    f"got {task!r}")
+
+
+def _check_noise(noise: object, task: object, tau: object, where: str) -> None:
+    if noise not in NOISE_MODELS:
+        raise InvalidArgumentError(f"{where}noise must be one of {list(NOISE_MODELS)}, "
+                                   f"got {noise!r}")
+    if noise == "learned" and (task != "regression" or tau is not None):
+        raise InvalidArgumentError(
+            f"{where}a learned noise is for regression heads without tau (the model predicts "
+            f"its own variance), got task {task!r} and tau {tau!r}")
 
 
 def _floats(values: Any) -> tuple[float, ...] | None:
@@ -77,6 +90,8 @@ class HeadInfo:
         labels: Class labels (classification) or target names (regression), one per output.
         target_mean, target_std: The head predicts ``(y - mean) / std``; None if it predicts y.
         tau: Regression noise precision in the head's standardised units, or None.
+        noise: "fixed" (tau, if given) or "learned": the head's outputs are a mean and then a
+            log-variance (standardised units) per target, twice as many as ``labels``.
     """
 
     name: str
@@ -85,11 +100,13 @@ class HeadInfo:
     target_mean: tuple[float, ...] | None = None
     target_std: tuple[float, ...] | None = None
     tau: float | None = None
+    noise: str = "fixed"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidArgumentError(f"a head needs a non-empty name, got {self.name!r}")
         _check_task(self.task, f"head {self.name!r}: ")
+        _check_noise(self.noise, self.task, self.tau, f"head {self.name!r}: ")
         object.__setattr__(self, "labels", tuple(str(v) for v in self.labels))
         object.__setattr__(self, "target_mean", _floats(self.target_mean))
         object.__setattr__(self, "target_std", _floats(self.target_std))
@@ -109,6 +126,9 @@ class ModelInfo:
         target_mean, target_std: The model predicts ``(y - target_mean) / target_std``; None if
             it predicts y directly.
         tau: Regression noise precision in the *standardised* target units, or None.
+        noise: The (first) head's noise model, "fixed" or "learned" (see :class:`HeadInfo`). A
+            learned noise without ``heads`` is given its one head here, so every reader of
+            ``heads`` (the engine) sees it.
         default_samples: T used when a request gives none.
         max_samples: Largest T a request may ask for.
         description: Free text shown in metadata.
@@ -132,6 +152,7 @@ class ModelInfo:
     target_mean: tuple[float, ...] | None = None
     target_std: tuple[float, ...] | None = None
     tau: float | None = None
+    noise: str = "fixed"
     default_samples: int = 100
     max_samples: int = 10_000
     description: str = ""
@@ -142,6 +163,9 @@ class ModelInfo:
 
     def __post_init__(self) -> None:
         inputs, heads = tuple(self.inputs), tuple(self.heads)
+        if not heads and self.noise != "fixed":
+            heads = (HeadInfo(LEGACY_HEAD_NAME, self.task, self.labels, self.target_mean,
+                              self.target_std, self.tau, self.noise),)
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "heads", heads)
         for kind, items in (("input", inputs), ("head", heads)):
@@ -156,7 +180,7 @@ class ModelInfo:
         if heads:
             head = heads[0]
             derived.update(task=head.task, labels=head.labels, target_mean=head.target_mean,
-                           target_std=head.target_std, tau=head.tau)
+                           target_std=head.target_std, tau=head.tau, noise=head.noise)
         for key, value in derived.items():
             object.__setattr__(self, key, value)
         _check_task(self.task, "")
@@ -173,7 +197,7 @@ class ModelInfo:
         if self.heads:
             return self.heads
         return (HeadInfo(LEGACY_HEAD_NAME, self.task, self.labels, self.target_mean,
-                         self.target_std, self.tau),)
+                         self.target_std, self.tau, self.noise),)
 
     @property
     def multi_input(self) -> bool:

@@ -30,7 +30,8 @@ class HeadSpec:
     Attributes:
         name: The head's name (see :func:`.introspect.head_layers`).
         width: Values per row in its statistics (2 for a one-unit sigmoid classifier, whose
-            outputs become the two class probabilities).
+            outputs become the two class probabilities; half its outputs for a learned-noise
+            regression head, whose other half are the log-variances).
         labels: Class labels or target names, as the metadata gives them (may be empty).
         space: What its outputs mean: task, target scaling, tau (in target units).
         columns: Its columns in the concatenated outputs of one pass.
@@ -55,7 +56,13 @@ class HeadSpec:
 
     @property
     def has_tau(self) -> bool:
-        return self.space.tau is not None
+        """Whether the head knows its noise, a fixed tau or a learned one: then it serves a
+        ``predictive_std`` (and its intervals are of the noisy predictive mixture)."""
+        return self.space.tau is not None or self.space.learned_noise
+
+    @property
+    def learned_noise(self) -> bool:
+        return self.space.learned_noise
 
 
 def keywords(**values: Any) -> dict[str, Any]:
@@ -103,17 +110,24 @@ def build(model: Any, outputs: Sequence[Any], keys: tuple[str, ...] | None,
         infos = [replace(infos[0], **one_head)]
     heads, start = [], 0
     for info, raw_width in zip(infos, output_widths, strict=True):
-        check_tau(info.tau, f"head {info.name!r}: " if len(infos) > 1 else "")
+        where = f"head {info.name!r}: " if len(infos) > 1 else ""
+        check_tau(info.tau, where)
+        learned = info.noise == "learned"
+        if learned and raw_width % 2:
+            raise InvalidArgumentError(
+                f"{where}a learned-noise head needs a mean and a log-variance per target (an "
+                f"even number of outputs), got {raw_width} outputs")
         binary = info.task == "classification" and raw_width == 1
-        width = 2 if binary else raw_width
+        width = 2 if binary else raw_width // 2 if learned else raw_width
         target_mean, target_std = as_array(info.target_mean), as_array(info.target_std)
         scale = float(target_std[0]) if target_std is not None else 1.0
-        tau = None if info.tau is None else float(info.tau) / scale**2
-        space = OutputSpace(info.task, target_mean, target_std, tau)
+        tau = None if info.tau is None or learned else float(info.tau) / scale**2
+        space = OutputSpace(info.task, target_mean, target_std, tau, learned)
+        stop = start + (raw_width if learned else width)
         heads.append(HeadSpec(info.name, width, tuple(info.labels), space,
-                              Columns(start, start + width, info.task == "classification"),
+                              Columns(start, stop, info.task == "classification", learned),
                               binary))
-        start += width
+        start = stop
     return tuple(heads)
 
 
@@ -156,7 +170,9 @@ def converged(heads: Sequence[HeadSpec], tolerance: float) -> Callable[[JointSta
     def check(so_far: JointStats) -> bool:
         for head, stats in zip(heads, so_far.heads, strict=True):
             m = stats.moments
-            if not float(np.max(np.sqrt(m.variance() / m.count)) * head.space.scale()) <= tolerance:
+            # A learned-noise head's mean is its first `width` columns; the rest are variances.
+            error = np.sqrt(m.variance()[..., :head.width] / m.count)
+            if not float(np.max(error) * head.space.scale()) <= tolerance:
                 return False  # (NaN errors never converge)
         return True
 

@@ -60,14 +60,19 @@ class Prediction:
         mean: Mean over the passes, (rows, outputs). For a classifier, the mean class probabilities.
         std: Standard deviation over the passes (epistemic spread), (rows, outputs).
         standard_error: ``std / sqrt(samples)``, the Monte Carlo error of ``mean``.
-        predictive_std: Regression with a known noise precision tau: ``sqrt(std**2 + 1/tau)``.
+        predictive_std: Regression with a known noise: ``sqrt(std**2 + 1/tau)`` for a fixed
+            precision tau, ``sqrt(std**2 + mean_t sigma_t**2)`` for a learned noise (each pass
+            t predicting its own variance sigma_t**2 per row).
         intervals: Central predictive intervals, one per requested level.
         predicted_class: Classifier only: argmax of ``mean``, (rows,), int64.
         predictive_entropy: Classifier only: entropy of the mean probabilities (nats), (rows,).
         expected_entropy: Classifier only: mean over passes of each pass's entropy (nats), (rows,).
         mutual_information: Classifier only: predictive minus expected entropy (BALD), (rows,).
         variation_ratio: Classifier only: 1 - (passes voting for the modal class) / T, (rows,).
-        raw_samples: The T per-pass outputs, (samples, rows, outputs) float32, when requested.
+        raw_samples: The T per-pass outputs, (samples, rows, outputs) float32, when requested
+            (a learned-noise regression head: the per-pass means).
+        raw_noise_var: A learned-noise regression head's per-pass noise variances, (samples,
+            rows, outputs) float32 in the target's units squared, with ``raw_samples``.
         prediction_sets: Calibrated classifier only: conformal prediction sets, one per
             requested set level.
         abstain: Calibrated heads with an abstention policy, when asked: whether each row's
@@ -90,6 +95,7 @@ class Prediction:
     mutual_information: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     variation_ratio: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     raw_samples: np.ndarray | None = None
+    raw_noise_var: np.ndarray | None = None
     prediction_sets: tuple[PredictionSet, ...] = field(default_factory=tuple)
     abstain: np.ndarray | None = field(default=None, metadata=_PER_ROW)
     calibrated: bool = False

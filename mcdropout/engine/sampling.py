@@ -67,11 +67,15 @@ class Columns:
     Attributes:
         start, stop: The head's columns in the concatenated outputs of all heads.
         classify: A classifier head: its entropies and votes are counted too.
+        learned_noise: A regression head with learned noise: its first half of columns are the
+            means, its second half the log-variances of the noise (one per mean), which are
+            folded in as variances (see :meth:`JointStats.add`).
     """
 
     start: int
     stop: int
     classify: bool
+    learned_noise: bool = False
 
 
 class JointStats:
@@ -104,16 +108,34 @@ class JointStats:
     def add(self, y: np.ndarray) -> None:
         """Fold in one chunk of passes ``y``, (passes, rows, all heads' outputs) float32."""
         if len(self.layout) == 1:
-            self.heads[0].add(self._scaled(0, y), self.layout[0].classify, self.keep_raw)
+            self.heads[0].add(self._prepared(0, y), self.layout[0].classify, self.keep_raw)
             return
         for i, (columns, head) in enumerate(zip(self.layout, self.heads, strict=True)):
             # A contiguous copy: numpy's sums then run the same way whatever the other heads.
             part = np.ascontiguousarray(y[..., columns.start:columns.stop])
-            head.add(self._scaled(i, part), columns.classify, self.keep_raw)
+            head.add(self._prepared(i, part), columns.classify, self.keep_raw)
 
-    def _scaled(self, head: int, y: np.ndarray) -> np.ndarray:
+    def _prepared(self, head: int, y: np.ndarray) -> np.ndarray:
+        """A head's passes as folded: temperature-scaled probabilities when calibrated, the
+        noise variances ``exp(log-variance)`` of a learned-noise head (so that their mean over
+        the passes is the mean predicted noise variance), else as they are."""
+        if self.layout[head].learned_noise:
+            return noise_variances(y)
         temperature = None if self.temperatures is None else self.temperatures[head]
         return y if temperature is None else scale_probabilities(y, temperature)
+
+
+# exp(80) is about 5.5e34, inside float32; a larger log-variance is not a noise model.
+_MAX_LOG_VARIANCE = 80.0
+
+
+def noise_variances(y: np.ndarray) -> np.ndarray:
+    """Passes of a learned-noise head, (passes, rows, 2 * outputs): the means kept, the
+    log-variances (the second half of the last axis) turned into variances, float32."""
+    half = y.shape[-1] // 2
+    out = np.array(y, dtype=np.float32)
+    out[..., half:] = np.exp(np.minimum(out[..., half:], _MAX_LOG_VARIANCE))
+    return out
 
 
 def cancelled() -> CancelledError:

@@ -71,34 +71,41 @@ def empirical_intervals(samples: np.ndarray, levels: Sequence[float]
     return out
 
 
-def mixture_intervals(samples: np.ndarray, noise_std: float, levels: Sequence[float],
+def mixture_intervals(samples: np.ndarray, noise_std: float | np.ndarray, levels: Sequence[float],
                       iterations: int = 50) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Central intervals of the MC predictive mixture ``mean_t N(samples_t, noise_std^2)``.
+    """Central intervals of the MC predictive mixture ``mean_t N(samples_t, noise_std_t^2)``.
 
-    Each bound solves ``mean_t Phi((q - y_t) / noise_std) = alpha`` by safeguarded Newton steps
+    Each bound solves ``mean_t Phi((q - y_t) / noise_std_t) = alpha`` by safeguarded Newton steps
     inside a bracket that bisection keeps valid, so it converges for any set of passes.
 
     Args:
         samples: Per-pass predictions, (passes, ...).
-        noise_std: Standard deviation of the observation noise, 1/sqrt(tau), > 0.
+        noise_std: Standard deviation of the observation noise, > 0: one value (1/sqrt(tau), a
+            fixed noise) or one per pass and value, the shape of ``samples`` (a learned noise,
+            each pass predicting its own variance).
         levels: Coverage levels in (0, 1).
     """
     y = np.asarray(samples, dtype=np.float64)
+    noise = np.asarray(noise_std, dtype=np.float64)
     mu = y.mean(axis=0)
-    spread = np.sqrt(y.var(axis=0) + noise_std**2)
+    spread = np.sqrt(y.var(axis=0) + np.mean(np.broadcast_to(noise, y.shape) ** 2, axis=0))
+    # The bracket: every pass's Gaussian lies inside its mean +- 12 of the widest noise.
+    reach = 12 * (noise.max(axis=0) if noise.ndim else noise)
     out = []
     for level in levels:
         bounds = []
         for alpha in ((1 - level) / 2, (1 + level) / 2):
-            lo = y.min(axis=0) - 12 * noise_std
-            hi = y.max(axis=0) + 12 * noise_std
+            lo = y.min(axis=0) - reach
+            hi = y.max(axis=0) + reach
             q = np.clip(mu + special.ndtri(alpha) * spread, lo, hi)
             for _ in range(iterations):
-                z = (q - y) / noise_std
+                z = (q - y) / noise
                 f = special.ndtr(z).mean(axis=0) - alpha
                 lo = np.where(f < 0, q, lo)
                 hi = np.where(f >= 0, q, hi)
-                slope = np.exp(-0.5 * z * z).mean(axis=0) / (noise_std * np.sqrt(2 * np.pi))
+                density = np.exp(-0.5 * z * z)
+                slope = ((density.mean(axis=0) / noise) if noise.ndim == 0
+                         else (density / noise).mean(axis=0)) / np.sqrt(2 * np.pi)
                 step = q - f / np.maximum(slope, _EPS)
                 inside = (step > lo) & (step < hi)
                 q_next = np.where(inside, step, 0.5 * (lo + hi))

@@ -23,12 +23,17 @@ class OutputSpace:
         target_mean, target_std: A regression model predicts ``(y - mean) / std``; None for
             unscaled targets.
         tau: Noise precision in the target's units, or None.
+        learned_noise: Regression whose model predicts a log-variance beside each mean (its
+            passes folded as :func:`.sampling.noise_variances` gives them): the predictive std
+            is ``sqrt(epistemic variance + mean predicted noise variance)`` and the intervals
+            those of the mixture of the passes' own Gaussians. ``tau`` is then None.
     """
 
     task: Task
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
     tau: float | None = None
+    learned_noise: bool = False
 
     def scale(self) -> float:
         """The largest factor from model units to target units (for adaptive tolerances)."""
@@ -53,16 +58,32 @@ class OutputSpace:
                                         sampled.raw)
         assert moments.mean is not None
         n = moments.count
-        mean = self.to_target_units(moments.mean)
-        std = self.to_target_units(np.sqrt(moments.variance()), shift=False)
-        passes = self.to_target_units(np.concatenate(raw).astype(np.float64)) if raw else None
+        mean, variance = moments.mean, moments.variance()
+        noise_var = noise_passes = None
+        joined = np.concatenate(raw).astype(np.float64) if raw else None
+        if self.learned_noise:  # means in the first half of the columns, noise variances after
+            half = mean.shape[-1] // 2
+            scale2 = 1.0 if self.target_std is None else self.target_std**2
+            mean, variance = mean[..., :half], variance[..., :half]
+            noise_var = moments.mean[..., half:] * scale2
+            if joined is not None:
+                noise_passes = joined[..., half:] * scale2
+                joined = joined[..., :half]
+        mean = self.to_target_units(mean)
+        std = self.to_target_units(np.sqrt(variance), shift=False)
+        passes = self.to_target_units(joined) if joined is not None else None
         result: dict[str, Any] = {}
         if self.task == "regression":
             if self.tau is not None:
                 result["predictive_std"] = np.sqrt(std**2 + 1.0 / self.tau)
+            elif noise_var is not None:
+                result["predictive_std"] = np.sqrt(std**2 + noise_var)
             if passes is not None and levels:
                 bounds = (stats.mixture_intervals(passes, self.tau**-0.5, levels)
-                          if self.tau is not None else stats.empirical_intervals(passes, levels))
+                          if self.tau is not None
+                          else stats.mixture_intervals(passes, np.sqrt(noise_passes), levels)
+                          if noise_passes is not None
+                          else stats.empirical_intervals(passes, levels))
                 result["intervals"] = tuple(Interval(lv, lo, hi)
                                             for lv, (lo, hi) in zip(levels, bounds, strict=True))
         else:
@@ -82,5 +103,7 @@ class OutputSpace:
                     in zip(levels, stats.empirical_intervals(passes, levels), strict=True))
         if return_samples and passes is not None:
             result["raw_samples"] = passes.astype(np.float32)
+            if noise_passes is not None:
+                result["raw_noise_var"] = noise_passes.astype(np.float32)
         return Prediction(task=self.task, samples=n, seed=seed, mean=mean, std=std,
                           standard_error=std / math.sqrt(n), **result)

@@ -46,13 +46,14 @@ def gaussian_nll(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
 def mc_log_likelihood(y: np.ndarray, samples: np.ndarray, tau: float | np.ndarray) -> float:
     """Mean test log-likelihood of ``y`` under the MC dropout mixture of Gaussians.
 
-    Each of the T passes gives a Gaussian N(yhat_t, 1/tau); the predictive density is their
-    average: ``logsumexp_t(-tau/2 (y - yhat_t)**2) - log T - log(2 pi)/2 + log(tau)/2``.
+    Each of the T passes gives a Gaussian N(yhat_t, 1/tau_t); the predictive density is their
+    average: ``logsumexp_t(-tau_t/2 (y - yhat_t)**2 + log(tau_t)/2) - log T - log(2 pi)/2``.
 
     Args:
         y: Targets, (rows, outputs) or (rows,).
         samples: Per-pass predictions, (T, rows, outputs) or (T, rows), in y's units.
-        tau: Noise precision in y's units (1 / variance), > 0; a scalar or one per output.
+        tau: Noise precision in y's units (1 / variance), > 0: a scalar, one per output, or
+            one per pass and value, the shape of ``samples`` (a learned noise).
 
     Returns:
         The mean over rows and outputs, in nats.
@@ -66,10 +67,15 @@ def mc_log_likelihood(y: np.ndarray, samples: np.ndarray, tau: float | np.ndarra
     tau_arr = np.asarray(tau, dtype=np.float64)
     if not np.all(np.isfinite(tau_arr) & (tau_arr > 0)):
         raise InvalidArgumentError(f"tau must be finite and > 0, got {tau!r}")
+    per_pass = tau_arr.ndim == samples.ndim
     log_terms = -0.5 * tau_arr * (y[None] - samples) ** 2
+    if per_pass:  # each pass its own precision: its normalising term sits inside the sum
+        log_terms = log_terms + 0.5 * np.log(tau_arr)
     peak = log_terms.max(axis=0)
     lse = peak + np.log(np.exp(log_terms - peak[None]).sum(axis=0))
-    ll = lse - math.log(samples.shape[0]) - 0.5 * math.log(2 * math.pi) + 0.5 * np.log(tau_arr)
+    ll = lse - math.log(samples.shape[0]) - 0.5 * math.log(2 * math.pi)
+    if not per_pass:
+        ll = ll + 0.5 * np.log(tau_arr)
     return float(np.mean(ll))
 
 
@@ -166,7 +172,10 @@ def regression_metrics(y: np.ndarray, prediction: Any, tau: float | None,
               "rmse": rmse(y, prediction.mean)}
     if np.all(std > 0):
         report["gaussian_nll"] = gaussian_nll(y, prediction.mean, std)
-    if tau is not None and prediction.raw_samples is not None:
+    if prediction.raw_noise_var is not None and prediction.raw_samples is not None:
+        report["mc_log_likelihood"] = mc_log_likelihood(y, prediction.raw_samples,
+                                                        1.0 / prediction.raw_noise_var)
+    elif tau is not None and prediction.raw_samples is not None:
         report["mc_log_likelihood"] = mc_log_likelihood(y, prediction.raw_samples, tau)
     for interval in prediction.intervals:
         if math.isclose(interval.level, level):
@@ -209,9 +218,9 @@ def evaluate(predictor: Any, x: np.ndarray, y: np.ndarray, *, samples: int | Non
     """Run an MC dropout predictor on labelled rows and report its metrics.
 
     Regression: ``rmse``, ``gaussian_nll`` (Gaussian with the predictive std, or the MC std when
-    the model has no tau), ``mc_log_likelihood`` (needs tau), ``picp`` and ``mean_interval_width``
-    of the central ``level`` interval. Classification: ``accuracy``, ``nll``, ``ece`` (15 bins),
-    ``brier``. Both also give ``rows`` and ``samples``.
+    the model has no tau), ``mc_log_likelihood`` (needs tau or a learned noise), ``picp`` and
+    ``mean_interval_width`` of the central ``level`` interval. Classification: ``accuracy``,
+    ``nll``, ``ece`` (15 bins), ``brier``. Both also give ``rows`` and ``samples``.
 
     Args:
         predictor: A :class:`mcdropout.MCDropoutPredictor`.
@@ -229,8 +238,9 @@ def evaluate(predictor: Any, x: np.ndarray, y: np.ndarray, *, samples: int | Non
         Metric name -> value.
     """
     regression = predictor.task == "regression"
+    knows_noise = predictor.tau is not None or predictor.heads[0].learned_noise
     prediction = predict_chunked(predictor, x, samples, seed, interval_levels=(level,),
-                                 return_samples=regression and predictor.tau is not None,
+                                 return_samples=regression and knows_noise,
                                  calibrated=calibrated)
     if regression:
         return regression_metrics(y, prediction, predictor.tau, level)
@@ -279,7 +289,7 @@ def _concatenate(parts: list[Any]) -> Any:
             merged[f.name] = tuple(
                 replace(group[0], members=np.concatenate([g.members for g in group]))
                 for group in zip(*values, strict=True))
-        elif f.name == "raw_samples":
+        elif f.name in ("raw_samples", "raw_noise_var"):
             merged[f.name] = None if values[0] is None else np.concatenate(values, axis=1)
         elif f.name == "intervals":
             merged[f.name] = tuple(

@@ -16,6 +16,11 @@ production :class:`~mcdropout.MCDropoutPredictor` for the test passes, on data s
 :mod:`mcdropout.evaluation.uci_cli` writes the reports and adds the ``mcdropout benchmark uci``
 command. With a calibration fraction the trailing share of each training split is held out first,
 and :mod:`mcdropout.evaluation.uci_calibration` scores split-conformal intervals from it.
+By default the grid search extends a grid whose best setting lies on its edge
+(:mod:`mcdropout.evaluation.uci_search`); ``extend_grid=False`` searches the given grid only, as
+published. With ``noise="learned"`` each network predicts a log-variance beside its mean
+(trained by Gaussian NLL; tau then sets the weight decay only) and the scores use the passes'
+own Gaussians.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.evaluation import scores, uci_calibration
+from mcdropout.evaluation import scores, uci_calibration, uci_search
 from mcdropout.evaluation.uci_calibration import ConformalResult
 from mcdropout.evaluation.uci_data import UCIDataset
-from mcdropout.modeling import builders, gridfit, tables
+from mcdropout.evaluation.uci_search import GridPoint, Scaled
+from mcdropout.metadata import HeadInfo
+from mcdropout.modeling import builders, edgesearch
 
 # Gal & Ghahramani (2016), Table 1, MC dropout column, for the six data sets we hold:
 # RMSE, its SE, test log-likelihood, its SE (20 splits).
@@ -43,8 +51,6 @@ PUBLISHED_2016: dict[str, tuple[float, float, float, float]] = {
     "wine-quality-red": (0.62, 0.01, -0.93, 0.01),
     "yacht": (1.11, 0.09, -1.55, 0.03),
 }
-# Sampled values (networks x passes x rows) held at once while scoring the validation grid.
-_VALIDATION_VALUES_PER_CHUNK = 25_000_000
 INTERVAL_LEVEL = 0.95
 
 
@@ -64,6 +70,14 @@ class Protocol:
             else, to calibrate split-conformal intervals on; 0 (the published protocol) holds
             out nothing and scores no conformal intervals.
         seed: Seeds initialisation, shuffling and dropout; split i uses (seed, i).
+        extend_grid: Extend the grid past an edge that holds a split's best setting, within the
+            bounds of :mod:`mcdropout.modeling.edgesearch`; False searches the given grid only
+            (the published protocol).
+        search_rounds: Extension rounds allowed (each trains the new settings of every split
+            that needs them, for the full epochs); the settings are also capped at
+            :data:`~mcdropout.modeling.edgesearch.DEFAULT_SETTINGS_FACTOR` times the grid's size.
+        noise: "fixed" (the published model: one precision tau) or "learned" (heteroscedastic:
+            a log-variance per row; tau enters the weight decay only).
     """
 
     epochs_multiplier: int = 10
@@ -75,16 +89,9 @@ class Protocol:
     validation_fraction: float = 0.2
     calibration_fraction: float = 0.0
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class GridPoint:
-    """One grid setting scored on the validation rows (original target units)."""
-
-    dropout: float
-    tau: float
-    validation_ll: float
-    validation_rmse: float
+    extend_grid: bool = True
+    search_rounds: int = edgesearch.DEFAULT_ROUNDS
+    noise: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,10 @@ class SplitResult:
         test_ll: Mean MC-mixture log-likelihood of the test rows (nats).
         picp: Share of test targets inside their central 95% predictive interval.
         interval_width: Mean width of those intervals.
-        grid: Every grid setting with its validation scores, in grid order.
+        grid: Every setting tried with its validation scores, in the order tried (the given grid
+            first, dropout-major, then each extension round's).
+        search: How the search went: the axes with their bounds and every value tried, rounds,
+            budget, and why it stopped (:meth:`~mcdropout.modeling.edgesearch.EdgeSearch.log`).
         calibration_rows: Training rows held out for calibration (0: none).
         conformal: With calibration rows, one result per level of
             :data:`mcdropout.evaluation.uci_calibration.LEVELS`.
@@ -114,6 +124,7 @@ class SplitResult:
     grid: tuple[GridPoint, ...]
     calibration_rows: int = 0
     conformal: tuple[ConformalResult, ...] = ()
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,36 +205,39 @@ def run(dataset: UCIDataset, protocol: Protocol,
     held = uci_calibration.held_out_rows(dataset.name, sizes[0], protocol.calibration_fraction)
     calibration = [train[len(train) - held:] for train, _ in splits]
     splits = [(train[:len(train) - held], test) for train, test in splits]
-    settings = [(p, tau) for p in dataset.dropout_rates for tau in dataset.tau_values]
     grid_seed, final_seed = (int(s) for s in np.random.SeedSequence(protocol.seed).generate_state(2))
     epochs = dataset.n_epochs * protocol.epochs_multiplier
+    training = uci_search.Training(epochs, protocol.batch_size, protocol.length_scale,
+                                   dataset.n_hidden, protocol.noise)
     # The trailing share of each split, in file order, as the published code takes it.
     cut = int((1.0 - protocol.validation_fraction) * len(splits[0][0]))
-    fit_sets = [_Scaled.of(dataset, train[:cut]) for train, _ in splits]
-    say(f"{dataset.name}: grid search, {count} splits x {len(settings)} settings = "
-        f"{count * len(settings)} networks on {cut} rows, {epochs} epochs")
-    stack = _fit(dataset, protocol, [f for f in fit_sets for _ in settings], settings * count,
-                 grid_seed, say)
-    grids = [_score_grid(stack.select(range(i * len(settings), (i + 1) * len(settings))),
-                         fit_sets[i], dataset.x[train[cut:]], dataset.y[train[cut:]], settings,
-                         protocol.validation_samples or protocol.samples, _seed(protocol, i))
-             for i, (train, _) in enumerate(splits)]
-    # The first of equal scores wins, as in the published code.
-    best = [grid[int(np.argmax([g.validation_ll for g in grid]))] for grid in grids]
+    fit_sets = [Scaled.of(dataset, train[:cut]) for train, _ in splits]
+    found = uci_search.search(
+        dataset, training, fit_sets,
+        [(dataset.x[train[cut:]], dataset.y[train[cut:]]) for train, _ in splits],
+        extend=protocol.extend_grid, rounds=protocol.search_rounds,
+        passes=protocol.validation_samples or protocol.samples,
+        seeds=[_seed(protocol, i) for i in range(count)], seed=grid_seed, say=say)
+    best = [b for b, _, _ in found]
     grid_done = time.perf_counter()
 
-    full_sets = [_Scaled.of(dataset, train) for train, _ in splits]
+    full_sets = [Scaled.of(dataset, train) for train, _ in splits]
     say(f"{dataset.name}: retraining {count} networks on {len(splits[0][0])} rows")
-    final = _fit(dataset, protocol, full_sets, [(b.dropout, b.tau) for b in best], final_seed, say)
+    final = uci_search.fit(training, full_sets, [(b.dropout, b.tau) for b in best], final_seed,
+                           say)
     retrain_done = time.perf_counter()
     results = []
     for i, (_, test) in enumerate(splits):
         scaled = full_sets[i]
-        # The engine takes tau in the model's (standardised) output units.
+        # The engine takes tau in the model's (standardised) output units; a learned noise has
+        # none, its passes carry their variances.
+        learned = protocol.noise == "learned"
+        head = HeadInfo("output", "regression", target_mean=tuple(scaled.y_mean.tolist()),
+                        target_std=tuple(scaled.y_std.tolist()), noise=protocol.noise,
+                        tau=None if learned else best[i].tau * float(scaled.y_std[0]) ** 2)
         predictor = MCDropoutPredictor(
-            final.to_keras(i), task="regression", tau=best[i].tau * float(scaled.y_std[0]) ** 2,
-            feature_mean=scaled.x_mean, feature_std=scaled.x_std, target_mean=scaled.y_mean,
-            target_std=scaled.y_std, max_samples=max(protocol.samples, 10_000),
+            final.to_keras(i), heads=[head], feature_mean=scaled.x_mean,
+            feature_std=scaled.x_std, max_samples=max(protocol.samples, 10_000),
             default_samples=protocol.samples)
         if held:
             measured, conformal = uci_calibration.score(
@@ -237,10 +251,11 @@ def run(dataset: UCIDataset, protocol: Protocol,
         results.append(SplitResult(
             split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=measured["rmse"],
             test_ll=measured["mc_log_likelihood"], picp=measured["picp"],
-            interval_width=measured["mean_interval_width"], grid=tuple(grids[i]),
-            calibration_rows=held, conformal=conformal))
+            interval_width=measured["mean_interval_width"], grid=tuple(found[i][1]),
+            calibration_rows=held, conformal=conformal, search=found[i][2]))
         r = results[-1]
-        say(f"{dataset.name} split {i}: p={r.dropout:g} tau={r.tau:g} RMSE {r.rmse:.3f} "
+        say(f"{dataset.name} split {i}: p={r.dropout:g} tau={r.tau:g} "
+            f"({r.search['settings']} settings, {r.search['stop_reason']}) RMSE {r.rmse:.3f} "
             f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}"
             + "".join(f", conformal {c.level:g} coverage {c.coverage:.3f}" for c in conformal))
     end = time.perf_counter()
@@ -251,67 +266,16 @@ def run(dataset: UCIDataset, protocol: Protocol,
                                           "test": end - retrain_done})
 
 
-@dataclass(frozen=True)
-class _Scaled:
-    """Rows standardised with their own statistics (ddof 0; a constant column gets std 1)."""
-
-    x: np.ndarray
-    y: np.ndarray
-    x_mean: np.ndarray
-    x_std: np.ndarray
-    y_mean: np.ndarray
-    y_std: np.ndarray
-
-    @classmethod
-    def of(cls, dataset: UCIDataset, rows: np.ndarray) -> _Scaled:
-        x, y = dataset.x[rows], dataset.y[rows]
-        x_mean, x_std = tables.standardization(x)
-        y_mean, y_std = tables.standardization(y)
-        return cls((x - x_mean) / x_std, (y - y_mean) / y_std, x_mean, x_std, y_mean, y_std)
-
-
-def _score_grid(stack: gridfit.MLPStack, scaled: _Scaled, x_val: np.ndarray, y_val: np.ndarray,
-                settings: list[tuple[float, float]], passes: int, seed: int) -> list[GridPoint]:
-    """Validation MC log-likelihood and RMSE of each grid network, in original units."""
-    x_val = (x_val - scaled.x_mean) / scaled.x_std
-    ll = np.zeros(len(settings))
-    sq_error = np.zeros(len(settings))
-    rows = max(1, _VALIDATION_VALUES_PER_CHUNK // (len(settings) * passes))
-    for lo in range(0, len(x_val), rows):
-        samples = stack.mc_samples(x_val[lo:lo + rows], passes, seed) * scaled.y_std \
-            + scaled.y_mean
-        y = y_val[lo:lo + rows]
-        for i, (_, tau) in enumerate(settings):
-            ll[i] += scores.mc_log_likelihood(y, samples[i], tau) * len(y)
-            sq_error[i] += np.sum((samples[i].mean(axis=0) - y) ** 2)
-    return [GridPoint(p, tau, float(ll[i] / len(x_val)), float(np.sqrt(sq_error[i] / len(x_val))))
-            for i, (p, tau) in enumerate(settings)]
-
-
-def _fit(dataset: UCIDataset, protocol: Protocol, sets: list[_Scaled],
-         settings: list[tuple[float, float]], seed: int,
-         say: Callable[[str], None]) -> gridfit.MLPStack:
-    rows = len(sets[0].x)
-    decays = [builders.weight_decay(protocol.length_scale, p, rows, tau) for p, tau in settings]
-    epochs = dataset.n_epochs * protocol.epochs_multiplier
-    tenth = max(1, epochs // 10)
-    started = time.perf_counter()
-
-    def report(done: int) -> None:
-        if done % tenth == 0 or done == epochs:
-            say(f"  epoch {done}/{epochs} ({time.perf_counter() - started:.0f} s)")
-
-    return gridfit.fit_mlps(np.stack([s.x for s in sets]), np.stack([s.y for s in sets]),
-                            [p for p, _ in settings], decays, hidden=(dataset.n_hidden,),
-                            epochs=epochs, batch_size=protocol.batch_size, seed=seed,
-                            on_epoch=report)
-
-
 def _seed(protocol: Protocol, split: int) -> int:
     return int(np.random.SeedSequence([protocol.seed, split]).generate_state(1)[0])
 
 
 def _check(dataset: UCIDataset, protocol: Protocol) -> int:
+    builders.check_noise(protocol.noise, "regression")
+    if isinstance(protocol.search_rounds, bool) or not isinstance(protocol.search_rounds, int) \
+            or protocol.search_rounds < 0:
+        raise InvalidArgumentError(
+            f"search_rounds must be an integer >= 0, got {protocol.search_rounds!r}")
     for name in ("epochs_multiplier", "samples", "batch_size"):
         value = getattr(protocol, name)
         if not isinstance(value, int) or value < 1:
@@ -325,10 +289,10 @@ def _check(dataset: UCIDataset, protocol: Protocol) -> int:
     if not 0.0 < protocol.validation_fraction < 1.0:
         raise InvalidArgumentError(
             f"validation_fraction must be in (0, 1), got {protocol.validation_fraction!r}")
-    bad_rates = [p for p in dataset.dropout_rates if not 0 <= p < 1]
+    bad_rates = [p for p in dataset.dropout_rates if not 0 < p < 1]
     if not dataset.dropout_rates or bad_rates:
         raise InvalidArgumentError(f"{dataset.name}: dropout rates must be one or more values "
-                                   f"in [0, 1), got {list(dataset.dropout_rates)}")
+                                   f"in (0, 1), got {list(dataset.dropout_rates)}")
     bad_taus = [t for t in dataset.tau_values if not t > 0]
     if not dataset.tau_values or bad_taus:
         raise InvalidArgumentError(f"{dataset.name}: tau values must be one or more values > 0, "

@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mcdropout.evaluation import uci, uci_data
+from mcdropout.modeling import edgesearch
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "uci", help="the UCI regression protocol of Gal & Ghahramani (2016)",
         description="Per split: standardise with training statistics; grid-search the dropout "
                     "rate and tau (dropout_rates.txt x tau_values.txt) by validation MC "
-                    "log-likelihood on the last 20% of the training split; retrain on the whole "
+                    "log-likelihood on the last 20% of the training split, extending the grid "
+                    "geometrically past an edge that holds the best setting (unless "
+                    "--grid-only); retrain on the whole "
                     "split (weight decay l^2 (1-p) / (2 N tau), Adam, batch 128); score the test "
                     "rows with T passes (RMSE, MC-mixture log-likelihood, 95% coverage) in "
                     "original units. Prints mean ± standard error over the splits and writes "
@@ -48,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--tau-values", type=float, nargs="+", metavar="TAU",
                    help="grid of noise precisions tau (> 0, in the target's units) instead of "
                         "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
+    edgesearch.add_arguments(p, "settings", "tau then sets the weight decay only")
     p.add_argument("--calibration-fraction", type=float, default=0.0, metavar="F",
                    help="hold out the last F of each training split (file order) before the "
                         "protocol runs on the rest, and score split-conformal 95%% and 90%% "
@@ -62,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _main(args: argparse.Namespace) -> int:
     protocol = uci.Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
                             validation_samples=args.validation_samples, splits=args.splits,
-                            calibration_fraction=args.calibration_fraction, seed=args.seed)
+                            calibration_fraction=args.calibration_fraction, seed=args.seed,
+                            extend_grid=not args.grid_only, search_rounds=args.search_rounds,
+                            noise=args.noise)
     datasets = [_with_grids(uci_data.load_dataset(args.data_dir, name), args)
                 for name in args.dataset]  # fail early
     for dataset in datasets:
@@ -109,11 +115,33 @@ def write_results(result: uci.BenchmarkResult, directory: str | Path) -> tuple[P
     metrics = uci.per_split_metrics(result.splits)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["split", "dropout", "tau", "calibration_rows", *metrics])
+        writer.writerow(["split", "dropout", "tau", "calibration_rows", "settings_tried",
+                         "search_rounds", "stop_reason", *metrics])
         for i, s in enumerate(result.splits):
             writer.writerow([s.split, s.dropout, s.tau, s.calibration_rows,
+                             s.search.get("settings"), s.search.get("rounds"),
+                             s.search.get("stop_reason"),
                              *(values[i] for values in metrics.values())])
     return json_path, csv_path
+
+
+def search_lines(result: uci.BenchmarkResult) -> list[str]:
+    """How the splits' searches went: values tried per axis, rounds, and why they stopped."""
+    logs = [s.search for s in result.splits if s.search]
+    if not logs:
+        return []
+    lines = []
+    for k, axis in enumerate(logs[0]["axes"]):
+        tried = sorted({v for log in logs for v in log["axes"][k]["tried"]})
+        lines.append(f"  {axis['name']} tried: {', '.join(f'{v:g}' for v in tried)} "
+                     f"(given {', '.join(f'{v:g}' for v in axis['given'])})")
+    rounds = [log["rounds"] for log in logs]
+    lines.append(f"  search rounds per split: {min(rounds)}-{max(rounds)}; stopped because:")
+    reasons: dict[str, int] = {}
+    for log in logs:
+        reasons[log["stop_reason"]] = reasons.get(log["stop_reason"], 0) + 1
+    lines += [f"    {count} split(s): {reason}" for reason, count in reasons.items()]
+    return lines
 
 
 def format_summary(result: uci.BenchmarkResult) -> str:
@@ -121,9 +149,11 @@ def format_summary(result: uci.BenchmarkResult) -> str:
     summary = result.summary()
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items())
     lines = [f"{result.dataset}: {len(result.splits)} splits, {result.epochs} epochs, "
-             f"T = {result.protocol.samples}, {result.seconds:.0f} s ({stages})"
+             f"T = {result.protocol.samples}, {result.protocol.noise} noise, "
+             f"{result.seconds:.0f} s ({stages})"
              + (f", {result.splits[0].calibration_rows} calibration rows held out per split"
-                if result.splits and result.splits[0].calibration_rows else "")]
+                if result.splits and result.splits[0].calibration_rows else ""),
+             *search_lines(result)]
     for name, label in (("rmse", "RMSE"), ("test_ll", "test LL"),
                         ("picp", "95% interval coverage"), ("interval_width", "95% width")):
         mean, se = summary[name]

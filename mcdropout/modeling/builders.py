@@ -18,10 +18,29 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+from mcdropout import metadata
 from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
 
 TASKS: tuple[Task, ...] = ("regression", "classification")
+NOISE_MODELS = metadata.NOISE_MODELS
+
+
+def gaussian_nll(y_true: Any, y_pred: Any) -> Any:
+    """The loss of a learned-noise regression head: per row, the mean over targets of
+    ``exp(-s) (y - mu)**2 / 2 + s / 2`` (the Gaussian negative log-likelihood less its constant),
+    with ``y_pred`` the means ``mu`` then the log-variances ``s``, (rows, 2 * targets).
+
+    Halved so that, with a noise variance fixed at 1, it is half the squared error: the weight
+    decay ``l**2 (1 - p) / (2 N tau)`` of :func:`weight_decay` (at tau = 1) then completes the
+    MC dropout objective divided by N, as it does for the squared error with a fixed tau.
+    """
+    from keras import ops
+
+    half = y_pred.shape[-1] // 2
+    mu, log_var = y_pred[..., :half], y_pred[..., half:]
+    y = ops.cast(ops.reshape(y_true, ops.shape(mu)), mu.dtype)
+    return ops.mean(0.5 * ops.exp(-log_var) * ops.square(y - mu) + 0.5 * log_var, axis=-1)
 
 
 def weight_decay(length_scale: float, dropout: float, n_train: int, tau: float) -> float:
@@ -67,6 +86,7 @@ def build_mlp(
     max_norm: float | None = None,
     weight_decay: float | None = None,
     learning_rate: float = 1e-3,
+    noise: str = "fixed",
 ) -> Any:
     """Build and compile the standard MC dropout multi-layer perceptron.
 
@@ -89,6 +109,10 @@ def build_mlp(
         max_norm: If given, constrain each hidden unit's incoming weight vector to this L2 norm.
         weight_decay: Explicit L2 coefficient, overriding the derived one; >= 0.
         learning_rate: Adam learning rate, > 0.
+        noise: Regression only: "fixed" (mean squared error; a precision tau describes the
+            noise) or "learned" (Kendall & Gal 2017: the output layer gives ``output_dim`` means
+            then ``output_dim`` log-variances, in standardised units, trained by
+            :func:`gaussian_nll`; ``tau`` then enters the weight decay only).
 
     Returns:
         A compiled ``keras.Model`` with input shape (None, input_dim), float32.
@@ -111,6 +135,7 @@ def build_mlp(
         raise InvalidArgumentError(f"task must be one of {list(TASKS)}, got {task!r}")
     if not 0.0 < dropout < 1.0:
         raise InvalidArgumentError(f"dropout must be in (0, 1), got {dropout!r}")
+    check_noise(noise, task)
     if not widths and not input_dropout:
         raise InvalidArgumentError(
             "the model would hold no Dropout layer (no hidden layers and input_dropout=False); "
@@ -140,7 +165,11 @@ def build_mlp(
     for i, width in enumerate(widths, start=1):
         h = dense(width, activation, f"hidden_{i}")(h)
         h = keras.layers.Dropout(dropout, name=f"dropout_{i}")(h)
-    if task == "regression":
+    if noise == "learned":
+        # Registered so that a saved model's compile settings name a known function.
+        loss = keras.saving.register_keras_serializable("mcdropout")(gaussian_nll)
+        out_act, output_dim = None, 2 * output_dim
+    elif task == "regression":
         out_act, loss = None, "mean_squared_error"
     elif output_dim == 1:
         out_act, loss = "sigmoid", "binary_crossentropy"
@@ -151,6 +180,19 @@ def build_mlp(
     metrics = ["accuracy"] if task == "classification" else []
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
     return model
+
+
+def check_noise(noise: str, task: str) -> None:
+    """Refuse a noise model other than :data:`NOISE_MODELS`, or a learned noise outside
+    regression.
+
+    Raises:
+        InvalidArgumentError: as said.
+    """
+    if noise not in NOISE_MODELS:
+        raise InvalidArgumentError(f"noise must be one of {list(NOISE_MODELS)}, got {noise!r}")
+    if noise == "learned" and task != "regression":
+        raise InvalidArgumentError(f"a learned noise is for regression only; the task is {task!r}")
 
 
 def _resolve_decay(explicit: float | None, length_scale: float, dropout: float,

@@ -48,12 +48,15 @@ class MLPStack:
         biases: Per layer, (M, fan_out) float32.
         dropout: Dropout rate of each network.
         weight_decay: L2 coefficient of each network.
+        noise: "fixed" (outputs are the means) or "learned" (the means, then as many
+            log-variances: see :func:`mcdropout.modeling.builders.gaussian_nll`).
     """
 
     kernels: tuple[np.ndarray, ...]
     biases: tuple[np.ndarray, ...]
     dropout: tuple[float, ...]
     weight_decay: tuple[float, ...]
+    noise: str = "fixed"
 
     @property
     def size(self) -> int:
@@ -71,7 +74,7 @@ class MLPStack:
                 f"indices must be a non-empty list in 0..{self.size - 1}, got {list(indices)}")
         return MLPStack(tuple(k[index] for k in self.kernels), tuple(b[index] for b in self.biases),
                         tuple(self.dropout[i] for i in index),
-                        tuple(self.weight_decay[i] for i in index))
+                        tuple(self.weight_decay[i] for i in index), self.noise)
 
     def mc_samples(self, x: np.ndarray, samples: int, seed: int) -> np.ndarray:
         """T stochastic passes of every network (dropout on) over rows of inputs.
@@ -87,7 +90,8 @@ class MLPStack:
             seed: Seeds the dropout masks.
 
         Returns:
-            (M, T, rows, outputs) float32, in the training target units.
+            (M, T, rows, outputs) float32, in the training target units (a learned noise: the
+            means, then the log-variances).
         """
         import tensorflow as tf  # deferred: importing the package should not start TensorFlow
 
@@ -129,10 +133,11 @@ class MLPStack:
         """Network ``index`` as the Keras model of :func:`mcdropout.modeling.builders.build_mlp`."""
         if not 0 <= index < self.size:
             raise InvalidArgumentError(f"index must be in 0..{self.size - 1}, got {index}")
+        outputs = int(self.kernels[-1].shape[2]) // (2 if self.noise == "learned" else 1)
         model = builders.build_mlp(
-            int(self.kernels[0].shape[1]), int(self.kernels[-1].shape[2]), hidden=self.hidden,
+            int(self.kernels[0].shape[1]), outputs, hidden=self.hidden,
             dropout=self.dropout[index], weight_decay=self.weight_decay[index],
-            learning_rate=learning_rate)
+            learning_rate=learning_rate, noise=self.noise)
         weights = []
         for kernel, bias in zip(self.kernels, self.biases, strict=True):
             weights += [kernel[index], bias[index]]
@@ -143,7 +148,7 @@ class MLPStack:
 def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
              weight_decay: Sequence[float], *, hidden: Sequence[int] = (50,), epochs: int,
              batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
-             on_epoch: Callable[[int], None] | None = None) -> MLPStack:
+             on_epoch: Callable[[int], None] | None = None, noise: str = "fixed") -> MLPStack:
     """Train one MC dropout regression MLP per (dropout, weight_decay) pair, all at once.
 
     Args:
@@ -160,6 +165,9 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
         learning_rate: Adam learning rate, > 0.
         seed: Seeds the initial weights, the shuffles and the dropout masks.
         on_epoch: Called with the number of epochs done after each epoch.
+        noise: "fixed" (mean squared error) or "learned" (each network also predicts a
+            log-variance per target and is trained by
+            :func:`mcdropout.modeling.builders.gaussian_nll`).
 
     Returns:
         The trained :class:`MLPStack`, networks in the order given.
@@ -171,8 +179,10 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
 
     x, y, rates, decays = _check(x, y, dropout, weight_decay, hidden, epochs, batch_size,
                                  learning_rate)
+    builders.check_noise(noise, "regression")
+    learned = noise == "learned"
     rng = np.random.default_rng(seed)
-    widths = [x.shape[-1], *hidden, y.shape[-1]]
+    widths = [x.shape[-1], *hidden, y.shape[-1] * (2 if learned else 1)]
     size = len(rates)
     kernels = [tf.Variable(_glorot(rng, size, a, b)) for a, b in itertools.pairwise(widths)]
     biases = [tf.Variable(np.zeros((size, b), np.float32)) for b in widths[1:]]
@@ -194,9 +204,14 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
             yb = tf.gather(y_all, index, batch_dims=1)
         with tf.GradientTape() as tape:
             out = _forward(xb, kernels, biases, rate_t, generator)
-            mse = tf.reduce_mean(tf.square(out - yb), axis=[1, 2])
+            if learned:  # builders.gaussian_nll, network by network
+                mu, log_var = tf.split(out, 2, axis=-1)
+                fit = tf.reduce_mean(0.5 * tf.exp(-log_var) * tf.square(mu - yb)
+                                     + 0.5 * log_var, axis=[1, 2])
+            else:
+                fit = tf.reduce_mean(tf.square(out - yb), axis=[1, 2])
             penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
-            loss = tf.reduce_sum(mse + decay_t * penalty)
+            loss = tf.reduce_sum(fit + decay_t * penalty)
         grads = tape.gradient(loss, params)
         step.assign_add(1.0)
         alpha = learning_rate * tf.sqrt(1.0 - _BETA_2**step) / (1.0 - _BETA_1**step)
@@ -219,7 +234,7 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
         if on_epoch is not None:
             on_epoch(done)
     return MLPStack(tuple(k.numpy() for k in kernels), tuple(b.numpy() for b in biases),
-                    tuple(float(r) for r in rates), tuple(float(d) for d in decays))
+                    tuple(float(r) for r in rates), tuple(float(d) for d in decays), noise)
 
 
 def _forward(h: Any, kernels: Sequence[Any], biases: Sequence[Any], rates: Any,

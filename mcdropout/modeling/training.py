@@ -44,7 +44,11 @@ class TrainConfig:
         input_dropout: Dropout on the inputs too.
         length_scale: Prior length-scale for the weight decay (standardised input units).
         tau: Regression noise precision in standardised target units, > 0; None estimates it from
-            the validation residuals after training (and uses 1 in the weight decay).
+            the validation residuals after training (and uses 1 in the weight decay). With a
+            learned noise it is the prior precision of the weight decay only (None: 1).
+        noise: Regression: "fixed" (one precision tau) or "learned" (the network predicts a
+            log-variance per row and target beside the mean, trained by Gaussian NLL; the
+            saved version's metadata says ``noise: "learned"`` and has no tau).
         max_norm: Max-norm constraint on incoming weight vectors, or None.
         epochs: Most epochs to run, >= 1.
         batch_size: Rows per gradient step, >= 1.
@@ -64,6 +68,7 @@ class TrainConfig:
     input_dropout: bool = True
     length_scale: float = 1e-2
     tau: float | None = None
+    noise: str = "fixed"
     max_norm: float | None = None
     epochs: int = 200
     batch_size: int = 32
@@ -125,7 +130,8 @@ def train(table: tables.Table, config: TrainConfig, name: str, *, description: s
     model = builders.build_mlp(
         table.x.shape[1], output_dim, hidden=config.hidden, activation=config.activation,
         dropout=config.dropout, input_dropout=config.input_dropout, task=config.task,
-        max_norm=config.max_norm, weight_decay=decay, learning_rate=config.learning_rate)
+        max_norm=config.max_norm, weight_decay=decay, learning_rate=config.learning_rate,
+        noise=config.noise)
     x32 = x_std_all.astype(np.float32)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                          restore_best_weights=True)
@@ -133,13 +139,15 @@ def train(table: tables.Table, config: TrainConfig, name: str, *, description: s
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop],
                         validation_data=(x32[val_idx], y_fit[val_idx]), verbose=config.verbose)
 
-    tau = config.tau
-    if config.task == "regression" and tau is None:
+    learned = config.noise == "learned"
+    tau = None if learned else config.tau
+    if config.task == "regression" and tau is None and not learned:
         tau = estimate_tau(model, x32[val_idx], y_fit[val_idx], config.validation_samples, seed)
     info = ModelInfo(
         name=name, task=config.task, input_shape=(int(table.x.shape[1]),), input_dtype="float32",
         labels=tuple(labels), feature_mean=_floats(x_mean), feature_std=_floats(x_std),
-        target_mean=_floats(y_mean), target_std=_floats(y_std), tau=tau, description=description)
+        target_mean=_floats(y_mean), target_std=_floats(y_std), tau=tau, noise=config.noise,
+        description=description)
     from mcdropout.engine import MCDropoutPredictor
 
     predictor = MCDropoutPredictor.from_info(model, info)
@@ -156,7 +164,8 @@ def train(table: tables.Table, config: TrainConfig, name: str, *, description: s
         "training": {"epochs_run": len(losses["loss"]), "best_epoch": best + 1,
                      "train_loss": float(losses["loss"][best]),
                      "validation_loss": float(losses["val_loss"][best]),
-                     "tau_estimated": config.task == "regression" and config.tau is None,
+                     "tau_estimated": (config.task == "regression" and config.tau is None
+                                       and not learned),
                      "loss": [float(v) for v in losses["loss"]],
                      "val_loss": [float(v) for v in losses["val_loss"]]},
         "validation_metrics": validation,
@@ -231,6 +240,7 @@ def _check_config(config: TrainConfig) -> None:
         raise InvalidArgumentError(f"dropout must be in (0, 1), got {config.dropout!r}")
     if config.tau is not None and config.task == "classification":
         raise InvalidArgumentError("tau applies to regression only; got tau with classification")
+    builders.check_noise(config.noise, config.task)
     if config.seed is not None and not 0 <= config.seed < 2**32:
         raise InvalidArgumentError(f"seed must be in 0..2**32-1, got {config.seed}")
 

@@ -5,8 +5,12 @@ sets the weight decay through ``l**2 (1 - p) / (2 N tau)``) or an explicit weigh
 task). Every point is trained with :func:`mcdropout.modeling.training.train`, the recipe of
 ``mcdropout train``, on the same seeded train/validation split, and scored on the validation rows:
 regression by the MC-mixture log-likelihood (higher is better), classification by the negative
-log-likelihood (lower is better). The best model goes into the store with the whole grid in its
-provenance; the grid is also written as a table and the dropout sweep as a plot.
+log-likelihood (lower is better). While the best point lies on an edge of the grid (the smallest
+or largest dropout rate, tau or weight decay given) the grid is extended on that side and the new
+points trained, within bounds and a budget (:mod:`mcdropout.modeling.edgesearch`); ``extend=False``
+(``--grid-only``) trains the given grid only. The best model goes into the store with every point
+tried and the search's log in its provenance; the points are also written as a table and the
+dropout sweep as a plot.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 from mcdropout.errors import InvalidArgumentError
 from mcdropout.evaluation import plotting, report
-from mcdropout.modeling import tables, training
+from mcdropout.modeling import edgesearch, tables, training
 from mcdropout.store import ModelInfo, ModelStore, validate_name
 
 DEFAULT_DROPOUT_RATES = (0.01, 0.05, 0.1, 0.2)
@@ -42,6 +46,7 @@ class GridPoint:
         score: The selection metric on the validation rows.
         validation: Every validation metric (see :func:`mcdropout.evaluation.scores.evaluate`).
         epochs_run: Epochs before early stopping ended training.
+        round: The search round that added the point (0: the given grid).
     """
 
     dropout: float
@@ -50,6 +55,7 @@ class GridPoint:
     score: float
     validation: dict[str, float]
     epochs_run: int
+    round: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,10 +65,13 @@ class TuningResult:
     Attributes:
         metric: The selection metric: "mc_log_likelihood" (regression) or "nll".
         higher_is_better: Whether larger scores win.
-        points: Every grid point, in grid order (dropout-major).
+        points: Every point tried, in the order tried: the given grid (dropout-major), then
+            each extension round's points.
         best: Index of the winner in ``points``.
         seed: The seed every point was trained with (same split for all).
         axis: The second grid axis: "tau", "weight_decay", or "" (dropout rates only).
+        search: The search's log: axes with bounds and values tried, rounds, budget, why it
+            stopped (:meth:`mcdropout.modeling.edgesearch.EdgeSearch.log`).
     """
 
     metric: str
@@ -71,6 +80,7 @@ class TuningResult:
     best: int
     seed: int
     axis: str = ""
+    search: dict[str, Any] | None = None
 
     def table(self) -> list[dict[str, Any]]:
         """One flat row per grid point (for CSV and printing)."""
@@ -84,25 +94,31 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
                 dropout_rates: Sequence[float] = DEFAULT_DROPOUT_RATES,
                 taus: Sequence[float] | None = None,
                 weight_decays: Sequence[float] | None = None, description: str = "",
-                on_point: Callable[[GridPoint], None] | None = None
+                on_point: Callable[[GridPoint], None] | None = None, extend: bool = True,
+                max_rounds: int = edgesearch.DEFAULT_ROUNDS
                 ) -> tuple[Any, ModelInfo, TuningResult]:
-    """Train every grid setting and keep the one with the best validation score.
+    """Train every grid setting, extend the grid past an edge that holds the best one, and keep
+    the best.
 
     Args:
         table: The labelled data (see :func:`mcdropout.modeling.tables.load_table`).
-        config: Everything but the grid's settings (task, layers, epochs, split, seed...); its
-            ``dropout`` and ``tau`` are replaced per point. ``config.seed`` None draws one seed
-            for the whole grid, so every point sees the same split.
+        config: Everything but the grid's settings (task, noise, layers, epochs, split, seed...);
+            its ``dropout`` and ``tau`` are replaced per point. ``config.seed`` None draws one
+            seed for the whole grid, so every point sees the same split.
         name: The model's name in the store.
         dropout_rates: The rates p to try, each in (0, 1).
         taus: Regression only: precisions in standardised target units (1 = noise as large as
-            the target's spread), each > 0. None: tau is estimated per point after training.
+            the target's spread), each > 0 (with a learned noise: the weight decay's prior
+            precision). None: tau is estimated per point after training.
         weight_decays: L2 coefficients to try instead of taus, each > 0.
         description: Free text for the saved model.
         on_point: Called with each point as it finishes.
+        extend: Extend an axis of two or more values past an edge holding the best point
+            (:mod:`mcdropout.modeling.edgesearch`); False trains the given grid only.
+        max_rounds: Extension rounds allowed, >= 0.
 
     Returns:
-        (the best keras.Model, its ModelInfo with the grid in ``provenance["tuning"]``, the
+        (the best keras.Model, its ModelInfo with the points in ``provenance["tuning"]``, the
         :class:`TuningResult`).
 
     Raises:
@@ -115,40 +131,48 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
     train_rows = len(tables.split_indices(table.rows, config.validation_fraction, seed)[0])
     regression = config.task == "regression"
     metric = "mc_log_likelihood" if regression else "nll"
-    points: list[GridPoint] = []
-    best: tuple[Any, ModelInfo] | None = None
-    best_score = -math.inf if regression else math.inf
-    second: list[tuple[float | None, float | None]] = (
-        [(t, None) for t in taus] or [(None, d) for d in decays] or [(None, None)])
-    for p in rates:
-        for tau, decay in second:
-            length_scale = config.length_scale if decay is None else _length_scale(
-                decay, p, train_rows, tau)
-            point_config = replace(config, dropout=p, tau=tau, length_scale=length_scale,
-                                   seed=seed)
-            model, info = training.train(table, point_config, name, description=description)
-            validation = info.provenance["validation_metrics"]
-            if metric not in validation:
-                raise InvalidArgumentError(
-                    f"validation metrics lack {metric!r} (got {sorted(validation)})")
-            point = GridPoint(
-                dropout=p, tau=info.tau if regression else None,
-                weight_decay=float(info.provenance["hyperparameters"]["weight_decay"]),
-                score=float(validation[metric]), validation=dict(validation),
-                epochs_run=int(info.provenance["training"]["epochs_run"]))
-            points.append(point)
-            if on_point is not None:
-                on_point(point)
-            # Strictly better only: the first of equal scores wins.
-            if best is None or (point.score > best_score if regression else point.score < best_score):
-                best, best_score = (model, info), point.score
-    assert best is not None
     axis = "tau" if taus else "weight_decay" if decays else ""
-    index = [p.score for p in points].index(best_score)
-    result = TuningResult(metric, regression, tuple(points), index, seed, axis)
-    model, info = best
+    axes = [edgesearch.Axis.of("dropout", rates)]
+    if axis:
+        axes.append(edgesearch.Axis.of(axis, taus or decays))
+    search = edgesearch.EdgeSearch(tuple(axes), maximize=regression, extend=extend,
+                                   max_rounds=max_rounds)
+    points: list[GridPoint] = []
+    best: list[Any] = [None, None, None]  # score, model, info of the best point so far
+
+    def train_point(setting: tuple[float, ...]) -> float:
+        p, second = setting[0], setting[1] if axis else None
+        tau = second if axis == "tau" else None
+        decay = second if axis == "weight_decay" else None
+        length_scale = config.length_scale if decay is None else _length_scale(
+            decay, p, train_rows, tau)
+        model, info = training.train(
+            table, replace(config, dropout=p, tau=tau, length_scale=length_scale, seed=seed),
+            name, description=description)
+        validation = info.provenance["validation_metrics"]
+        if metric not in validation:
+            raise InvalidArgumentError(
+                f"validation metrics lack {metric!r} (got {sorted(validation)})")
+        point = GridPoint(
+            dropout=p, tau=(tau if info.tau is None else info.tau) if regression else None,
+            weight_decay=float(info.provenance["hyperparameters"]["weight_decay"]),
+            score=float(validation[metric]), validation=dict(validation),
+            epochs_run=int(info.provenance["training"]["epochs_run"]), round=search.round)
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+        # Strictly better only: the first of equal scores wins.
+        if best[0] is None or (point.score > best[0] if regression else point.score < best[0]):
+            best[:] = [point.score, model, info]
+        return point.score
+
+    edgesearch.run_searches([search], lambda todo: [train_point(s) for _, s in todo])
+    log = search.log()
+    result = TuningResult(metric, regression, tuple(points),
+                          [p.score for p in points].index(best[0]), seed, axis, log)
     tuning = {"metric": metric, "higher_is_better": regression, "seed": seed, "axis": axis,
-              "best": result.best, "grid": [asdict(p) for p in points]}
+              "best": result.best, "grid": [asdict(p) for p in points], "search": log}
+    _, model, info = best
     return model, replace(info, provenance={**info.provenance, "tuning": tuning}), result
 
 
@@ -222,7 +246,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Train the MC dropout MLP (the `mcdropout train` recipe) for every dropout "
                     "rate crossed with every tau (regression) or weight decay, on one seeded "
                     "train/validation split; choose by validation MC log-likelihood "
-                    "(regression) or NLL (classification); save the best model as a new version "
+                    "(regression) or NLL (classification); while the best point lies on an edge "
+                    "of the grid, extend that axis geometrically and train the new points "
+                    "(unless --grid-only); save the best model as a new version "
                     "in the store, print the grid and write grid.csv, grid.json and "
                     "dropout_sweep.png.")
     p.add_argument("--data", required=True, type=Path,
@@ -242,6 +268,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                            "point")
     grid.add_argument("--weight-decays", nargs="+", type=float, metavar="L2",
                       help="L2 coefficients to try instead of deriving them from tau")
+    edgesearch.add_arguments(p, "points", "--taus then set the weight decay only")
     p.add_argument("--hidden", nargs="*", type=int, default=[50], metavar="WIDTH",
                    help="hidden layer widths; default 50")
     p.add_argument("--epochs", type=int, default=200, help="most epochs; default 200")
@@ -261,25 +288,29 @@ def _main(args: argparse.Namespace) -> int:
     if args.output:
         plotting.require_plotting()  # matplotlib (the report extra) missing: say so before training
     config = training.TrainConfig(
-        task=args.task, hidden=tuple(args.hidden), epochs=args.epochs,
+        task=args.task, noise=args.noise, hidden=tuple(args.hidden), epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience,
         validation_fraction=args.validation_fraction, seed=args.seed)
     table = tables.load_table(args.data.resolve(), task=args.task, target=args.target)
 
     def show(point: GridPoint) -> None:
         tau = "" if point.tau is None else f" tau={point.tau:.4g}"
-        print(f"p={point.dropout:g}{tau} weight decay {point.weight_decay:.3g}: "
-              f"{point.score:.4f}", file=sys.stderr, flush=True)
+        print(f"round {point.round}: p={point.dropout:g}{tau} weight decay "
+              f"{point.weight_decay:.3g}: {point.score:.4f}", file=sys.stderr, flush=True)
 
     model, info, result = grid_search(
         table, config, args.name, dropout_rates=args.dropout_rates, taus=args.taus,
-        weight_decays=args.weight_decays, description=args.description, on_point=show)
+        weight_decays=args.weight_decays, description=args.description, on_point=show,
+        extend=not args.grid_only, max_rounds=args.search_rounds)
     version = ModelStore(args.model_root).save(model, info)
     print(format_table(result))
     best = result.points[result.best]
     tau = "" if best.tau is None else f" tau={best.tau:.4g}"
     print(f"best by validation {result.metric}: p={best.dropout:g}{tau} weight decay "
           f"{best.weight_decay:.3g}; saved {args.name} version {version} in {args.model_root}")
+    if result.search is not None:
+        print(f"search: {len(result.points)} points in {result.search['rounds'] + 1} round(s); "
+              f"stopped: {result.search['stop_reason']}")
     if args.output:
         files = write_outputs(result, args.output, title=f"{args.name} on {args.data.name}")
         print("wrote " + ", ".join(str(f) for f in files))

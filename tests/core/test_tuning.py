@@ -65,7 +65,7 @@ def test_classification_grid_picks_the_weight_decay_that_lets_it_learn(tmp_path:
     config = TrainConfig(task="classification", epochs=10, batch_size=64, learning_rate=0.01,
                          patience=10, seed=3, validation_samples=30)
     _, info, result = tuning.grid_search(table, config, "blobs", dropout_rates=[0.1, 0.2],
-                                         weight_decays=[10.0, 1e-5])
+                                         weight_decays=[10.0, 1e-5], extend=False)
     assert result.metric == "nll" and not result.higher_is_better
     assert [p.weight_decay for p in result.points] == pytest.approx([10.0, 1e-5] * 2, rel=1e-6)
     assert all(p.tau is None for p in result.points)
@@ -99,7 +99,7 @@ def test_tune_command_saves_the_best_model_and_writes_the_grid(
     out = tmp_path / "grid"
     status = cli.main(["tune", "--data", str(path), "--model-root", str(tmp_path / "store"),
                        "--name", "lin", "--dropout-rates", "0.05", "0.2", "--taus", "0.5", "5",
-                       "--epochs", "3", "--seed", "4", "--output", str(out)])
+                       "--epochs", "3", "--seed", "4", "--grid-only", "--output", str(out)])
     assert status == 0
     printed = capsys.readouterr().out
     assert "saved lin version 1" in printed and printed.count("*") == 1

@@ -101,7 +101,7 @@ def test_grids_on_the_command_line_replace_the_files_grids(
     status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
                        "--epochs-multiplier", "1", "--samples", "20", "--splits", "1",
                        "--dropout-rates", "0.05", "--tau-values", "2", "20", "200",
-                       "--output", str(out)])
+                       "--grid-only", "--output", str(out)])
     assert status == 0
     (split,) = json.loads((out / "tiny.json").read_text())["splits"]
     assert [(g["dropout"], g["tau"]) for g in split["grid"]] == [(0.05, 2.0), (0.05, 20.0),
@@ -109,7 +109,7 @@ def test_grids_on_the_command_line_replace_the_files_grids(
     for bad, message in ((["--tau-values", "0"], r"tiny: tau values must be one or more values "
                                                  r"> 0, got \[0\.0\]"),
                          (["--dropout-rates", "1"], r"tiny: dropout rates must be one or more "
-                                                    r"values in \[0, 1\), got \[1\.0\]")):
+                                                    r"values in \(0, 1\), got \[1\.0\]")):
         capsys.readouterr()
         assert cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
                          *bad]) == 1
@@ -180,7 +180,7 @@ def test_benchmark_command_runs_the_protocol_on_two_splits_of_yacht(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = cli.main(["benchmark", "uci", "--data-dir", str(UCI_DIR), "--dataset", "yacht",
                        "--splits", "2", "--epochs-multiplier", "2", "--samples", "500",
-                       "--output", str(tmp_path)])
+                       "--grid-only", "--output", str(tmp_path)])
     assert status == 0
     out = capsys.readouterr().out
     assert "yacht: 2 splits, 80 epochs, T = 500" in out and "RMSE" in out
@@ -247,6 +247,58 @@ def test_calibration_fraction_holds_out_trailing_rows_and_scores_conformal_inter
     assert [int(r["calibration_rows"]) for r in rows] == [36, 36]
 
 
+# -- the search past the grid's edges, learned noise -----------------------------------------------
+def test_a_grid_whose_best_tau_is_on_its_edge_is_extended_within_the_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The tiny set's residuals after 4 epochs are of order 1, so a tau grid of 0.01 and 0.02
+    (noise SD 7 to 10) is far too small: its best is its top edge, and every round doubles it
+    until the two rounds allowed are spent."""
+    write_layout(tmp_path)
+    out = tmp_path / "out"
+    status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                       "--epochs-multiplier", "1", "--samples", "30", "--splits", "2",
+                       "--dropout-rates", "0.05", "--tau-values", "0.01", "0.02",
+                       "--search-rounds", "2", "--output", str(out)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "tau tried: 0.01, 0.02, 0.04, 0.08 (given 0.01, 0.02)" in printed
+    report = json.loads((out / "tiny.json").read_text())
+    assert report["protocol"]["extend_grid"] and report["protocol"]["search_rounds"] == 2
+    for split in report["splits"]:
+        tried = [(g["tau"], g["round"]) for g in split["grid"]]
+        assert tried == [(0.01, 0), (0.02, 0), (0.04, 1), (0.08, 2)]
+        search = split["search"]
+        assert search["rounds"] == 2 and search["settings"] == 4
+        assert search["stop_reason"].startswith("budget: 2 extension rounds spent")
+        assert search["axes"][1]["tried"] == [0.01, 0.02, 0.04, 0.08]
+        assert search["axes"][1]["bounds"] == pytest.approx([1e-5, 20.0])
+        best = max(split["grid"], key=lambda g: g["validation_ll"])
+        assert split["tau"] == best["tau"] == 0.08
+    with open(out / "tiny.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["settings_tried"]) for r in rows] == [4, 4]
+    assert all(r["stop_reason"].startswith("budget") for r in rows)
+
+
+def test_learned_noise_runs_the_protocol_and_scores_with_the_passes_own_variances(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_layout(tmp_path, rows=120)
+    out = tmp_path / "out"
+    status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                       "--epochs-multiplier", "5", "--samples", "40", "--splits", "2",
+                       "--noise", "learned", "--grid-only", "--output", str(out)])
+    assert status == 0
+    assert "learned noise" in capsys.readouterr().out
+    report = json.loads((out / "tiny.json").read_text())
+    assert report["protocol"]["noise"] == "learned"
+    for split in report["splits"]:
+        assert len(split["grid"]) == 4
+        assert split["search"]["stop_reason"] == "the given grid only (extension off)"
+        assert all(math.isfinite(g["validation_ll"]) for g in split["grid"])
+        assert math.isfinite(split["test_ll"]) and 0.0 < split["picp"] <= 1.0
+        assert split["interval_width"] > 0
+
+
 def test_too_few_calibration_rows_are_refused_before_training(tmp_path: Path) -> None:
     write_layout(tmp_path)  # 36 training rows: 0.2 holds out 8, and level 0.95 needs 19
     ds = uci_data.load_dataset(tmp_path, "tiny")
@@ -257,3 +309,9 @@ def test_too_few_calibration_rows_are_refused_before_training(tmp_path: Path) ->
     with pytest.raises(InvalidArgumentError,
                        match=r"calibration_fraction must be in \[0, 1\), got 1\.0"):
         uci.run(ds, uci.Protocol(calibration_fraction=1.0))
+    with pytest.raises(InvalidArgumentError, match=r"noise must be one of \['fixed', "
+                                                   r"'learned'\], got 'loud'"):
+        uci.run(ds, uci.Protocol(noise="loud"))
+    with pytest.raises(InvalidArgumentError, match=r"search_rounds must be an integer >= 0, "
+                                                   r"got -1"):
+        uci.run(ds, uci.Protocol(search_rounds=-1))

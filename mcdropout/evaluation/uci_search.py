@@ -1,0 +1,175 @@
+"""The UCI benchmark's hyper-parameter search: every split's grid of (dropout rate, tau), trained
+on the split's fitting rows and scored on its validation rows, extended past an edge that holds
+the best setting (:mod:`mcdropout.modeling.edgesearch`) unless the protocol asks for the given
+grid only.
+
+Each round trains the new settings of every split together, as one stack
+(:mod:`mcdropout.modeling.gridfit`); the first round is the whole given grid of every split, so
+a search that stops there trains exactly the networks the published protocol trains.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mcdropout.evaluation import scores
+from mcdropout.evaluation.uci_data import UCIDataset
+from mcdropout.modeling import builders, edgesearch, gridfit, tables
+
+# Sampled values (networks x passes x rows) held at once while scoring the validation grid.
+_VALIDATION_VALUES_PER_CHUNK = 25_000_000
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One setting scored on the validation rows (original target units).
+
+    Attributes:
+        dropout, tau: The setting (with a learned noise, tau enters the weight decay only).
+        validation_ll: Mean MC-mixture log-likelihood of the validation rows.
+        validation_rmse: RMSE of the MC mean on them.
+        round: The search round that added it (0: the given grid).
+    """
+
+    dropout: float
+    tau: float
+    validation_ll: float
+    validation_rmse: float
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """Rows standardised with their own statistics (ddof 0; a constant column gets std 1)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    y_mean: np.ndarray
+    y_std: np.ndarray
+
+    @classmethod
+    def of(cls, dataset: UCIDataset, rows: np.ndarray) -> Scaled:
+        x, y = dataset.x[rows], dataset.y[rows]
+        x_mean, x_std = tables.standardization(x)
+        y_mean, y_std = tables.standardization(y)
+        return cls((x - x_mean) / x_std, (y - y_mean) / y_std, x_mean, x_std, y_mean, y_std)
+
+
+@dataclass(frozen=True)
+class Training:
+    """What every network of a benchmark shares: epochs, batch, prior length-scale, noise."""
+
+    epochs: int
+    batch_size: int
+    length_scale: float
+    hidden: int
+    noise: str
+
+
+def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
+           validation: Sequence[tuple[np.ndarray, np.ndarray]], *, extend: bool, rounds: int,
+           passes: int, seeds: Sequence[int], seed: int, say: Callable[[str], None]
+           ) -> list[tuple[GridPoint, list[GridPoint], dict[str, Any]]]:
+    """Search every split's grid; per split the best point, every point tried (in the order
+    tried) and the search's log (:meth:`EdgeSearch.log`).
+
+    Args:
+        dataset: Its ``dropout_rates`` and ``tau_values`` are the given grid.
+        training: The networks' recipe.
+        fit_sets: Per split, the standardised fitting rows.
+        validation: Per split, the validation (inputs, targets) in original units.
+        extend: Extend past edges (False: the given grid only).
+        rounds: Extension rounds allowed.
+        passes: MC passes T for the validation scores.
+        seeds: Per split, the dropout seed of its validation passes.
+        seed: Seeds the first round's training; later rounds derive theirs from it.
+        say: Progress lines.
+    """
+    searches = [edgesearch.EdgeSearch(
+        (edgesearch.Axis.of("dropout", dataset.dropout_rates),
+         edgesearch.Axis.of("tau", dataset.tau_values)), extend=extend, max_rounds=rounds)
+        for _ in fit_sets]
+    points: list[dict[tuple[float, ...], GridPoint]] = [{} for _ in fit_sets]
+    round_seeds = iter(np.random.SeedSequence(seed).generate_state(rounds + 1)[1:])
+    current = [0]
+
+    def announce(round_: int, count: int) -> None:
+        current[0] = round_
+        splits = len({i for i, s in enumerate(searches) if s.pending()})
+        say(f"{dataset.name}: search round {round_}: {count} networks ({splits} splits) on "
+            f"{len(fit_sets[0].x)} rows, {training.epochs} epochs")
+
+    def score(todo: list[tuple[int, tuple[float, ...]]]) -> list[float]:
+        # Round 0 keeps the seed of the published protocol's single grid.
+        round_seed = seed if current[0] == 0 else int(next(round_seeds))
+        stack = fit(training, [fit_sets[i] for i, _ in todo], [s for _, s in todo],
+                    round_seed, say)
+        out = [0.0] * len(todo)
+        for split in sorted({i for i, _ in todo}):
+            index = [k for k, (i, _) in enumerate(todo) if i == split]
+            settings = [todo[k][1] for k in index]
+            scored = _score(stack.select(index), fit_sets[split], *validation[split], settings,
+                            passes, seeds[split], current[0])
+            for k, point in zip(index, scored, strict=True):
+                points[split][todo[k][1]] = point
+                out[k] = point.validation_ll
+        return out
+
+    edgesearch.run_searches(searches, score, announce)
+    results = []
+    for s, found in zip(searches, points, strict=True):
+        tried = [found[t.setting] for t in s.trials]
+        results.append((found[s.best().setting], tried, s.log()))
+    return results
+
+
+def fit(training: Training, sets: list[Scaled], settings: list[tuple[float, ...]], seed: int,
+        say: Callable[[str], None]) -> gridfit.MLPStack:
+    """Train one network per (data set, (p, tau)) pair, all together."""
+    rows = len(sets[0].x)
+    decays = [builders.weight_decay(training.length_scale, p, rows, tau) for p, tau in settings]
+    epochs = training.epochs
+    tenth = max(1, epochs // 10)
+    started = time.perf_counter()
+
+    def report(done: int) -> None:
+        if done % tenth == 0 or done == epochs:
+            say(f"  epoch {done}/{epochs} ({time.perf_counter() - started:.0f} s)")
+
+    return gridfit.fit_mlps(np.stack([s.x for s in sets]), np.stack([s.y for s in sets]),
+                            [p for p, _ in settings], decays, hidden=(training.hidden,),
+                            epochs=epochs, batch_size=training.batch_size, seed=seed,
+                            on_epoch=report, noise=training.noise)
+
+
+def _score(stack: gridfit.MLPStack, scaled: Scaled, x_val: np.ndarray, y_val: np.ndarray,
+           settings: list[tuple[float, ...]], passes: int, seed: int,
+           round_: int) -> list[GridPoint]:
+    """Validation MC log-likelihood and RMSE of each network, in original units: the mixture of
+    N(yhat_t, 1/tau) for a fixed noise, of the passes' own Gaussians for a learned one."""
+    x_val = (x_val - scaled.x_mean) / scaled.x_std
+    ll = np.zeros(len(settings))
+    sq_error = np.zeros(len(settings))
+    learned = stack.noise == "learned"
+    rows = max(1, _VALIDATION_VALUES_PER_CHUNK // (len(settings) * passes * (1 + learned)))
+    for lo in range(0, len(x_val), rows):
+        raw = stack.mc_samples(x_val[lo:lo + rows], passes, seed)
+        width = raw.shape[-1] // 2 if learned else raw.shape[-1]
+        samples = raw[..., :width] * scaled.y_std + scaled.y_mean
+        y = y_val[lo:lo + rows]
+        for i, (_, tau) in enumerate(settings):
+            precision: Any = tau
+            if learned:  # the passes' own variances, in original units
+                precision = 1.0 / (np.exp(raw[i, ..., width:].astype(np.float64))
+                                   * scaled.y_std**2)
+            ll[i] += scores.mc_log_likelihood(y, samples[i], precision) * len(y)
+            sq_error[i] += np.sum((samples[i].mean(axis=0) - y) ** 2)
+    return [GridPoint(p, tau, float(ll[i] / len(x_val)), float(np.sqrt(sq_error[i] / len(x_val))),
+                      round_) for i, (p, tau) in enumerate(settings)]
