@@ -32,7 +32,7 @@ from mcdropout_server.intake import intake_interceptor
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
-from mcdropout_server.processes import ProcessRole, report_ready
+from mcdropout_server.process_role import ProcessRole, report_ready
 from mcdropout_server.registry import Limits, ModelRegistry
 from mcdropout_server.reload import ModelReloader, ReloadLoop, ReloadReport
 from mcdropout_server.runner import PredictionRunner

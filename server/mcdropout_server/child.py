@@ -18,7 +18,7 @@ import signal
 import sys
 
 from mcdropout_server.logs import configure_logging, fields
-from mcdropout_server.processes import ProcessRole
+from mcdropout_server.process_role import ProcessRole
 from mcdropout_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)

@@ -47,47 +47,13 @@ from types import FrameType
 from typing import Any
 
 from mcdropout_server.logs import fields
+from mcdropout_server.process_role import METRICS_METHOD, ProcessRole, socket_target
 from mcdropout_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
-SIBLINGS_SERVICE = "mcdropout.internal.v1.Siblings"
-METRICS_METHOD = f"/{SIBLINGS_SERVICE}/Metrics"
-TAKE_ANSWER_METHOD = f"/{SIBLINGS_SERVICE}/TakeAnswer"
 # How long the supervisor waits for a draining child beyond its grace before killing it.
 STOP_MARGIN_SECONDS = 30.0
 SCRAPE_TIMEOUT_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class ProcessRole:
-    """What a child process is told besides its settings.
-
-    Attributes:
-        index, count: This process is number ``index`` of ``count`` (0-based).
-        run_dir: The private folder (mode 0700) holding every process's socket.
-        ready_fd: The pipe on which the child reports, once serving, its models.
-        supervisor: The supervisor's process id.
-    """
-
-    index: int
-    count: int
-    run_dir: Path
-    ready_fd: int
-    supervisor: int
-
-    def socket(self, index: int) -> str:
-        """The gRPC target of process ``index``'s private socket."""
-        return socket_target(self.run_dir, index)
-
-    @property
-    def siblings(self) -> list[int]:
-        """The other processes' indices."""
-        return [i for i in range(self.count) if i != self.index]
-
-
-def socket_target(run_dir: Path, index: int) -> str:
-    """The gRPC target of process ``index``'s private socket in ``run_dir``."""
-    return f"unix:{run_dir / f'process-{index}.sock'}"
 
 
 def supervise(settings: ServerSettings) -> int:
@@ -319,9 +285,3 @@ def _exit_reason(code: int | None) -> str:
     if code is not None and code < 0:
         return f"was killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
-
-
-def report_ready(role: ProcessRole, models: str) -> None:
-    """Tell the supervisor (from the child) that this process serves, and its models."""
-    os.write(role.ready_fd, json.dumps({"pid": os.getpid(), "models": models}).encode() + b"\n")
-    os.close(role.ready_fd)

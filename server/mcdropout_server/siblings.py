@@ -34,11 +34,7 @@ from prometheus_client import generate_latest
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.feedback import AnswerNotFoundError, Feedback, StoredAnswer
 from mcdropout_server.metrics import ServerMetrics
-from mcdropout_server.processes import (
-    SIBLINGS_SERVICE,
-    TAKE_ANSWER_METHOD,
-    ProcessRole,
-)
+from mcdropout_server.process_role import SIBLINGS_SERVICE, TAKE_ANSWER_METHOD, ProcessRole
 from mcdropout_server.rpc import RpcRecord, rpc
 from mcdropout_server.runner import PredictionRunner
 from mcdropout_server.servicers import PredictionServicer

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -111,6 +112,15 @@ def test_processes_below_1_are_refused(how: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
     assert "MCDROPOUT_PROCESSES must be >= 1, got 0" in done.stderr
+
+
+def test_the_supervisor_imports_no_tensorflow() -> None:
+    # It holds no model: N processes of TensorFlow, not N + 1.
+    code = ("import sys, mcdropout_server.processes, mcdropout_server.metrics_merge; "
+            "print(sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_a_port_in_use_is_refused_before_any_process_starts(store_root: Path) -> None:
