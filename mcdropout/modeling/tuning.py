@@ -195,13 +195,13 @@ def write_outputs(result: TuningResult, directory: str | Path, title: str = "") 
 
 
 def format_table(result: TuningResult) -> str:
-    """The grid as aligned text, the winner marked with '*'."""
+    """Every point tried as aligned text, in the order tried, the winner marked with '*'."""
     lines = [f"{'':1} {'dropout':>8} {'tau':>10} {'weight decay':>12} {result.metric:>18} "
-             f"{'epochs':>6}"]
+             f"{'epochs':>6} {'round':>5}"]
     for i, p in enumerate(result.points):
         tau = "-" if p.tau is None else f"{p.tau:.4g}"
         lines.append(f"{'*' if i == result.best else ' ':1} {p.dropout:8.4g} {tau:>10} "
-                     f"{p.weight_decay:12.3g} {p.score:18.4f} {p.epochs_run:6d}")
+                     f"{p.weight_decay:12.3g} {p.score:18.4f} {p.epochs_run:6d} {p.round:5d}")
     return "\n".join(lines)
 
 
