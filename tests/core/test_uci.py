@@ -14,7 +14,7 @@ import pytest
 from mcdropout import cli
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError, NotFoundError
-from mcdropout.evaluation import uci, uci_calibration, uci_data
+from mcdropout.evaluation import uci, uci_calibration, uci_data, uci_table
 from mcdropout.modeling import gridfit
 
 UCI_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
@@ -278,6 +278,12 @@ def test_a_grid_whose_best_tau_is_on_its_edge_is_extended_within_the_budget(
         rows = list(csv.DictReader(f))
     assert [int(r["settings_tried"]) for r in rows] == [4, 4]
     assert all(r["stop_reason"].startswith("budget") for r in rows)
+    # the docs table's row: no published figures for this set; 4 settings and 2 rounds per
+    # split, both splits stopped by the budget
+    assert uci_table.main([str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("| tiny | fixed | 4 | 2 | ")
+    assert "| n/a | n/a / n/a / " in line and "| 4-4, 2-2, 2 |" in line
 
 
 def test_learned_noise_runs_the_protocol_and_scores_with_the_passes_own_variances(
