@@ -8,9 +8,11 @@ imports TensorFlow):
    picks one, logged). A fixed port that another program holds fails here, loudly. The children
    bind the same port with ``SO_REUSEPORT`` and the kernel spreads new connections among them.
 2. Starts N children (:mod:`mcdropout_server.child`). Each loads every model, then binds: a
-   process takes connections only once its models are loaded (health: see app.py). When every
-   child has said it serves, the supervisor logs ``listening on`` and opens the one metrics
-   endpoint, which merges the children's own (:mod:`mcdropout_server.metrics_merge`).
+   process takes connections only once its models are loaded. Health is each process's own:
+   SERVING from when it takes connections, NOT_SERVING for all of them together once the drain
+   begins (they get SIGTERM at once). When every child has said it serves, the supervisor
+   logs ``listening on`` and opens the one metrics endpoint, which merges the children's own
+   (:mod:`mcdropout_server.metrics_merge`).
 3. SIGTERM or SIGINT: forwarded to every child; each drains as a single server does (health
    NOT_SERVING, new calls refused, accepted calls finish within the grace) and exits 0; then the
    supervisor exits 0. SIGHUP is forwarded: each child reloads its models and tokens.

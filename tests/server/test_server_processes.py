@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from load_testkit import Hammer
 from mcdropout_client import Client
 from mcdropout_client.errors import NotFound
@@ -49,6 +51,8 @@ from test_server_reload import wait_for
 from mcdropout import ModelStore
 
 PROCESSES = 2
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass
@@ -240,11 +244,20 @@ def test_sighup_reloads_every_process(served: Served, live_store: Path) -> None:
 
 def test_sigterm_drains_every_process_and_loses_no_accepted_call(served: Served) -> None:
     own = [("grpc.use_local_subchannel_pool", 1)]  # six connections, spread over the processes
+    channels = [grpc.insecure_channel(f"127.0.0.1:{served.run.port}", options=own)
+                for _ in range(6)]
+    watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(),
+                                                         timeout=120) for channel in channels]
+    assert [next(watch).status for watch in watches] == [SERVING] * len(watches)
     with Hammer(served.run.port, 6, own).running() as load:
         wait_for(lambda: len(load.answered) >= 12)
         served.run.process.send_signal(signal.SIGTERM)
         assert served.run.process.wait(timeout=120) == 0
     answered, failed = load.answered, load.failed
+    # Every process turned NOT_SERVING and ended its Watch streams as it drained.
+    assert [list(watch)[-1].status for watch in watches] == [NOT_SERVING] * len(watches)
+    for channel in channels:
+        channel.close()
 
     records = served.records()
     calls = [r for r in records if r.get("method") == "Predict" and r.get("code")
