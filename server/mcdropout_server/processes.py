@@ -132,11 +132,11 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
-        self._children = [self._start(index) for index in range(self.count)]
+        self._open_metrics()  # first: a metrics port in use fails before any model loads
         try:
+            self._children = [self._start(index) for index in range(self.count)]
             failed = self._wait_ready()
             if failed is None and not self._stop.is_set():
-                self._open_metrics()
                 self._log_listening()
                 failed = self._watch()
             if failed is None:
@@ -145,8 +145,8 @@ class Supervisor:
                 log.error(f"process {failed.index} (pid {failed.process.pid}) "
                           f"{_exit_reason(failed.process.returncode)}; stopping the others",
                           extra=fields(process=failed.index, pid=failed.process.pid))
+        finally:  # whatever ended the wait, even an error here, no child is left running
             clean = self._drain()
-        finally:
             if self._http is not None:
                 self._http.shutdown()
                 self._http.server_close()

@@ -127,16 +127,18 @@ def test_the_supervisor_imports_no_tensorflow() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_a_port_in_use_is_refused_before_any_process_starts(store_root: Path) -> None:
+@pytest.mark.parametrize("which", ["--port", "--metrics-port"])
+def test_a_port_in_use_is_refused_with_exit_1(store_root: Path, which: str) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
+        ports = {"--port": "0", "--metrics-port": "0", which: str(port)}
         done = subprocess.run([MCDROPOUT, "serve", "--model-root", str(store_root), "--host",
-                               "127.0.0.1", "--port", str(port), "--processes", "2"],
-                              capture_output=True, text=True, timeout=120)
+                               "127.0.0.1", *(a for pair in ports.items() for a in pair),
+                               "--processes", "2"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert f"cannot bind 127.0.0.1:{port}" in done.stderr
+    assert "cannot serve" in done.stderr and "Address already in use" in done.stderr
 
 
 def test_the_reserved_port_is_shared_only_with_so_reuseport() -> None:
