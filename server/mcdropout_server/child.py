@@ -21,7 +21,7 @@ from mcdropout_server.logs import configure_logging, fields
 from mcdropout_server.process_role import ProcessRole
 from mcdropout_server.settings import ServerSettings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mcdropout_server.child")  # __name__ is "__main__" when run with -m
 _PR_SET_PDEATHSIG = 1
 
 
@@ -72,7 +72,7 @@ def _limit_threads(processes: int) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    log.debug(f"TensorFlow threads: {threads} intra-op, {threads} inter-op")
+    log.info("TensorFlow threads bounded", extra=fields(intra_op=threads, inter_op=threads))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from load_testkit import Hammer
 from mcdropout_client import Client
-from mcdropout_client.errors import NotFound
+from mcdropout_client.errors import InvalidArgument, NotFound
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.metrics_merge import MergedCollector
 from mcdropout_server.monitoring import DriftMonitor
@@ -198,6 +198,11 @@ def test_both_processes_answer_and_the_metrics_sum_them(served: Served) -> None:
     assert served.samples("mcdropout_in_flight_requests") == {(): 0.0}
     assert served.samples("mcdropout_process_up") == {
         (("process", str(i)),): 1.0 for i in range(PROCESSES)}
+    # Each process bounded TensorFlow's pools to its share of the cores.
+    share = max(1, len(os.sched_getaffinity(0)) // PROCESSES)
+    assert {r["process"]: (r["intra_op"], r["inter_op"]) for r in served.records()
+            if r["msg"] == "TensorFlow threads bounded"} == {
+        i: (share, share) for i in range(PROCESSES)}
 
 
 def test_feedback_finds_the_answer_kept_by_the_other_process(served: Served) -> None:
@@ -208,6 +213,9 @@ def test_feedback_finds_the_answer_kept_by_the_other_process(served: Served) -> 
         with connection(served.run.port) as client:
             client.predict(reg_inputs(rows, seed=i), model="reg", samples=8,
                            request_id=request_id)
+        # Bad targets are refused wherever the answer is; it stays for a corrected call.
+        with connection(served.run.port, retries=0) as client, pytest.raises(InvalidArgument):
+            client.feedback("reg", request_id, [9.0, 10.0])
         with connection(served.run.port) as client:
             assert client.feedback("reg", request_id, [9.0, 10.0, 11.0]).rows_matched == rows
             with pytest.raises(NotFound, match="already fed back"):  # whichever process asks
