@@ -78,6 +78,10 @@ class Protocol:
             :data:`~mcdropout.modeling.edgesearch.DEFAULT_SETTINGS_FACTOR` times the grid's size.
         noise: "fixed" (the published model: one precision tau) or "learned" (heteroscedastic:
             a log-variance per row; tau enters the weight decay only).
+        refine_tau: Fixed noise: after the search, refine each split's tau for its chosen
+            network by a 1-D search in log tau on the validation rows
+            (:func:`mcdropout.evaluation.uci_search.refine_tau`); the test passes use it, the
+            weight decay keeps the grid's tau.
     """
 
     epochs_multiplier: int = 10
@@ -92,6 +96,7 @@ class Protocol:
     extend_grid: bool = True
     search_rounds: int = edgesearch.DEFAULT_ROUNDS
     noise: str = "fixed"
+    refine_tau: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,9 @@ class SplitResult:
         grid: Every setting tried with its validation scores, in the order tried (the given grid
             first, dropout-major, then each extension round's).
         search: How the search went: the axes with their bounds and every value tried, rounds,
-            budget, and why it stopped (:meth:`~mcdropout.modeling.edgesearch.EdgeSearch.log`).
+            budget, and why it stopped (:meth:`~mcdropout.modeling.edgesearch.EdgeSearch.log`);
+            with ``refine_tau``, also ``refined``.
+        test_tau: The tau of the test passes when the refinement changed it, else None (``tau``).
         calibration_rows: Training rows held out for calibration (0: none).
         conformal: With calibration rows, one result per level of
             :data:`mcdropout.evaluation.uci_calibration.LEVELS`.
@@ -125,6 +132,7 @@ class SplitResult:
     calibration_rows: int = 0
     conformal: tuple[ConformalResult, ...] = ()
     search: dict[str, Any] = field(default_factory=dict)
+    test_tau: float | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +225,8 @@ def run(dataset: UCIDataset, protocol: Protocol,
         [(dataset.x[train[cut:]], dataset.y[train[cut:]]) for train, _ in splits],
         extend=protocol.extend_grid, rounds=protocol.search_rounds,
         passes=protocol.validation_samples or protocol.samples,
-        seeds=[_seed(protocol, i) for i in range(count)], seed=grid_seed, say=say)
+        seeds=[_seed(protocol, i) for i in range(count)], seed=grid_seed, say=say,
+        refine=protocol.refine_tau)
     best = [b for b, _, _ in found]
     grid_done = time.perf_counter()
 
@@ -232,9 +241,10 @@ def run(dataset: UCIDataset, protocol: Protocol,
         # The engine takes tau in the model's (standardised) output units; a learned noise has
         # none, its passes carry their variances.
         learned = protocol.noise == "learned"
+        refined = found[i][2].get("refined", {}).get("tau", best[i].tau)
         head = HeadInfo("output", "regression", target_mean=tuple(scaled.y_mean.tolist()),
                         target_std=tuple(scaled.y_std.tolist()), noise=protocol.noise,
-                        tau=None if learned else best[i].tau * float(scaled.y_std[0]) ** 2)
+                        tau=None if learned else refined * float(scaled.y_std[0]) ** 2)
         predictor = MCDropoutPredictor(
             final.to_keras(i), heads=[head], feature_mean=scaled.x_mean,
             feature_std=scaled.x_std, max_samples=max(protocol.samples, 10_000),
@@ -252,10 +262,12 @@ def run(dataset: UCIDataset, protocol: Protocol,
             split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=measured["rmse"],
             test_ll=measured["mc_log_likelihood"], picp=measured["picp"],
             interval_width=measured["mean_interval_width"], grid=tuple(found[i][1]),
-            calibration_rows=held, conformal=conformal, search=found[i][2]))
+            calibration_rows=held, conformal=conformal, search=found[i][2],
+            test_tau=None if refined == best[i].tau else refined))
         r = results[-1]
         say(f"{dataset.name} split {i}: p={r.dropout:g} tau={r.tau:g} "
-            f"({r.search['settings']} settings, {r.search['stop_reason']}) RMSE {r.rmse:.3f} "
+            + ("" if r.test_tau is None else f"(refined {r.test_tau:.4g}) ")
+            + f"({r.search['settings']} settings, {r.search['stop_reason']}) RMSE {r.rmse:.3f} "
             f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}"
             + "".join(f", conformal {c.level:g} coverage {c.coverage:.3f}" for c in conformal))
     end = time.perf_counter()

@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="grid of noise precisions tau (> 0, in the target's units) instead of "
                         "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
     edgesearch.add_arguments(p, "settings", "tau then sets the weight decay only")
+    p.add_argument("--refine-tau", action="store_true",
+                   help="fixed noise: after the search, refine each split's tau for its chosen "
+                        "network by a golden-section search in log tau between the grid's "
+                        "neighbours of the chosen tau, on the validation rows (no training); "
+                        "the test passes use it if it beats the grid's tau there, the weight "
+                        "decay keeps the grid's")
     p.add_argument("--calibration-fraction", type=float, default=0.0, metavar="F",
                    help="hold out the last F of each training split (file order) before the "
                         "protocol runs on the rest, and score split-conformal 95%% and 90%% "
@@ -68,7 +74,7 @@ def _main(args: argparse.Namespace) -> int:
                             validation_samples=args.validation_samples, splits=args.splits,
                             calibration_fraction=args.calibration_fraction, seed=args.seed,
                             extend_grid=not args.grid_only, search_rounds=args.search_rounds,
-                            noise=args.noise)
+                            noise=args.noise, refine_tau=args.refine_tau)
     datasets = [_with_grids(uci_data.load_dataset(args.data_dir, name), args)
                 for name in args.dataset]  # fail early
     for dataset in datasets:
@@ -115,10 +121,11 @@ def write_results(result: uci.BenchmarkResult, directory: str | Path) -> tuple[P
     metrics = uci.per_split_metrics(result.splits)
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["split", "dropout", "tau", "calibration_rows", "settings_tried",
+        writer.writerow(["split", "dropout", "tau", "test_tau", "calibration_rows",
+                         "settings_tried",
                          "search_rounds", "stop_reason", *metrics])
         for i, s in enumerate(result.splits):
-            writer.writerow([s.split, s.dropout, s.tau, s.calibration_rows,
+            writer.writerow([s.split, s.dropout, s.tau, s.test_tau or s.tau, s.calibration_rows,
                              s.search.get("settings"), s.search.get("rounds"),
                              s.search.get("stop_reason"),
                              *(values[i] for values in metrics.values())])

@@ -10,6 +10,7 @@ a search that stops there trains exactly the networks the published protocol tra
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from mcdropout.modeling import builders, edgesearch, gridfit, tables
 
 # Sampled values (networks x passes x rows) held at once while scoring the validation grid.
 _VALIDATION_VALUES_PER_CHUNK = 25_000_000
+# Passes x rows per log-likelihood evaluation of the tau refinement (a few float64 copies each).
+_REFINE_VALUES_PER_CHUNK = 4_000_000
+# Golden-section steps of the tau refinement: the bracket shrinks to 0.618**25 ~ 6e-6 of itself.
+_REFINE_STEPS = 25
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,8 @@ class Training:
 
 def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
            validation: Sequence[tuple[np.ndarray, np.ndarray]], *, extend: bool, rounds: int,
-           passes: int, seeds: Sequence[int], seed: int, say: Callable[[str], None]
-           ) -> list[tuple[GridPoint, list[GridPoint], dict[str, Any]]]:
+           passes: int, seeds: Sequence[int], seed: int, say: Callable[[str], None],
+           refine: bool = False) -> list[tuple[GridPoint, list[GridPoint], dict[str, Any]]]:
     """Search every split's grid; per split the best point, every point tried (in the order
     tried) and the search's log (:meth:`EdgeSearch.log`).
 
@@ -91,12 +96,16 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
         seeds: Per split, the dropout seed of its validation passes.
         seed: Seeds the first round's training; later rounds derive theirs from it.
         say: Progress lines.
+        refine: Fixed noise only: then refine each split's tau by :func:`refine_tau`; the log
+            gets ``refined`` (the tau, its validation log-likelihood, the grid tau's on the same
+            passes, the bracket).
     """
     searches = [edgesearch.EdgeSearch(
         (edgesearch.Axis.of("dropout", dataset.dropout_rates),
          edgesearch.Axis.of("tau", dataset.tau_values)), extend=extend, max_rounds=rounds)
         for _ in fit_sets]
     points: list[dict[tuple[float, ...], GridPoint]] = [{} for _ in fit_sets]
+    networks: list[dict[tuple[float, ...], gridfit.MLPStack]] = [{} for _ in fit_sets]
     round_seeds = iter(np.random.SeedSequence(seed).generate_state(rounds + 1)[1:])
     current = [0]
 
@@ -119,15 +128,68 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
                             passes, seeds[split], current[0])
             for k, point in zip(index, scored, strict=True):
                 points[split][todo[k][1]] = point
+                if refine:  # kept for the refinement: a network's weights are a few KiB
+                    networks[split][todo[k][1]] = stack.select([k])
                 out[k] = point.validation_ll
         return out
 
     edgesearch.run_searches(searches, score, announce)
     results = []
-    for s, found in zip(searches, points, strict=True):
+    for i, (s, found) in enumerate(zip(searches, points, strict=True)):
         tried = [found[t.setting] for t in s.trials]
-        results.append((found[s.best().setting], tried, s.log()))
+        best, log = found[s.best().setting], s.log()
+        if refine and training.noise == "fixed":
+            taus = sorted({p.tau for p in tried})
+            log["refined"] = refine_tau(networks[i][s.best().setting], fit_sets[i],
+                                        *validation[i], best.tau, taus, passes, seeds[i])
+        results.append((best, tried, log))
     return results
+
+
+def refine_tau(network: gridfit.MLPStack, scaled: Scaled, x_val: np.ndarray, y_val: np.ndarray,
+               tau: float, taus: Sequence[float], passes: int, seed: int) -> dict[str, Any]:
+    """A finer tau for one trained network: the validation MC log-likelihood maximised over
+    log tau between the chosen tau's neighbours on the grid (half and twice it at an edge), by
+    golden-section search, the network (hence its weight decay) fixed; tau enters the
+    likelihood directly, so this needs no training.
+
+    Returns:
+        ``tau`` (the refined one, or the grid's when the refinement does not beat it on the same
+        passes), ``validation_ll`` (of that tau), ``grid_validation_ll`` (of the grid's tau on
+        the same passes) and ``bracket`` (the interval searched).
+    """
+    x = (x_val - scaled.x_mean) / scaled.x_std
+    rows = max(1, _REFINE_VALUES_PER_CHUNK // passes)
+    parts = [(y_val[lo:lo + rows],
+              network.mc_samples(x[lo:lo + rows], passes, seed)[0] * scaled.y_std + scaled.y_mean)
+             for lo in range(0, len(x), rows)]
+
+    def ll(log_tau: float) -> float:
+        return sum(scores.mc_log_likelihood(y, sampled, math.exp(log_tau)) * len(y)
+                   for y, sampled in parts) / len(x)
+
+    at = list(taus).index(tau)
+    bracket = (taus[at - 1] if at > 0 else tau / 2,
+               taus[at + 1] if at + 1 < len(taus) else tau * 2)
+    a, b = math.log(bracket[0]), math.log(bracket[1])
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = ll(c), ll(d)
+    for _ in range(_REFINE_STEPS):
+        if fc >= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = ll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = ll(d)
+    found, found_ll = (c, fc) if fc >= fd else (d, fd)
+    grid_ll = ll(math.log(tau))
+    better = found_ll > grid_ll
+    return {"tau": math.exp(found) if better else tau,
+            "validation_ll": found_ll if better else grid_ll, "grid_validation_ll": grid_ll,
+            "bracket": list(bracket)}
 
 
 def fit(training: Training, sets: list[Scaled], settings: list[tuple[float, ...]], seed: int,

@@ -286,6 +286,29 @@ def test_a_grid_whose_best_tau_is_on_its_edge_is_extended_within_the_budget(
     assert "| n/a | n/a / n/a / " in line and "| 4-4, 2-2, 2 |" in line
 
 
+def test_refined_tau_beats_or_keeps_the_grid_tau_on_the_validation_rows(
+        tmp_path: Path) -> None:
+    write_layout(tmp_path, rows=120)
+    out = tmp_path / "out"
+    status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                       "--epochs-multiplier", "5", "--samples", "40", "--splits", "2",
+                       "--tau-values", "0.1", "1", "10", "--grid-only", "--refine-tau",
+                       "--output", str(out)])
+    assert status == 0
+    report = json.loads((out / "tiny.json").read_text())
+    assert report["protocol"]["refine_tau"]
+    with open(out / "tiny.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for split, row in zip(report["splits"], rows, strict=True):
+        refined = split["search"]["refined"]
+        low, high = refined["bracket"]
+        assert low < split["tau"] < high or split["tau"] in (0.1, 10.0)
+        assert low <= refined["tau"] <= high
+        assert refined["validation_ll"] >= refined["grid_validation_ll"]
+        # the test passes use the refined tau; the weight decay kept the grid's
+        assert (split["test_tau"] or split["tau"]) == refined["tau"] == float(row["test_tau"])
+
+
 def test_learned_noise_runs_the_protocol_and_scores_with_the_passes_own_variances(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_layout(tmp_path, rows=120)
