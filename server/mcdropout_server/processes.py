@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -237,9 +237,13 @@ class Supervisor:
         from mcdropout_server.metrics_merge import MergedCollector
 
         registry = CollectorRegistry()
-        registry.register(MergedCollector(self.count, _Scraper(self.run_dir).fetch))
+        registry.register(MergedCollector(self.count, _Scraper(self.run_dir, self._serving).fetch))
         self._http, _ = start_http_server(s.metrics_port, addr=s.metrics_host or s.host,
                                           registry=registry)
+
+    def _serving(self, index: int) -> bool:
+        children = self._children  # read on the metrics thread while run() fills it
+        return index < len(children) and children[index].report is not None
 
     def _log_listening(self) -> None:
         s = self.settings
@@ -253,15 +257,30 @@ class Supervisor:
 
 
 class _Scraper:
-    """Reads each child's Prometheus exposition over its private socket."""
+    """Reads each child's Prometheus exposition over its private socket.
 
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
+    Args:
+        run_dir: Where the sockets are.
+        serving: Whether a child serves yet (its socket exists only then).
+    """
+
+    def __init__(self, run_dir: Path, serving: Callable[[int], bool]) -> None:
+        self.run_dir, self.serving = run_dir, serving
         self._channels: dict[int, Any] = {}
 
     def fetch(self, index: int) -> str:
+        """Process ``index``'s exposition.
+
+        Raises:
+            LookupError: it does not serve yet.
+            grpc.RpcError: it did not answer.
+        """
         import grpc  # deferred: the supervisor needs it only once metrics are scraped
 
+        if not self.serving(index):
+            # Not asked before: a channel refused while the socket is missing would back off
+            # for up to minutes, and leave a serving process looking down.
+            raise LookupError(f"process {index} does not serve yet")
         if index not in self._channels:
             self._channels[index] = grpc.insecure_channel(socket_target(self.run_dir, index))
         call = self._channels[index].unary_unary(METRICS_METHOD)
