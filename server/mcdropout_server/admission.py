@@ -11,13 +11,24 @@ queue alone would overrun.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Protocol
 
 from mcdropout import ResourceLimitError
 from mcdropout_server.errors import DeadlineExceededError
 
 # Weight of the newest engine call in the throughput average: about the last ten calls count.
 _SMOOTHING = 0.2
+
+
+class Queued(Protocol):
+    """What admission reads of a request waiting in the queue."""
+
+    @property
+    def model(self) -> object: ...
+
+    @property
+    def row_passes(self) -> int: ...
 
 
 class QueueFullError(ResourceLimitError):
@@ -66,15 +77,16 @@ class Admission:
         self.max_queue = max_queue
         self.rate = rate or ServiceRate()
 
-    def expected_wait(self, queued: Iterable[tuple[Hashable, int]]) -> float:
-        """Seconds the queued ``(model, row_passes)`` work is expected to take."""
-        return sum(self.rate.seconds(model, row_passes) for model, row_passes in queued)
+    def expected_wait(self, queued: Iterable[Queued]) -> float:
+        """Seconds the queued requests are expected to take (models told apart by identity)."""
+        return sum(self.rate.seconds(id(job.model), job.row_passes) for job in queued)
 
-    def admit(self, queued: list[tuple[Hashable, int]], remaining: float | None) -> None:
+    def admit(self, queued: Sequence[Queued], remaining: float | None) -> None:
         """Admit a request behind ``queued`` work, or refuse it at once.
 
         Args:
-            queued: ``(model, row_passes)`` of every request waiting for a worker now.
+            queued: Every request waiting for a worker now (read only when the new one has a
+                deadline: the expected wait is summed then, not on every call).
             remaining: Seconds left before the request's deadline; None for no deadline.
 
         Raises:

@@ -55,6 +55,8 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.limit = limit
         self._unlimited = frozenset(unlimited)
         self._active = 0
+        # Each method's counted handler, made once (see IntakeInterceptor._wrapped).
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     @property
     def active(self) -> int:
@@ -67,7 +69,12 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method in self._unlimited:
             return handler
-        return with_behaviour(handler, self._counted)
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = with_behaviour(handler, self._counted)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> None:
         if self._active >= self.limit:

@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -116,23 +117,32 @@ class AnswerStore:
 
     def put(self, model: str, request_id: str, answer: StoredAnswer) -> None:
         """Keep ``answer``; a later answer with the same id replaces the earlier one."""
-        key = (model, request_id)
+        self.put_many([(model, request_id, answer)])
+
+    def put_many(self, answers: Sequence[tuple[str, str, StoredAnswer]]) -> None:
+        """Keep several ``(model, request id, answer)`` in order, as :meth:`put` each, under
+        one hold of the lock (the answers of one merged engine call)."""
         with self._lock:
             self._expire()
-            if key in self._answers:
-                self._drop(key, "unknown")
-            size = answer.nbytes
-            if answer.rows > self.max_rows or (self.max_bytes is not None
-                                               and size > self.max_bytes):
-                self._note(key, "too_large")
-                return
-            while self.rows + answer.rows > self.max_rows or (
-                    self.max_bytes is not None and self.nbytes + size > self.max_bytes):
-                self._drop(next(iter(self._answers)), "evicted")
-            self._answers[key] = answer
-            self._dropped.pop(key, None)
-            self.rows += answer.rows
-            self.nbytes += size
+            for model, request_id, answer in answers:
+                self._put(model, request_id, answer)
+
+    def _put(self, model: str, request_id: str, answer: StoredAnswer) -> None:
+        key = (model, request_id)
+        if key in self._answers:
+            self._drop(key, "unknown")
+        size = answer.nbytes
+        if answer.rows > self.max_rows or (self.max_bytes is not None
+                                           and size > self.max_bytes):
+            self._note(key, "too_large")
+            return
+        while self.rows + answer.rows > self.max_rows or (
+                self.max_bytes is not None and self.nbytes + size > self.max_bytes):
+            self._drop(next(iter(self._answers)), "evicted")
+        self._answers[key] = answer
+        self._dropped.pop(key, None)
+        self.rows += answer.rows
+        self.nbytes += size
 
     def get(self, model: str, request_id: str) -> StoredAnswer:
         """The answer kept under (model, request id), left in place.
@@ -265,30 +275,45 @@ class Feedback:
             request_id: The call's id; "" keeps nothing (the drift is counted still).
             calibration: The answering version's calibration, if it has one.
         """
-        heads = []
-        for name, prediction, _ in answer.heads():
-            head_cal = None if calibration is None else calibration.heads.get(name)
-            calibrated = bool(getattr(prediction, "calibrated", False)) and head_cal is not None
-            self._observe_drift(answer, name, prediction, head_cal, calibrated)
-            scale = _scale(prediction, head_cal if calibrated else None)
-            heads.append(StoredHead(name, prediction.task, _own(prediction.mean),
-                                    None if scale is None else _own(scale),
-                                    head_cal if calibrated else None))
-        if self.store is not None and request_id:
-            self.store.put(answer.model, request_id, StoredAnswer(
-                answer.version, answer.prediction.rows, self.store.clock(), tuple(heads)))
+        self.record_many([(answer, request_id)], calibration)
 
-    def _observe_drift(self, answer: Answer, name: str, prediction: Prediction,
-                       head_cal: HeadCalibration | None, calibrated: bool) -> None:
-        if prediction.task == "regression":
-            measure = prediction.row_measure("spread")
-            compared = head_cal is not None  # spreads are the same, calibrated or not
-        else:
-            measure = prediction.row_measure("mutual_information")
-            compared = calibrated and head_cal is not None  # MI of temperature-scaled passes
-        reference = (head_cal.drift.p95, head_cal.drift.p99) if compared and head_cal else None
-        self.drift.observe(answer.model, answer.version, name, measure, reference,
-                           getattr(prediction, "abstain", None))
+    def record_many(self, answers: Sequence[tuple[Answer, str]],
+                    calibration: Calibration | None) -> None:
+        """:meth:`record` for the ``(answer, request id)`` pairs of one engine call, at once.
+
+        The rows of every answer that a head's drift series counts alike are observed together
+        (one histogram update instead of one per answer) and the answers are kept under one
+        hold of the store's lock: the per-answer work was a fixed cost that every batch-1
+        request paid on the worker thread, holding the GIL.
+        """
+        drift: dict[tuple[Any, ...], list[tuple[np.ndarray, np.ndarray | None]]] = {}
+        kept = []
+        now = None if self.store is None else self.store.clock()
+        for answer, request_id in answers:
+            heads = []
+            for name, prediction, _ in answer.heads():
+                head_cal = None if calibration is None else calibration.heads.get(name)
+                calibrated = (bool(getattr(prediction, "calibrated", False))
+                              and head_cal is not None)
+                measure, reference = _drift_measure(prediction, head_cal, calibrated)
+                abstain = getattr(prediction, "abstain", None)
+                key = (answer.model, answer.version, name, reference, abstain is None)
+                drift.setdefault(key, []).append((measure, abstain))
+                scale = _scale(prediction, head_cal if calibrated else None)
+                heads.append(StoredHead(name, prediction.task, _own(prediction.mean),
+                                        None if scale is None else _own(scale),
+                                        head_cal if calibrated else None))
+            if self.store is not None and request_id and now is not None:
+                kept.append((answer.model, request_id, StoredAnswer(
+                    answer.version, answer.prediction.rows, now, tuple(heads))))
+        for (model, version, name, reference, _), parts in drift.items():
+            measures = [m for m, _ in parts]
+            abstains = [a for _, a in parts if a is not None]
+            self.drift.observe(model, version, name,
+                               measures[0] if len(measures) == 1 else np.concatenate(measures),
+                               reference, np.concatenate(abstains) if abstains else None)
+        if self.store is not None and kept:
+            self.store.put_many(kept)
 
     def apply(self, call: FeedbackCall) -> FeedbackResult:
         """Match ``call`` with its answer, score its rows into the gauges, drop the answer.
@@ -324,6 +349,19 @@ class Feedback:
                                  head.calibration is not None, head.task, values)
         self.metrics.feedback_rows.labels(call.model, str(answer.version)).inc(len(rows))
         return FeedbackResult(len(rows), answer.version)
+
+
+def _drift_measure(prediction: Prediction, head_cal: HeadCalibration | None, calibrated: bool
+                   ) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A head's drift measure per row, and the calibration's (p95, p99) when it is compared."""
+    if prediction.task == "regression":
+        measure = prediction.row_measure("spread")
+        compared = head_cal is not None  # spreads are the same, calibrated or not
+    else:
+        measure = prediction.row_measure("mutual_information")
+        compared = calibrated and head_cal is not None  # MI of temperature-scaled passes
+    reference = (head_cal.drift.p95, head_cal.drift.p99) if compared and head_cal else None
+    return measure, reference
 
 
 def _scale(prediction: Prediction, head_cal: HeadCalibration | None) -> np.ndarray:

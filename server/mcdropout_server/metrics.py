@@ -82,6 +82,17 @@ class ServerMetrics:
             "mcdropout_feedback_store_bytes", "Bytes of the arrays of the answers kept for "
             "Feedback now.", registry=self.registry)
         self._http: Any = None
+        # Label children by label values: prometheus_client's labels() checks and joins the
+        # values and takes a lock on every call, which every Predict paid several times over.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set and then kept."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def add_models(self, models: Iterable[str]) -> None:
         """Give ``models`` (names now served, e.g. after a reload) labels of their own.
@@ -100,20 +111,20 @@ class ServerMetrics:
     def observe_rpc(self, model: str, method: str, code: str, seconds: float) -> None:
         """Record one finished RPC with its status code name (e.g. "OK") and latency."""
         label = self.model_label(model)
-        self.requests.labels(label, method, code).inc()
-        self.latency.labels(label, method).observe(seconds)
+        self.child(self.requests, label, method, code).inc()
+        self.child(self.latency, label, method).observe(seconds)
 
     def observe_prediction(self, model: str, rows: int, passes: int) -> None:
         """Record the size of one completed prediction."""
         label = self.model_label(model)
-        self.rows.labels(label).observe(rows)
-        self.passes.labels(label).observe(passes)
+        self.child(self.rows, label).observe(rows)
+        self.child(self.passes, label).observe(passes)
 
     def observe_engine_call(self, model: str, requests: int, rows: int) -> None:
         """Record one engine call about to run: how many requests it merges and their rows."""
         label = self.model_label(model)
-        self.engine_call_requests.labels(label).observe(requests)
-        self.engine_call_rows.labels(label).observe(rows)
+        self.child(self.engine_call_requests, label).observe(requests)
+        self.child(self.engine_call_rows, label).observe(rows)
 
     def observe_rejection(self, reason: str) -> None:
         """Count one request refused by admission control (``reason``: the exception's name)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mcdropout import (
     InvalidArgumentError,
@@ -33,6 +34,8 @@ from mcdropout_server.calls import (
 )
 
 log = logging.getLogger(__name__)
+# Most entries in each of the registry's per-version caches (see ModelRegistry._prune).
+_MAX_CACHED = 256
 # Versions that failed to load: the reason (exception type and message) by (name, version).
 FailedVersions = dict[tuple[str, int], str]
 
@@ -135,6 +138,11 @@ class ModelRegistry:
         self.source = source
         self._models = _by_name(models)
         self._failed: FailedVersions = dict(failed or {})
+        # What prepare derives from a version alone, or from it and the kind of call, made
+        # once rather than per call (keyed by the ServedModel's identity, which a reload
+        # changes; the served object is kept with it so that an id is never reused wrongly).
+        self._limits_of: dict[int, tuple[ServedModel, RequestLimits]] = {}
+        self._outputs_of: dict[tuple[Any, ...], tuple[ServedModel, dict[str, frozenset[str]]]] = {}
 
     def replace(self, models: Iterable[ServedModel],
                 failed: Mapping[tuple[str, int], str] | None = None) -> None:
@@ -236,7 +244,7 @@ class ModelRegistry:
         """
         served = self.get(call.model, call.version)
         predictor = served.predictor
-        outputs = resolve_outputs(call, predictor.heads)
+        outputs = self._outputs(served, call)
         request = predictor.resolve(
             call.x, call.samples,
             call.seed, tolerance=call.tolerance, interval_levels=call.interval_levels,
@@ -251,8 +259,33 @@ class ModelRegistry:
         return PreparedCall(served, request, outputs, call.request_id, call.monitored)
 
     def _request_limits(self, served: ServedModel) -> RequestLimits:
-        return replace(served.predictor.limits, max_rows=self.limits.max_rows,
-                       max_row_samples=self.limits.max_row_samples)
+        known = self._limits_of.get(id(served))
+        if known is not None and known[0] is served:
+            return known[1]
+        limits = replace(served.predictor.limits, max_rows=self.limits.max_rows,
+                         max_row_samples=self.limits.max_row_samples)
+        self._limits_of = {**self._prune(self._limits_of), id(served): (served, limits)}
+        return limits
+
+    def _outputs(self, served: ServedModel, call: PredictCall) -> dict[str, frozenset[str]]:
+        # The outputs depend on the version's heads, the outputs named (their order and
+        # repeats aside) and whether levels were given; a refusal is never kept.
+        key = (id(served), frozenset(call.outputs), bool(call.interval_levels),
+               bool(call.set_levels))
+        known = self._outputs_of.get(key)
+        if known is not None and known[0] is served:
+            return known[1]
+        outputs = resolve_outputs(call, served.predictor.heads)
+        self._outputs_of = {**self._prune(self._outputs_of), key: (served, outputs)}
+        return outputs
+
+    def _prune(self, cache: dict[Any, tuple[ServedModel, Any]]) -> dict[Any, tuple[ServedModel, Any]]:
+        """``cache`` without the entries of versions no longer served, and emptied when it
+        has grown past _MAX_CACHED entries (a bound whatever combinations clients send)."""
+        if len(cache) >= _MAX_CACHED:
+            return {}
+        served = {id(m) for versions in self._models.values() for m in versions.values()}
+        return {k: v for k, v in cache.items() if id(v[0]) in served}
 
     def _versions(self, name: str) -> dict[int, ServedModel]:
         if not name:

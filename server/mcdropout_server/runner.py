@@ -110,12 +110,16 @@ class PredictionRunner:
     def _record(self, model: ServedModel, jobs: Sequence[Job],
                 answers: Sequence[Answer | InvalidArgumentError]) -> None:
         # Monitoring must never cost a caller its answer: a failure here is logged, not raised.
+        # The answers of one engine call are recorded together (see Feedback.record_many).
         assert self.feedback is not None
         calibration = getattr(model.predictor, "calibration", None)
-        for job, answer in zip(jobs, answers, strict=True):
-            if isinstance(answer, Answer) and job.prepared.monitored:
-                try:
-                    self.feedback.record(answer, job.prepared.request_id, calibration)
-                except Exception:
-                    log.exception("recording an answer for feedback and drift failed",
-                                  extra=fields(request_id=job.prepared.request_id))
+        kept = [(answer, job.prepared.request_id)
+                for job, answer in zip(jobs, answers, strict=True)
+                if isinstance(answer, Answer) and job.prepared.monitored]
+        if not kept:
+            return
+        try:
+            self.feedback.record_many(kept, calibration)
+        except Exception:
+            log.exception("recording answers for feedback and drift failed",
+                          extra=fields(request_id=",".join(rid for _, rid in kept)))
