@@ -1,7 +1,7 @@
 """One Prometheus endpoint for several server processes (``--processes`` N > 1).
 
-The supervisor's endpoint reads every process's own exposition (over its private socket, see
-:mod:`mcdropout_server.processes`) at each scrape and merges them:
+The supervisor's endpoint reads every process's own exposition at each scrape (over the
+process's private socket: :class:`Scraper`) and merges them (:class:`MergedCollector`):
 
 - counters, histograms and summaries are summed sample by sample (of their ``_created``
   samples, when a series began, the earliest is kept), so ``mcdropout_requests_total`` counts
@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,10 +33,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from mcdropout_server.metrics import ServerMetrics
+from mcdropout_server.process_role import METRICS_METHOD, socket_target
 
 log = logging.getLogger(__name__)
 PROCESS_LABEL = "process"
 REQUESTS = "mcdropout_requests"
+SCRAPE_TIMEOUT_SECONDS = 5.0
 _SUMMED_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 # Labels that tell samples of one series apart (a histogram's buckets, a summary's quantiles).
 _WITHIN_SERIES = frozenset({"le", "quantile"})
@@ -158,3 +162,34 @@ class MergedCollector(Collector):
         yield from merged
         yield requests
         yield up
+
+
+class Scraper:
+    """Reads each child's Prometheus exposition over its private socket.
+
+    Args:
+        run_dir: Where the sockets are.
+        serving: Whether a child serves yet (its socket exists only then).
+    """
+
+    def __init__(self, run_dir: Path, serving: Callable[[int], bool]) -> None:
+        self.run_dir, self.serving = run_dir, serving
+        self._channels: dict[int, Any] = {}
+
+    def fetch(self, index: int) -> str:
+        """Process ``index``'s exposition.
+
+        Raises:
+            LookupError: it does not serve yet.
+            grpc.RpcError: it did not answer.
+        """
+        import grpc  # deferred: the supervisor needs it only once metrics are scraped
+
+        if not self.serving(index):
+            # Never asked before it serves: a channel refused while the socket is missing backs
+            # off for up to minutes, which would leave a serving process looking down.
+            raise LookupError(f"process {index} does not serve yet")
+        if index not in self._channels:
+            self._channels[index] = grpc.insecure_channel(socket_target(self.run_dir, index))
+        call = self._channels[index].unary_unary(METRICS_METHOD)
+        return bytes(call(b"", timeout=SCRAPE_TIMEOUT_SECONDS)).decode()

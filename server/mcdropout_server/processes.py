@@ -42,20 +42,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from mcdropout_server.logs import fields
-from mcdropout_server.process_role import METRICS_METHOD, ProcessRole, socket_target
+from mcdropout_server.process_role import ProcessRole
 from mcdropout_server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 # How long the supervisor waits for a draining child beyond its grace before killing it.
 STOP_MARGIN_SECONDS = 30.0
-SCRAPE_TIMEOUT_SECONDS = 5.0
 
 
 def supervise(settings: ServerSettings) -> int:
@@ -234,10 +233,10 @@ class Supervisor:
             return
         from prometheus_client import CollectorRegistry, start_http_server
 
-        from mcdropout_server.metrics_merge import MergedCollector
+        from mcdropout_server.metrics_merge import MergedCollector, Scraper
 
         registry = CollectorRegistry()
-        registry.register(MergedCollector(self.count, _Scraper(self.run_dir, self._serving).fetch))
+        registry.register(MergedCollector(self.count, Scraper(self.run_dir, self._serving).fetch))
         self._http, _ = start_http_server(s.metrics_port, addr=s.metrics_host or s.host,
                                           registry=registry)
 
@@ -254,37 +253,6 @@ class Supervisor:
         log.info(f"listening on {s.host}:{self.port}; {metrics}; {self.count} processes "
                  f"(pids {', '.join(map(str, pids))}); models: {first.get('models', '')}",
                  extra=fields(port=self.port, metrics_port=metrics_port, pids=pids))
-
-
-class _Scraper:
-    """Reads each child's Prometheus exposition over its private socket.
-
-    Args:
-        run_dir: Where the sockets are.
-        serving: Whether a child serves yet (its socket exists only then).
-    """
-
-    def __init__(self, run_dir: Path, serving: Callable[[int], bool]) -> None:
-        self.run_dir, self.serving = run_dir, serving
-        self._channels: dict[int, Any] = {}
-
-    def fetch(self, index: int) -> str:
-        """Process ``index``'s exposition.
-
-        Raises:
-            LookupError: it does not serve yet.
-            grpc.RpcError: it did not answer.
-        """
-        import grpc  # deferred: the supervisor needs it only once metrics are scraped
-
-        if not self.serving(index):
-            # Not asked before: a channel refused while the socket is missing would back off
-            # for up to minutes, and leave a serving process looking down.
-            raise LookupError(f"process {index} does not serve yet")
-        if index not in self._channels:
-            self._channels[index] = grpc.insecure_channel(socket_target(self.run_dir, index))
-        call = self._channels[index].unary_unary(METRICS_METHOD)
-        return bytes(call(b"", timeout=SCRAPE_TIMEOUT_SECONDS)).decode()
 
 
 def _read_report(child: _Child) -> None:
