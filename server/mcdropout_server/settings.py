@@ -58,12 +58,14 @@ class ServerSettings:
         "Threads that run model passes, off the gRPC event loop (TensorFlow parallelises each "
         "pass itself).", minimum=1))
     processes: int = field(default=1, metadata=_meta(
-        "Server processes sharing the gRPC port (SO_REUSEPORT, Linux), each with its own "
-        "models, batching and worker threads; started and drained together, one metrics "
-        "endpoint for all. Worth it for many small requests (batch-1 traffic, bound by one "
-        "process's Python, the GIL); for engine-bound work, isolation or several machines use "
-        "replicas instead. Costs memory: every process loads every model. A process that "
-        "dies makes the others drain and the server exit 1.", minimum=1))
+        "Server processes sharing the gRPC port (SO_REUSEPORT, Linux: connections are spread "
+        "over them), each with its own models, batching and worker threads; started and "
+        "drained together. One metrics endpoint: counters, histograms and in-flight/queue "
+        "counts summed, the rolling calibration and drift gauges per process (label "
+        "'process'). Worth it for many small requests from many connections (batch-1 "
+        "traffic, bound by one process's Python, the GIL); for engine-bound work, isolation "
+        "or several machines use replicas. Every process loads every model (memory x N). A "
+        "process that dies makes the others drain and the server exit 1.", minimum=1))
     max_concurrent_rpcs: int = field(default=64, metadata=_meta(
         "RPCs handled at once; more get RESOURCE_EXHAUSTED (bounds the queue). Health checks "
         "and OIP ServerLive/ServerReady are not counted (Watch streams have their own limits).",
