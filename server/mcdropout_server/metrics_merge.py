@@ -33,7 +33,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from mcdropout_server.metrics import ServerMetrics
-from mcdropout_server.process_role import METRICS_METHOD, socket_target
+from mcdropout_server.process_role import (
+    METRICS_METHOD,
+    PRIVATE_CHANNEL_OPTIONS,
+    socket_target,
+)
 
 log = logging.getLogger(__name__)
 PROCESS_LABEL = "process"
@@ -186,10 +190,10 @@ class Scraper:
         import grpc  # deferred: the supervisor needs it only once metrics are scraped
 
         if not self.serving(index):
-            # Never asked before it serves: a channel refused while the socket is missing backs
-            # off for up to minutes, which would leave a serving process looking down.
+            # Never asked before it serves: its socket is not there yet.
             raise LookupError(f"process {index} does not serve yet")
         if index not in self._channels:
-            self._channels[index] = grpc.insecure_channel(socket_target(self.run_dir, index))
+            self._channels[index] = grpc.insecure_channel(socket_target(self.run_dir, index),
+                                                          PRIVATE_CHANNEL_OPTIONS)
         call = self._channels[index].unary_unary(METRICS_METHOD)
         return bytes(call(b"", timeout=SCRAPE_TIMEOUT_SECONDS)).decode()

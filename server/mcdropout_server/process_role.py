@@ -16,6 +16,11 @@ from pathlib import Path
 SIBLINGS_SERVICE = "mcdropout.internal.v1.Siblings"
 METRICS_METHOD = f"/{SIBLINGS_SERVICE}/Metrics"
 TAKE_ANSWER_METHOD = f"/{SIBLINGS_SERVICE}/TakeAnswer"
+# Channels to a private socket retry within a second: a sibling still starting (its socket not
+# there yet) must not leave the channel in gRPC's default backoff, which grows to two minutes.
+PRIVATE_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100),
+                           ("grpc.min_reconnect_backoff_ms", 100),
+                           ("grpc.max_reconnect_backoff_ms", 1000))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,12 @@ from prometheus_client import generate_latest
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.feedback import AnswerNotFoundError, Feedback, StoredAnswer
 from mcdropout_server.metrics import ServerMetrics
-from mcdropout_server.process_role import SIBLINGS_SERVICE, TAKE_ANSWER_METHOD, ProcessRole
+from mcdropout_server.process_role import (
+    PRIVATE_CHANNEL_OPTIONS,
+    SIBLINGS_SERVICE,
+    TAKE_ANSWER_METHOD,
+    ProcessRole,
+)
 from mcdropout_server.rpc import RpcRecord, rpc
 from mcdropout_server.runner import PredictionRunner
 from mcdropout_server.servicers import PredictionServicer
@@ -113,7 +118,8 @@ class Siblings:
 
     async def _ask(self, index: int, key: bytes) -> StoredAnswer | Missing | None:
         if index not in self._channels:
-            self._channels[index] = grpc.aio.insecure_channel(self.role.socket(index))
+            self._channels[index] = grpc.aio.insecure_channel(self.role.socket(index),
+                                                              PRIVATE_CHANNEL_OPTIONS)
         try:
             reply = await self._channels[index].unary_unary(TAKE_ANSWER_METHOD)(
                 key, timeout=ASK_TIMEOUT_SECONDS)
