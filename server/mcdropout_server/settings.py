@@ -63,9 +63,10 @@ class ServerSettings:
         "drained together. One metrics endpoint: counters, histograms and in-flight/queue "
         "counts summed, the rolling calibration and drift gauges per process (label "
         "'process'). Worth it for many small requests from many connections (batch-1 "
-        "traffic, bound by one process's Python, the GIL); for engine-bound work, isolation "
-        "or several machines use replicas. Every process loads every model (memory x N). A "
-        "process that dies makes the others drain and the server exit 1.", minimum=1))
+        "traffic, bound by one process's Python, the GIL), or wherever one process leaves "
+        "cores idle; for isolation or several machines use replicas. Every process loads "
+        "every model (memory x N). A process that dies makes the others drain and the server "
+        "exit 1.", minimum=1))
     max_concurrent_rpcs: int = field(default=64, metadata=_meta(
         "RPCs handled at once; more get RESOURCE_EXHAUSTED (bounds the queue). Health checks "
         "and OIP ServerLive/ServerReady are not counted (Watch streams have their own limits).",
