@@ -27,6 +27,7 @@ _PR_SET_PDEATHSIG = 1
 
 def main() -> int:
     """Serve as one process of several until SIGTERM; the exit code."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # its default ends the process; reloads later
     settings, role = pickle.load(sys.stdin.buffer)
     assert isinstance(settings, ServerSettings) and isinstance(role, ProcessRole)
     _die_with(role.supervisor)

@@ -159,8 +159,9 @@ class Supervisor:
         self._stop.set()
 
     def _on_hangup(self, signum: int, frame: FrameType | None) -> None:
-        log.info("reload requested; forwarded to every process")
-        self._signal_all(signal.SIGHUP)
+        # A process still loading reads the store as it is anyway; SIGHUP is for those serving.
+        log.info("reload requested; forwarded to every process serving")
+        self._signal_all(signal.SIGHUP, serving_only=True)
 
     def _start(self, index: int) -> _Child:
         read, write = os.pipe()
@@ -221,9 +222,9 @@ class Supervisor:
                                    and self._stop_signal is not None)
         return clean
 
-    def _signal_all(self, sig: int) -> None:
+    def _signal_all(self, sig: int, serving_only: bool = False) -> None:
         for child in self._children:
-            if child.process.poll() is None:
+            if child.process.poll() is None and (child.report is not None or not serving_only):
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(sig)
 
