@@ -295,3 +295,23 @@ def test_a_process_that_dies_drains_the_others_and_exits_1(store_root: Path) -> 
                           "others" for r in records)
     assert {r.get("process"): r["drained"] for r in records if r["msg"] == "stopped"} == {
         0: True, None: False}
+
+
+def test_sigterm_while_the_processes_load_stops_them_all_with_exit_0(store_root: Path) -> None:
+    command = [MCDROPOUT, "serve", "--model-root", str(store_root), "--host", "127.0.0.1",
+               "--port", "0", "--metrics-port", "0", "--processes", str(PROCESSES)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:  # until a process is up but not yet serving
+        lines.append(line)
+        if "TensorFlow threads bounded" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    lines += process.stderr.readlines()
+    assert process.wait(timeout=120) == 0
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert not any("listening on" in r["msg"] for r in records)
+    assert [r["drained"] for r in records if r["msg"] == "stopped" and "process" not in r] == [
+        True]
+
