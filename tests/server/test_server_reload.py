@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from load_testkit import Hammer
 from mcdropout_client import Client
 from mcdropout_client.errors import ClientError, NotFound
 from mcdropout_server.app import ServerApp, ServerThread, load_registry
@@ -384,37 +385,12 @@ def test_sighup_reloads_the_store_of_a_running_server(live_store: Path) -> None:
 
 
 def test_sigterm_under_load_loses_no_accepted_request(live_store: Path) -> None:
-    clients, done = 6, threading.Event()
-    answered: list[str] = []  # request ids the clients got an answer for
-    failed: list[ClientError] = []
-
-    def hammer(index: int, port: int) -> None:
-        with Client(f"127.0.0.1:{port}", retries=0, timeout=30) as client:
-            for i in range(100_000):
-                if done.is_set():
-                    return
-                request_id = f"c{index}-{i}"
-                try:
-                    client.predict(reg_inputs(64, seed=i), model="reg", samples=200,
-                                   request_id=request_id)
-                    answered.append(request_id)
-                except ClientError as exc:
-                    failed.append(exc)
-                    time.sleep(0.01)
-
     with serve_process(live_store, "--log-level", "DEBUG", "--workers", "2",
-                       "--grace-seconds", "30") as served:
-        try:
-            with ThreadPoolExecutor(clients) as pool:
-                running = [pool.submit(hammer, i, served.port) for i in range(clients)]
-                wait_for(lambda: len(answered) >= 20)
-                served.process.send_signal(signal.SIGTERM)
-                assert served.process.wait(timeout=90) == 0
-                done.set()
-                for future in running:
-                    future.result(timeout=60)
-        finally:
-            done.set()
+                       "--grace-seconds", "30") as served, Hammer(served.port, clients=6).running() as load:
+        wait_for(lambda: len(load.answered) >= 20)
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=90) == 0
+    answered, failed = load.answered, load.failed
     lines = served.lines
 
     records = [json.loads(line) for line in lines if line.startswith("{")]
