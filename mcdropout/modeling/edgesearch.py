@@ -107,7 +107,7 @@ class EdgeSearch:
     extend: bool = True
     max_rounds: int = DEFAULT_ROUNDS
     max_settings: int | None = None
-    trials: list[Trial] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list, init=False)
     grid: list[list[float]] = field(init=False)
     round: int = field(default=0, init=False)
     stop_reason: str = field(default="", init=False)
