@@ -93,8 +93,8 @@ def calibrate(predictor: Any, x: Any, targets: Any, *, samples: int | None = Non
             refuses.
         ResourceLimitError: one row's raw passes exceed the predictor's raw-sample limit.
     """
-    heads = [_Head(h.name, h.task, int(h.width), h.space.tau is not None)
-             for h in predictor.heads]
+    # has_tau: a fixed tau or a learned noise; either way scores are scaled by predictive_std
+    heads = [_Head(h.name, h.task, int(h.width), h.has_tau) for h in predictor.heads]
     rows = _rows(x)
     y = _targets(heads, targets, rows)
     aims = _aims(heads, abstention)

@@ -34,7 +34,8 @@ class KnownModel:
     def __init__(self, task: str, width: int = 1, *, noise: float = 0.0,
                  multilabel: bool = False, heads: int = 1) -> None:
         self.heads = tuple(SimpleNamespace(name=f"h{i}" if heads > 1 else "out", task=task,
-                                           width=width, space=SimpleNamespace(tau=1.0))
+                                           width=width, space=SimpleNamespace(tau=1.0),
+                                           has_tau=True)
                            for i in range(heads))
         self.output_dim = width * heads
         self.default_samples = 8
