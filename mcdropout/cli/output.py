@@ -9,7 +9,7 @@ import numpy as np
 
 def header(info: Any, prediction: Any) -> str:
     """The line above a prediction's rows: model, passes, seed and what each row shows."""
-    spread = ("mean ± predictive std (MC spread and noise 1/tau)"
+    spread = ("mean ± predictive std (MC spread and noise)"
               if prediction.predictive_std is not None else "mean ± MC std")
     what = spread if info.task == "regression" else "class, probability, entropy, MI (nats)"
     return (f"{info.name} v{info.version}: {prediction.samples} MC dropout passes, "
@@ -106,6 +106,8 @@ def model_lines(info: Any, predictor: Any | None, layers: Any) -> list[str]:
             parts.append("labels " + ", ".join(head.labels))
         if head.tau is not None:
             parts.append(f"tau {head.tau:g}")
+        if head.noise == "learned":
+            parts.append("learned noise (a variance per row)")
         lines.append(f"  {name}: " + "; ".join(parts))
     lines.append("stochastic layers: " + ", ".join(
         f"{s.name} ({s.kind}, p={s.rate:g}"

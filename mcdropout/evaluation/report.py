@@ -142,8 +142,8 @@ def _regression_figures(predictor: Any, x: np.ndarray, y: np.ndarray, samples: i
     mean = part["mean"]
     y = y.reshape(mean.shape)
     std = part["predictive_std"] if part["predictive_std"] is not None else part["std"]
-    noise = "predictive std (MC spread and noise 1/tau)" if part["predictive_std"] is not None \
-        else "MC std (the model has no tau: no noise term)"
+    noise = "predictive std (MC spread and noise)" if part["predictive_std"] is not None \
+        else "MC std (the model knows no noise: no noise term)"
     figures = {}
 
     observed = coverage_curve(y, part["intervals"])

@@ -274,6 +274,16 @@ def add_arguments(parser: argparse.ArgumentParser, points: str, tau_role: str) -
              f"in [{DROPOUT_BOUNDS[0]:g}, {DROPOUT_BOUNDS[1]:g}], taus and weight decays "
              f"within {DECADES} decades of the given grid, and at most "
              f"{DEFAULT_SETTINGS_FACTOR}x the grid's {points} are trained; default %(default)s")
+    add_noise_argument(parser, tau_role)
+
+
+def add_noise_argument(parser: argparse.ArgumentParser, tau_role: str) -> None:
+    """``--noise {fixed,learned}``, as ``mcdropout train``, ``tune`` and ``benchmark uci`` take it.
+
+    Args:
+        parser: The command's parser.
+        tau_role: What tau becomes with a learned noise.
+    """
     parser.add_argument(
         "--noise", choices=("fixed", "learned"), default="fixed",
         help="regression: fixed (one noise precision tau) or learned (the network predicts a "

@@ -73,6 +73,22 @@ def test_train_prints_progress_and_writes_a_version(
     assert info.provenance["data"]["target"] == ["y"]
 
 
+def test_train_with_learned_noise_saves_a_version_whose_metadata_says_so(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "train", "--data", files["reg"], "--model-root", tmp_path,
+                       "--name", "het", "--epochs", "2", "--seed", "1", "--noise", "learned",
+                       "--hidden", "8", "--quiet")
+    assert code == 0
+    assert "noise: learned" in out and "tau =" not in out
+    metadata = json.loads((tmp_path / "het" / "1" / "metadata.json").read_text())
+    assert metadata["noise"] == "learned" and metadata["tau"] is None
+    code, out, _ = run(capsys, "predict", "--model-root", tmp_path, "--name", "het",
+                       "--input", files["x"], "--samples", "20", "--seed", "2")
+    assert code == 0 and "mean ± predictive std (MC spread and noise)" in out
+    code, out, _ = run(capsys, "info", "--model-root", tmp_path, "--name", "het")
+    assert code == 0 and "learned noise" in out
+
+
 def test_predict_regression_prints_mean_std_and_interval_per_row(
         trained: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "predict", "--model-root", trained["root"], "--name", "reg",
