@@ -136,6 +136,7 @@ def model_description(meta: mcdropout_pb2.ModelMetadata) -> ModelDescription:
         inputs=tuple(_spec(spec) for spec in meta.inputs),
         heads=tuple(_head(head) for head in meta.heads),
         calibration=tuple(_calibration(head) for head in meta.calibration),
+        noise=meta.noise or "fixed",  # empty from a server older than the field
     )
 
 
@@ -186,4 +187,5 @@ def _calibration(cal: mcdropout_pb2.HeadCalibration) -> HeadCalibration:
 
 def _head(head: mcdropout_pb2.HeadSpec) -> HeadSpec:
     return HeadSpec(name=head.name, task=task_name(head.task), output=_spec(head.output),
-                    labels=tuple(head.labels), tau=head.tau or None)
+                    labels=tuple(head.labels), tau=head.tau or None,
+                    noise=head.noise or "fixed")

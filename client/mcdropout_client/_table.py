@@ -123,6 +123,7 @@ def description(meta: ModelDescription) -> str:
         ("default samples", str(meta.default_samples)), ("max samples", str(meta.max_samples)),
         ("max rows", str(meta.max_rows) if meta.max_rows else "unlimited"),
         ("tau", f"{meta.tau:.6g}" if meta.tau is not None else "unknown"),
+        ("noise", "learned (a variance per row)" if meta.noise == "learned" else meta.noise),
         ("description", meta.description or "-"),
         *_calibration(meta.calibration, several=len(meta.heads) > 1),
     ]
@@ -138,6 +139,7 @@ def _inputs_and_heads(meta: ModelDescription) -> list[tuple[str, str]]:
     lines = [(f"input {spec.name}", _tensor(spec)) for spec in meta.inputs]
     for head in meta.heads:
         tau = f", tau {head.tau:.6g}" if head.tau is not None else ""
+        tau += ", learned noise" if head.noise == "learned" else ""
         labels = f", labels {', '.join(head.labels)}" if head.labels else ""
         lines.append((f"head {head.name}", f"{head.task} {_tensor(head.output)}{tau}{labels}"))
     return lines

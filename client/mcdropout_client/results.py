@@ -148,7 +148,11 @@ class HeadSpec:
         task: ``"regression"`` or ``"classification"``.
         output: the head's mean: dtype and shape ``(-1, outputs)``.
         labels: class labels (classification) or target names (regression); may be empty.
-        tau: regression noise precision (1/variance, target units), ``None`` when unknown.
+        tau: regression noise precision (1/variance, target units), ``None`` when unknown
+            (always for a learned noise).
+        noise: the noise model: "fixed" (one precision ``tau``, or none known) or "learned"
+            (the network predicts a noise variance per row, which ``predictive_std`` and the
+            intervals include).
     """
 
     name: str
@@ -156,6 +160,7 @@ class HeadSpec:
     output: TensorSpec
     labels: tuple[str, ...] = ()
     tau: float | None = None
+    noise: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -215,11 +220,13 @@ class HeadCalibration:
 class ModelDescription:
     """Metadata of one model version, as ``GetModelMetadata`` describes it.
 
-    ``input``, ``output``, ``task``, ``labels`` and ``tau`` describe the first input and head
-    (the only ones of a one-input, one-head model); ``inputs`` and ``heads`` list them all.
+    ``input``, ``output``, ``task``, ``labels``, ``tau`` and ``noise`` describe the first input
+    and head (the only ones of a one-input, one-head model); ``inputs`` and ``heads`` list them
+    all.
 
     Attributes:
         tau: regression noise precision (1/variance, target units), ``None`` when unknown.
+        noise: the first head's noise model, "fixed" or "learned" (see :class:`HeadSpec`).
         labels: class labels (classification) or target names (regression); may be empty.
         max_rows: largest accepted number of rows per request (0 when the server sets no limit).
         inputs: every input, in the model's order, named as ``predict`` takes them in a mapping.
@@ -244,6 +251,7 @@ class ModelDescription:
     inputs: tuple[TensorSpec, ...] = ()
     heads: tuple[HeadSpec, ...] = ()
     calibration: tuple[HeadCalibration, ...] = ()
+    noise: str = "fixed"
 
     @property
     def calibrated(self) -> bool:

@@ -169,8 +169,8 @@ def _fill(message: pb.PredictResponse | pb.HeadResult, prediction: Prediction,
 def encode_metadata(served: ServedModel, registry: ModelRegistry) -> pb.ModelMetadata:
     """The ModelMetadata describing one served model version.
 
-    ``input``, ``output``, ``task``, ``labels`` and ``tau`` describe the first input and head,
-    as they did before models had several; ``inputs`` and ``heads`` list them all.
+    ``input``, ``output``, ``task``, ``labels``, ``tau`` and ``noise`` describe the first input
+    and head, as they did before models had several; ``inputs`` and ``heads`` list them all.
     """
     predictor, info = served.predictor, served.info
     inputs, heads = input_specs(served), head_specs(served)
@@ -195,6 +195,7 @@ def encode_metadata(served: ServedModel, registry: ModelRegistry) -> pb.ModelMet
         inputs=inputs,
         heads=heads,
         calibration=calibration_specs(served.calibration),
+        noise=heads[0].noise,
     )
 
 
@@ -237,11 +238,13 @@ def input_specs(served: ServedModel) -> list[pb.TensorSpec]:
 
 
 def head_specs(served: ServedModel) -> list[pb.HeadSpec]:
-    """Every head of a model version: task, the shape of its mean, labels, tau (target units)."""
+    """Every head of a model version: task, the shape of its mean, labels, tau (target units)
+    and noise model ("fixed" or "learned")."""
     return [pb.HeadSpec(name=head.name, task=_TASKS[head.task],
                         output=pb.TensorSpec(name="mean", dtype=pb.FLOAT64,
                                              shape=[-1, head.width]),
-                        labels=head.labels, tau=head.tau or 0.0)
+                        labels=head.labels, tau=head.tau or 0.0,
+                        noise="learned" if head.learned_noise else "fixed")
             for head in served.predictor.heads]
 
 

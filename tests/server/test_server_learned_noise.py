@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from mcdropout_client import Client
+from mcdropout_client import Client, _table
 from mcdropout_server.app import ServerThread
 from mcdropout_server.registry import ModelRegistry
 from server_testkit import LIMITS, load_options, predictor, settings
@@ -28,6 +28,9 @@ def learned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(5)  # random weights are enough to test serving
     model = builders.build_mlp(4, 1, hidden=(16,), dropout=0.2, noise="learned")
     ModelStore(root).save(model, INFO)
+    fixed = builders.build_mlp(4, 1, hidden=(16,), dropout=0.2)
+    ModelStore(root).save(fixed, ModelInfo(name="fix", task="regression", input_shape=(4,),
+                                           target_mean=(3.0,), target_std=(2.0,), tau=4.0))
     return root
 
 
@@ -59,3 +62,16 @@ def test_served_answers_carry_the_learned_noise(learned_client: Client,
     np.testing.assert_array_equal(lower, local.intervals[0].lower)
     np.testing.assert_array_equal(upper, local.intervals[0].upper)
     assert learned_client.metadata("het").output.shape[-1] == 1
+
+
+def test_metadata_says_the_noise_model(learned_client: Client) -> None:
+    learned, fixed = learned_client.metadata("het"), learned_client.metadata("fix")
+    assert (learned.noise, learned.tau) == ("learned", None)
+    assert [(h.noise, h.tau) for h in learned.heads] == [("learned", None)]
+    assert fixed.noise == "fixed" and fixed.tau is not None and fixed.tau > 0
+    assert [h.noise for h in fixed.heads] == ["fixed"]
+    summaries = {m.name: m for m in learned_client.models()}
+    assert [h.noise for h in summaries["het"].heads] == ["learned"]
+    assert [h.noise for h in summaries["fix"].heads] == ["fixed"]
+    text = _table.description(learned)
+    assert "learned (a variance per row)" in text and "tau" in text

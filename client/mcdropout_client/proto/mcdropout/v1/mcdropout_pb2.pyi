@@ -85,8 +85,9 @@ class _OutputEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Output.ValueTy
     STD: _Output.ValueType  # 2
     """Standard deviation over the passes (epistemic uncertainty), same units as MEAN."""
     PREDICTIVE_STD: _Output.ValueType  # 3
-    """Regression only, when the head knows its noise precision tau: sqrt(STD^2 + 1/tau), the
-    total predictive standard deviation.
+    """Regression only, when the head knows its noise (a precision tau, or a learned noise):
+    sqrt(STD^2 + 1/tau), or sqrt(STD^2 + the mean over passes of the predicted noise variance),
+    the total predictive standard deviation.
     """
     INTERVALS: _Output.ValueType  # 4
     """Central predictive intervals at PredictRequest.interval_levels."""
@@ -134,8 +135,9 @@ MEAN: Output.ValueType  # 1
 STD: Output.ValueType  # 2
 """Standard deviation over the passes (epistemic uncertainty), same units as MEAN."""
 PREDICTIVE_STD: Output.ValueType  # 3
-"""Regression only, when the head knows its noise precision tau: sqrt(STD^2 + 1/tau), the
-total predictive standard deviation.
+"""Regression only, when the head knows its noise (a precision tau, or a learned noise):
+sqrt(STD^2 + 1/tau), or sqrt(STD^2 + the mean over passes of the predicted noise variance),
+the total predictive standard deviation.
 """
 INTERVALS: Output.ValueType  # 4
 """Central predictive intervals at PredictRequest.interval_levels."""
@@ -746,11 +748,20 @@ class HeadSpec(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     TAU_FIELD_NUMBER: _builtins.int
+    NOISE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The head's name: the Keras output's name (HeadResult.name)."""
     task: Global___Task.ValueType
     tau: _builtins.float
-    """Regression noise precision tau in the target's units (1/variance); 0 when unknown."""
+    """Regression noise precision tau in the target's units (1/variance); 0 when unknown (always
+    for a learned noise).
+    """
+    noise: _builtins.str
+    """Regression: the noise model. "fixed": one noise precision tau (the field above; 0 when
+    unknown). "learned": the network predicts a per-row noise variance beside the mean, which
+    PREDICTIVE_STD and INTERVALS include. Classification: "fixed". Empty from servers older
+    than this field: read it as "fixed".
+    """
     @_builtins.property
     def output(self) -> Global___TensorSpec:
         """The head's mean: name "mean", FLOAT64, shape [-1, outputs]."""
@@ -767,10 +778,11 @@ class HeadSpec(_message.Message):
         output: Global___TensorSpec | None = ...,
         labels: _abc.Iterable[_builtins.str] | None = ...,
         tau: _builtins.float = ...,
+        noise: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "noise", b"noise", "output", b"output", "task", b"task", "tau", b"tau"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -796,6 +808,7 @@ class ModelMetadata(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     HEADS_FIELD_NUMBER: _builtins.int
     CALIBRATION_FIELD_NUMBER: _builtins.int
+    NOISE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """The version described."""
@@ -812,6 +825,8 @@ class ModelMetadata(_message.Message):
     description: _builtins.str
     max_rows: _builtins.int
     """Largest accepted number of input rows per request."""
+    noise: _builtins.str
+    """The first head's noise model, "fixed" or "learned" (see HeadSpec.noise)."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Every version the server holds, ascending."""
@@ -865,10 +880,11 @@ class ModelMetadata(_message.Message):
         inputs: _abc.Iterable[Global___TensorSpec] | None = ...,
         heads: _abc.Iterable[Global___HeadSpec] | None = ...,
         calibration: _abc.Iterable[Global___HeadCalibration] | None = ...,
+        noise: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "default_samples", b"default_samples", "description", b"description", "dropout_layers", b"dropout_layers", "heads", b"heads", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_rows", b"max_rows", "max_samples", b"max_samples", "name", b"name", "output", b"output", "task", b"task", "tau", b"tau", "version", b"version", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibration", b"calibration", "default_samples", b"default_samples", "description", b"description", "dropout_layers", b"dropout_layers", "heads", b"heads", "input", b"input", "inputs", b"inputs", "labels", b"labels", "max_rows", b"max_rows", "max_samples", b"max_samples", "name", b"name", "noise", b"noise", "output", b"output", "task", b"task", "tau", b"tau", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
