@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 
 from mcdropout.errors import MCDropoutError
 from mcdropout.evaluation import plotting, report
-from mcdropout.modeling import tuning
+from mcdropout.modeling import tuning_cli
 from mcdropout.store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def test_tune_with_output_refuses_before_training(tmp_path: Path) -> None:
     data = tmp_path / "lin.csv"
     data.write_text("x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(20)))
     parser = argparse.ArgumentParser(prog="mcdropout")
-    tuning.register(parser.add_subparsers(dest="command"))  # the `mcdropout tune` plug-in
+    tuning_cli.register(parser.add_subparsers(dest="command"))  # the `mcdropout tune` plug-in
     args = parser.parse_args(["tune", "--data", str(data), "--model-root", str(tmp_path / "store"),
                               "--name", "lin", "--epochs", "1", "--output", str(tmp_path / "grid")])
     with pytest.raises(plotting.PlottingUnavailableError, match=r"pip install 'mcdropout\[report\]'"):
