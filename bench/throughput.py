@@ -1,7 +1,7 @@
 """Batch-1 throughput and burst latency of ``mcdropout serve`` under h2load, against a bare
 ``grpc.aio`` floor, with batching on and off and with several server processes.
 
-Run from the repository root (about 8 minutes on 2 cores)::
+Run from the repository root (about 10 minutes on 2 cores with every configuration)::
 
     .venv/bin/python -m bench.throughput [--update-readme] [--rounds 3] [--configs on,floor]
 
