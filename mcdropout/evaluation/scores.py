@@ -44,7 +44,14 @@ def gaussian_nll(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> float:
 
 
 def mc_log_likelihood(y: np.ndarray, samples: np.ndarray, tau: float | np.ndarray) -> float:
-    """Mean test log-likelihood of ``y`` under the MC dropout mixture of Gaussians.
+    """Mean test log-likelihood of ``y`` under the MC dropout mixture of Gaussians: the mean of
+    :func:`mc_log_likelihood_rows`."""
+    return float(np.mean(mc_log_likelihood_rows(y, samples, tau)))
+
+
+def mc_log_likelihood_rows(y: np.ndarray, samples: np.ndarray,
+                           tau: float | np.ndarray) -> np.ndarray:
+    """Per-row log-likelihood of ``y`` under the MC dropout mixture of Gaussians.
 
     Each of the T passes gives a Gaussian N(yhat_t, 1/tau_t); the predictive density is their
     average: ``logsumexp_t(-tau_t/2 (y - yhat_t)**2 + log(tau_t)/2) - log T - log(2 pi)/2``.
@@ -56,7 +63,7 @@ def mc_log_likelihood(y: np.ndarray, samples: np.ndarray, tau: float | np.ndarra
             one per pass and value, the shape of ``samples`` (a learned noise).
 
     Returns:
-        The mean over rows and outputs, in nats.
+        (rows,) float64, each row's mean over its outputs, in nats.
     """
     y = np.asarray(y, dtype=np.float64)
     samples = np.asarray(samples, dtype=np.float64)
@@ -76,7 +83,7 @@ def mc_log_likelihood(y: np.ndarray, samples: np.ndarray, tau: float | np.ndarra
     ll = lse - math.log(samples.shape[0]) - 0.5 * math.log(2 * math.pi)
     if not per_pass:
         ll = ll + 0.5 * np.log(tau_arr)
-    return float(np.mean(ll))
+    return np.asarray(ll).reshape(len(y), -1).mean(axis=1)
 
 
 def interval_coverage(y: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:

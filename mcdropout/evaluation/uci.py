@@ -39,7 +39,7 @@ from mcdropout.evaluation.uci_calibration import ConformalResult
 from mcdropout.evaluation.uci_data import UCIDataset
 from mcdropout.evaluation.uci_search import GridPoint, Scaled
 from mcdropout.metadata import HeadInfo
-from mcdropout.modeling import builders, edgesearch
+from mcdropout.modeling import builders, edgesearch, selection
 
 # Gal & Ghahramani (2016), Table 1, MC dropout column, for the six data sets we hold:
 # RMSE, its SE, test log-likelihood, its SE (20 splits).
@@ -76,6 +76,10 @@ class Protocol:
         search_rounds: Extension rounds allowed (each trains the new settings of every split
             that needs them, for the full epochs); the settings are also capped at
             :data:`~mcdropout.modeling.edgesearch.DEFAULT_SETTINGS_FACTOR` times the grid's size.
+        search_margin: Standard errors by which a setting the search adds past the given grid
+            must beat the split's current choice on the validation rows (paired per-row
+            log-likelihoods; :mod:`mcdropout.modeling.selection`); 0 takes the highest
+            validation score, however small the lead.
         noise: "fixed" (the published model: one precision tau) or "learned" (heteroscedastic:
             a log-variance per row; tau enters the weight decay only).
         refine_tau: Fixed noise: after the search, refine each split's tau for its chosen
@@ -95,6 +99,7 @@ class Protocol:
     seed: int = 0
     extend_grid: bool = True
     search_rounds: int = edgesearch.DEFAULT_ROUNDS
+    search_margin: float = selection.DEFAULT_MARGIN
     noise: str = "fixed"
     refine_tau: bool = False
 
@@ -226,7 +231,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
         extend=protocol.extend_grid, rounds=protocol.search_rounds,
         passes=protocol.validation_samples or protocol.samples,
         seeds=[_seed(protocol, i) for i in range(count)], seed=grid_seed, say=say,
-        refine=protocol.refine_tau)
+        refine=protocol.refine_tau, margin=protocol.search_margin)
     best = [b for b, _, _ in found]
     grid_done = time.perf_counter()
 
@@ -288,6 +293,7 @@ def _check(dataset: UCIDataset, protocol: Protocol) -> int:
             or protocol.search_rounds < 0:
         raise InvalidArgumentError(
             f"search_rounds must be an integer >= 0, got {protocol.search_rounds!r}")
+    selection.check_margin(protocol.search_margin)
     for name in ("epochs_multiplier", "samples", "batch_size"):
         value = getattr(protocol, name)
         if not isinstance(value, int) or value < 1:

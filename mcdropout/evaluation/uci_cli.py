@@ -13,8 +13,9 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from mcdropout.errors import InvalidArgumentError
 from mcdropout.evaluation import uci, uci_data
-from mcdropout.modeling import edgesearch
+from mcdropout.modeling import edgesearch, selection
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "rate and tau (dropout_rates.txt x tau_values.txt) by validation MC "
                     "log-likelihood on the last 20% of the training split, extending the grid "
                     "geometrically past an edge that holds the best setting (unless "
-                    "--grid-only); retrain on the whole "
+                    "--grid-only), where an added setting is chosen only when it beats the "
+                    "split's current choice by more than --search-margin standard errors; "
+                    "retrain on the whole "
                     "split (weight decay l^2 (1-p) / (2 N tau), Adam, batch 128); score the test "
                     "rows with T passes (RMSE, MC-mixture log-likelihood, 95% coverage) in "
                     "original units. Prints mean ± standard error over the splits and writes "
@@ -52,6 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="grid of noise precisions tau (> 0, in the target's units) instead of "
                         "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
     edgesearch.add_arguments(p, "settings", "tau then sets the weight decay only")
+    p.add_argument("--search-margin", type=_margin, default=selection.DEFAULT_MARGIN, metavar="K",
+                   help="standard errors of the paired per-row validation log-likelihood "
+                        "difference by which a setting added past the grid must beat the "
+                        "split's current choice (the one-standard-error rule: a few dozen "
+                        "validation rows make the highest of many scores a lucky one); 0 takes "
+                        "the highest score; default %(default)s")
     p.add_argument("--refine-tau", action="store_true",
                    help="fixed noise: after the search, refine each split's tau for its chosen "
                         "network by a golden-section search in log tau between the grid's "
@@ -69,12 +78,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_main)
 
 
+def _margin(text: str) -> float:
+    """argparse type of ``--search-margin``: its errors then name the flag."""
+    try:
+        return selection.check_margin(float(text))
+    except (ValueError, InvalidArgumentError):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of standard errors >= 0, got {text!r}") from None
+
+
 def _main(args: argparse.Namespace) -> int:
     protocol = uci.Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
                             validation_samples=args.validation_samples, splits=args.splits,
                             calibration_fraction=args.calibration_fraction, seed=args.seed,
                             extend_grid=not args.grid_only, search_rounds=args.search_rounds,
-                            noise=args.noise, refine_tau=args.refine_tau)
+                            search_margin=args.search_margin, noise=args.noise,
+                            refine_tau=args.refine_tau)
     datasets = [_with_grids(uci_data.load_dataset(args.data_dir, name), args)
                 for name in args.dataset]  # fail early
     for dataset in datasets:

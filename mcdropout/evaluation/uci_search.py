@@ -20,7 +20,7 @@ import numpy as np
 
 from mcdropout.evaluation import scores
 from mcdropout.evaluation.uci_data import UCIDataset
-from mcdropout.modeling import builders, edgesearch, gridfit, tables
+from mcdropout.modeling import builders, edgesearch, gridfit, selection, tables
 
 # Sampled values (networks x passes x rows) held at once while scoring the validation grid.
 _VALIDATION_VALUES_PER_CHUNK = 25_000_000
@@ -81,7 +81,8 @@ class Training:
 def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
            validation: Sequence[tuple[np.ndarray, np.ndarray]], *, extend: bool, rounds: int,
            passes: int, seeds: Sequence[int], seed: int, say: Callable[[str], None],
-           refine: bool = False) -> list[tuple[GridPoint, list[GridPoint], dict[str, Any]]]:
+           refine: bool = False, margin: float = selection.DEFAULT_MARGIN
+           ) -> list[tuple[GridPoint, list[GridPoint], dict[str, Any]]]:
     """Search every split's grid; per split the best point, every point tried (in the order
     tried) and the search's log (:meth:`EdgeSearch.log`).
 
@@ -96,13 +97,17 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
         seeds: Per split, the dropout seed of its validation passes.
         seed: Seeds the first round's training; later rounds derive theirs from it.
         say: Progress lines.
+        margin: Standard errors (of the per-row validation log-likelihood difference) by
+            which a setting added past the grid must beat the split's current choice
+            (:func:`mcdropout.modeling.selection.choose`); 0: the highest validation score.
         refine: Fixed noise only: then refine each split's tau by :func:`refine_tau`; the log
             gets ``refined`` (the tau, its validation log-likelihood, the grid tau's on the same
             passes, the bracket).
     """
     searches = [edgesearch.EdgeSearch(
         (edgesearch.Axis.of("dropout", dataset.dropout_rates),
-         edgesearch.Axis.of("tau", dataset.tau_values)), extend=extend, max_rounds=rounds)
+         edgesearch.Axis.of("tau", dataset.tau_values)), extend=extend, max_rounds=rounds,
+        margin=margin)
         for _ in fit_sets]
     points: list[dict[tuple[float, ...], GridPoint]] = [{} for _ in fit_sets]
     networks: list[dict[tuple[float, ...], gridfit.MLPStack]] = [{} for _ in fit_sets]
@@ -115,22 +120,22 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
         say(f"{dataset.name}: search round {round_}: {count} networks ({splits} splits) on "
             f"{len(fit_sets[0].x)} rows, {training.epochs} epochs")
 
-    def score(todo: list[tuple[int, tuple[float, ...]]]) -> list[float]:
+    def score(todo: list[tuple[int, tuple[float, ...]]]) -> list[edgesearch.Scored]:
         # Round 0 keeps the seed of the published protocol's single grid.
         round_seed = seed if current[0] == 0 else int(next(round_seeds))
         stack = fit(training, [fit_sets[i] for i, _ in todo], [s for _, s in todo],
                     round_seed, say)
-        out = [0.0] * len(todo)
+        out: list[edgesearch.Scored] = [0.0] * len(todo)
         for split in sorted({i for i, _ in todo}):
             index = [k for k, (i, _) in enumerate(todo) if i == split]
             settings = [todo[k][1] for k in index]
             scored = _score(stack.select(index), fit_sets[split], *validation[split], settings,
                             passes, seeds[split], current[0])
-            for k, point in zip(index, scored, strict=True):
+            for k, (point, rows) in zip(index, scored, strict=True):
                 points[split][todo[k][1]] = point
                 if refine:  # kept for the refinement: a network's weights are a few KiB
                     networks[split][todo[k][1]] = stack.select([k])
-                out[k] = point.validation_ll
+                out[k] = (point.validation_ll, rows)
         return out
 
     edgesearch.run_searches(searches, score, announce)
@@ -213,11 +218,12 @@ def fit(training: Training, sets: list[Scaled], settings: list[tuple[float, ...]
 
 def _score(stack: gridfit.MLPStack, scaled: Scaled, x_val: np.ndarray, y_val: np.ndarray,
            settings: list[tuple[float, ...]], passes: int, seed: int,
-           round_: int) -> list[GridPoint]:
+           round_: int) -> list[tuple[GridPoint, np.ndarray]]:
     """Validation MC log-likelihood and RMSE of each network, in original units: the mixture of
-    N(yhat_t, 1/tau) for a fixed noise, of the passes' own Gaussians for a learned one."""
+    N(yhat_t, 1/tau) for a fixed noise, of the passes' own Gaussians for a learned one; with
+    each network's per-row log-likelihoods."""
     x_val = (x_val - scaled.x_mean) / scaled.x_std
-    ll = np.zeros(len(settings))
+    ll = np.zeros((len(settings), len(x_val)))
     sq_error = np.zeros(len(settings))
     learned = stack.noise == "learned"
     rows = max(1, _VALIDATION_VALUES_PER_CHUNK // (len(settings) * passes * (1 + learned)))
@@ -231,7 +237,7 @@ def _score(stack: gridfit.MLPStack, scaled: Scaled, x_val: np.ndarray, y_val: np
             if learned:  # the passes' own variances, in original units
                 precision = 1.0 / (np.exp(raw[i, ..., width:].astype(np.float64))
                                    * scaled.y_std**2)
-            ll[i] += scores.mc_log_likelihood(y, samples[i], precision) * len(y)
+            ll[i, lo:lo + rows] = scores.mc_log_likelihood_rows(y, samples[i], precision)
             sq_error[i] += np.sum((samples[i].mean(axis=0) - y) ** 2)
-    return [GridPoint(p, tau, float(ll[i] / len(x_val)), float(np.sqrt(sq_error[i] / len(x_val))),
-                      round_) for i, (p, tau) in enumerate(settings)]
+    return [(GridPoint(p, tau, float(ll[i].mean()), float(np.sqrt(sq_error[i] / len(x_val))),
+                       round_), ll[i]) for i, (p, tau) in enumerate(settings)]

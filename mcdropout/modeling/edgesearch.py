@@ -12,6 +12,10 @@ decay within :data:`DECADES` decades beyond the given grid), or when the budget 
 (``max_rounds`` extension rounds, ``max_settings`` settings in all). Every setting tried, the
 round that added it and the reason the search stopped are kept in :meth:`EdgeSearch.log`.
 
+"Best" is the chosen setting of :func:`mcdropout.modeling.selection.choose`: given per-row scores,
+a setting added past the grid must beat the current choice by more than ``margin`` standard errors
+of the paired difference, so a search on a small validation set does not wander off on noise.
+
 The search does not train anything itself: :func:`run_searches` asks a scoring function for
 every pending setting of several searches at once, so a caller can train them together (the UCI
 benchmark trains the settings of all its splits in one stacked graph).
@@ -26,7 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mcdropout.errors import InvalidArgumentError
+from mcdropout.modeling import selection
+from mcdropout.modeling.selection import Trial
 
 DROPOUT_BOUNDS = (1e-4, 0.5)
 """Dropout rates the search may add: below 1e-4 a network is all but deterministic, above 0.5
@@ -39,6 +47,8 @@ DEFAULT_SETTINGS_FACTOR = 4
 """The default budget of settings: this many times the first grid's size."""
 
 Setting = tuple[float, ...]
+Scored = float | tuple[float, np.ndarray]
+"""What a scoring function returns per setting: the score, or (score, its per-row scores)."""
 
 
 @dataclass(frozen=True)
@@ -76,16 +86,6 @@ class Axis:
         return cls(name, given, smallest / 10**DECADES, largest * 10**DECADES)
 
 
-@dataclass(frozen=True)
-class Trial:
-    """One setting scored: its values (in the axes' order), score and the round that added it
-    (0: the first grid)."""
-
-    setting: Setting
-    score: float
-    round: int
-
-
 @dataclass
 class EdgeSearch:
     """A grid search that extends its grid past an edge holding the best setting.
@@ -97,6 +97,9 @@ class EdgeSearch:
         max_rounds: Extension rounds allowed after the first grid, >= 0.
         max_settings: Settings allowed in all; None: :data:`DEFAULT_SETTINGS_FACTOR` times the
             first grid's size.
+        margin: Standard errors by which a setting added past the first grid must beat the
+            current choice (:func:`mcdropout.modeling.selection.choose`); it applies where
+            :meth:`record` is given per-row scores; 0 chooses the highest score.
 
     Use: score every setting of :meth:`pending` with :meth:`record`, then :meth:`advance`;
     repeat while it returns True. :func:`run_searches` does this for several searches at once.
@@ -107,6 +110,7 @@ class EdgeSearch:
     extend: bool = True
     max_rounds: int = DEFAULT_ROUNDS
     max_settings: int | None = None
+    margin: float = selection.DEFAULT_MARGIN
     trials: list[Trial] = field(default_factory=list, init=False)
     grid: list[list[float]] = field(init=False)
     round: int = field(default=0, init=False)
@@ -120,6 +124,7 @@ class EdgeSearch:
                 or self.max_rounds < 0:
             raise InvalidArgumentError(f"max_rounds must be an integer >= 0, got "
                                        f"{self.max_rounds!r}")
+        self.margin = selection.check_margin(self.margin)
         size = math.prod(len(a.values) for a in self.axes)
         if self.max_settings is None:
             self.max_settings = DEFAULT_SETTINGS_FACTOR * size
@@ -140,17 +145,18 @@ class EdgeSearch:
         seen = {t.setting for t in self.trials}
         return [s for s in itertools.product(*self.grid) if s not in seen]
 
-    def record(self, setting: Sequence[float], score: float) -> None:
-        """Keep a pending setting's score (NaN: a failed run, never the best)."""
-        self.trials.append(Trial(tuple(float(v) for v in setting), float(score), self.round))
+    def record(self, setting: Sequence[float], score: float,
+               rows: np.ndarray | None = None) -> None:
+        """Keep a pending setting's score (NaN: a failed run, never the best) and, when given,
+        the per-row scores it is the mean of (the same rows for every setting)."""
+        values = None if rows is None else np.asarray(rows, np.float64).reshape(-1)
+        self.trials.append(Trial(tuple(float(v) for v in setting), float(score), self.round,
+                                 values))
 
     def best(self) -> Trial:
-        """The best trial so far; the first tried of equal scores wins."""
-        if not self.trials:
-            raise InvalidArgumentError("no setting has been scored yet")
-        sign = 1.0 if self.maximize else -1.0
-        return max(self.trials, key=lambda t: sign * t.score if math.isfinite(t.score)
-                   else -math.inf)
+        """The chosen trial so far (:func:`mcdropout.modeling.selection.choose`); the first
+        tried of equal scores wins."""
+        return selection.choose(self.trials, self.maximize, self.margin)
 
     def advance(self) -> bool:
         """After every pending setting is scored: extend the grid where the best setting is on
@@ -212,7 +218,7 @@ class EdgeSearch:
     def log(self) -> dict[str, Any]:
         """What the report records: axes with bounds, every value tried per axis, the rounds,
         the budget, the best setting and why the search stopped."""
-        best = self.best()
+        best, top = self.best(), selection.highest(self.trials, self.maximize)
         return {
             "extend": self.extend,
             "axes": [{"name": a.name, "given": list(a.values), "bounds": [a.low, a.high],
@@ -222,18 +228,24 @@ class EdgeSearch:
             "settings": len(self.trials), "max_settings": self.max_settings,
             "best": dict(zip((a.name for a in self.axes), best.setting, strict=True)),
             "best_round": best.round, "stop_reason": self.stop_reason,
+            "margin": self.margin,
+            # The highest score when the margin kept an earlier setting instead.
+            "highest": None if top is best else {
+                **dict(zip((a.name for a in self.axes), top.setting, strict=True)),
+                "round": top.round},
         }
 
 
 def run_searches(searches: Sequence[EdgeSearch],
-                 score: Callable[[list[tuple[int, Setting]]], Sequence[float]],
+                 score: Callable[[list[tuple[int, Setting]]], Sequence[Scored]],
                  on_round: Callable[[int, int], None] | None = None) -> None:
     """Run several searches to their end, one round of all of them at a time.
 
     Args:
         searches: The searches; each keeps its own grid and trials.
         score: Given every pending (search index, setting) of a round, returns their scores in
-            that order (so a caller may train them all together).
+            that order (so a caller may train them all together), each a number or a
+            (number, per-row scores) pair.
         on_round: Called with (round, settings to score) before each round's scoring.
     """
     round_ = 0
@@ -248,7 +260,10 @@ def run_searches(searches: Sequence[EdgeSearch],
             raise InvalidArgumentError(f"score returned {len(values)} values for {len(todo)} "
                                        "settings")
         for (i, setting), value in zip(todo, values, strict=True):
-            searches[i].record(setting, value)
+            if isinstance(value, tuple):
+                searches[i].record(setting, value[0], value[1])
+            else:
+                searches[i].record(setting, value)
         for search in searches:
             search.advance()
         round_ += 1
@@ -267,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser, points: str, tau_role: str) -
                         help=f"train the given grid's {points} only (no extension past its "
                              "edges), e.g. to reproduce a published grid")
     parser.add_argument(
-        "--search-rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
+        "--search-rounds", type=_rounds, default=DEFAULT_ROUNDS, metavar="N",
         help=f"extension rounds allowed while the best of the {points} lies on an edge of an "
              "axis given two or more values; the next value is the edge times the ratio of "
              f"the two outermost values ({MIN_RATIO:g} to {MAX_RATIO:g}); dropout rates stay "
@@ -275,6 +290,17 @@ def add_arguments(parser: argparse.ArgumentParser, points: str, tau_role: str) -
              f"within {DECADES} decades of the given grid, and at most "
              f"{DEFAULT_SETTINGS_FACTOR}x the grid's {points} are trained; default %(default)s")
     add_noise_argument(parser, tau_role)
+
+
+def _rounds(text: str) -> int:
+    """argparse type of ``--search-rounds``: its errors then name the flag, not the API."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
 
 
 def add_noise_argument(parser: argparse.ArgumentParser, tau_role: str) -> None:

@@ -264,6 +264,7 @@ def test_a_grid_whose_best_tau_is_on_its_edge_is_extended_within_the_budget(
     assert "tau tried: 0.01, 0.02, 0.04, 0.08 (given 0.01, 0.02)" in printed
     report = json.loads((out / "tiny.json").read_text())
     assert report["protocol"]["extend_grid"] and report["protocol"]["search_rounds"] == 2
+    assert report["protocol"]["search_margin"] == 1.0
     for split in report["splits"]:
         tried = [(g["tau"], g["round"]) for g in split["grid"]]
         assert tried == [(0.01, 0), (0.02, 0), (0.04, 1), (0.08, 2)]
@@ -272,6 +273,8 @@ def test_a_grid_whose_best_tau_is_on_its_edge_is_extended_within_the_budget(
         assert search["stop_reason"].startswith("budget: 2 extension rounds spent")
         assert search["axes"][1]["tried"] == [0.01, 0.02, 0.04, 0.08]
         assert search["axes"][1]["bounds"] == pytest.approx([1e-5, 20.0])
+        # every doubling of a far too small tau lifts every validation row: a clear lead
+        assert search["margin"] == 1.0 and search["highest"] is None
         best = max(split["grid"], key=lambda g: g["validation_ll"])
         assert split["tau"] == best["tau"] == 0.08
     with open(out / "tiny.csv", newline="") as f:
@@ -283,7 +286,7 @@ def test_a_grid_whose_best_tau_is_on_its_edge_is_extended_within_the_budget(
     assert uci_table.main([str(out)]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("| tiny | fixed | 4 | 2 | ")
-    assert "| n/a | n/a / n/a / " in line and "| 4-4, 2-2, 2 |" in line
+    assert "| n/a | n/a / n/a / " in line and "| 4-4, 2-2, 2, 0 |" in line
 
 
 def test_refined_tau_beats_or_keeps_the_grid_tau_on_the_validation_rows(
