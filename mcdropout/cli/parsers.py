@@ -11,7 +11,7 @@ from typing import Any
 
 from mcdropout.cli import calibrating, commands
 from mcdropout.loading import IMPORT_MODULE_HELP, IMPORT_MODULES_ENV
-from mcdropout.modeling import edgesearch
+from mcdropout.modeling import search_cli
 
 
 def add_builtin_commands(sub: Any) -> None:
@@ -54,7 +54,7 @@ def _add_train(sub: Any) -> None:
                    help="regression noise precision in standardised target units (1 = noise as "
                         "large as the target's spread); default: estimated from the validation "
                         "residuals")
-    edgesearch.add_noise_argument(p, "--tau then sets the weight decay only (default 1)")
+    search_cli.add_noise_argument(p, "--tau then sets the weight decay only (default 1)")
     p.add_argument("--max-norm", type=float, help="max-norm constraint on incoming weights")
     p.add_argument("--epochs", type=int, default=200, help="most epochs; default 200")
     p.add_argument("--batch-size", type=int, default=32, help="default 32")

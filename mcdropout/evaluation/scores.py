@@ -112,9 +112,14 @@ def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def classification_nll(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log probability of the true class, in nats (probabilities clipped at 1e-12)."""
+    return float(np.mean(classification_nll_rows(labels, probs)))
+
+
+def classification_nll_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per row, the negative log probability of the true class (see :func:`classification_nll`)."""
     labels, probs = _classes(labels, probs)
     picked = probs[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, _EPS, 1.0))))
+    return -np.log(np.clip(picked, _EPS, 1.0))
 
 
 def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:

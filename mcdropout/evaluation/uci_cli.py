@@ -13,9 +13,8 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mcdropout.errors import InvalidArgumentError
 from mcdropout.evaluation import uci, uci_data
-from mcdropout.modeling import edgesearch, selection
+from mcdropout.modeling import search_cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -54,13 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--tau-values", type=float, nargs="+", metavar="TAU",
                    help="grid of noise precisions tau (> 0, in the target's units) instead of "
                         "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
-    edgesearch.add_arguments(p, "settings", "tau then sets the weight decay only")
-    p.add_argument("--search-margin", type=_margin, default=selection.DEFAULT_MARGIN, metavar="K",
-                   help="standard errors of the paired per-row validation log-likelihood "
-                        "difference by which a setting added past the grid must beat the "
-                        "split's current choice (the one-standard-error rule: a few dozen "
-                        "validation rows make the highest of many scores a lucky one); 0 takes "
-                        "the highest score; default %(default)s")
+    search_cli.add_arguments(p, "settings", "tau then sets the weight decay only")
     p.add_argument("--refine-tau", action="store_true",
                    help="fixed noise: after the search, refine each split's tau for its chosen "
                         "network by a golden-section search in log tau between the grid's "
@@ -76,15 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--output", type=Path, default=Path("uci-results"),
                    help="folder for the JSON and CSV reports; default %(default)s")
     p.set_defaults(func=_main)
-
-
-def _margin(text: str) -> float:
-    """argparse type of ``--search-margin``: its errors then name the flag."""
-    try:
-        return selection.check_margin(float(text))
-    except (ValueError, InvalidArgumentError):
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number of standard errors >= 0, got {text!r}") from None
 
 
 def _main(args: argparse.Namespace) -> int:

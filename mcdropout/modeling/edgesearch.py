@@ -23,7 +23,6 @@ benchmark trains the settings of all its splits in one stacked graph).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -267,51 +266,3 @@ def run_searches(searches: Sequence[EdgeSearch],
         for search in searches:
             search.advance()
         round_ += 1
-
-
-def add_arguments(parser: argparse.ArgumentParser, points: str, tau_role: str) -> None:
-    """The search options ``mcdropout tune`` and ``mcdropout benchmark uci`` share:
-    ``--grid-only``, ``--search-rounds`` and ``--noise``.
-
-    Args:
-        parser: The command's parser.
-        points: What the grid's settings are called, e.g. "points" or "settings".
-        tau_role: What the tau values become with a learned noise.
-    """
-    parser.add_argument("--grid-only", action="store_true",
-                        help=f"train the given grid's {points} only (no extension past its "
-                             "edges), e.g. to reproduce a published grid")
-    parser.add_argument(
-        "--search-rounds", type=_rounds, default=DEFAULT_ROUNDS, metavar="N",
-        help=f"extension rounds allowed while the best of the {points} lies on an edge of an "
-             "axis given two or more values; the next value is the edge times the ratio of "
-             f"the two outermost values ({MIN_RATIO:g} to {MAX_RATIO:g}); dropout rates stay "
-             f"in [{DROPOUT_BOUNDS[0]:g}, {DROPOUT_BOUNDS[1]:g}], taus and weight decays "
-             f"within {DECADES} decades of the given grid, and at most "
-             f"{DEFAULT_SETTINGS_FACTOR}x the grid's {points} are trained; default %(default)s")
-    add_noise_argument(parser, tau_role)
-
-
-def _rounds(text: str) -> int:
-    """argparse type of ``--search-rounds``: its errors then name the flag, not the API."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def add_noise_argument(parser: argparse.ArgumentParser, tau_role: str) -> None:
-    """``--noise {fixed,learned}``, as ``mcdropout train``, ``tune`` and ``benchmark uci`` take it.
-
-    Args:
-        parser: The command's parser.
-        tau_role: What tau becomes with a learned noise.
-    """
-    parser.add_argument(
-        "--noise", choices=("fixed", "learned"), default="fixed",
-        help="regression: fixed (one noise precision tau) or learned (the network predicts a "
-             f"log-variance per row beside the mean, trained by Gaussian NLL; {tau_role}); "
-             "default %(default)s")

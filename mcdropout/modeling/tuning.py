@@ -7,8 +7,11 @@ task). Every point is trained with :func:`mcdropout.modeling.training.train`, th
 regression by the MC-mixture log-likelihood (higher is better), classification by the negative
 log-likelihood (lower is better). While the best point lies on an edge of the grid (the smallest
 or largest dropout rate, tau or weight decay given) the grid is extended on that side and the new
-points trained, within bounds and a budget (:mod:`mcdropout.modeling.edgesearch`); ``extend=False``
-(``--grid-only``) trains the given grid only. The best model goes into the store with every point
+points trained, within bounds and a budget (:mod:`mcdropout.modeling.edgesearch`); a point added
+past the grid is chosen only when it beats the current choice by more than ``margin`` standard
+errors of the paired per-row difference of their validation scores
+(:mod:`mcdropout.modeling.selection`). ``extend=False`` (``--grid-only``) trains the given grid
+only. The best model goes into the store with every point
 tried and the search's log in its provenance; the points are also written as a table and the
 dropout sweep as a plot. The command line is :mod:`mcdropout.modeling.tuning_cli`.
 """
@@ -24,9 +27,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mcdropout.errors import InvalidArgumentError
-from mcdropout.evaluation import report
-from mcdropout.modeling import edgesearch, tables, training
+from mcdropout.evaluation import report, scores
+from mcdropout.modeling import edgesearch, selection, tables, training
 from mcdropout.store import ModelInfo, validate_name
 
 DEFAULT_DROPOUT_RATES = (0.01, 0.05, 0.1, 0.2)
@@ -93,7 +98,8 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
                 taus: Sequence[float] | None = None,
                 weight_decays: Sequence[float] | None = None, description: str = "",
                 on_point: Callable[[GridPoint], None] | None = None, extend: bool = True,
-                max_rounds: int = edgesearch.DEFAULT_ROUNDS
+                max_rounds: int = edgesearch.DEFAULT_ROUNDS,
+                margin: float = selection.DEFAULT_MARGIN
                 ) -> tuple[Any, ModelInfo, TuningResult]:
     """Train every grid setting, extend the grid past an edge that holds the best one, and keep
     the best.
@@ -114,6 +120,10 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
         extend: Extend an axis of two or more values past an edge holding the best point
             (:mod:`mcdropout.modeling.edgesearch`); False trains the given grid only.
         max_rounds: Extension rounds allowed, >= 0.
+        margin: Standard errors by which a point added past the grid must beat the current
+            choice on the validation rows (:func:`mcdropout.modeling.selection.choose`); 0 keeps
+            the best score. Every point's model is kept until the search ends (the chosen one
+            may be an earlier point than the best score's).
 
     Returns:
         (the best keras.Model, its ModelInfo with the points in ``provenance["tuning"]``, the
@@ -134,11 +144,12 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
     if axis:
         axes.append(edgesearch.Axis.of(axis, taus or decays))
     search = edgesearch.EdgeSearch(tuple(axes), maximize=regression, extend=extend,
-                                   max_rounds=max_rounds)
+                                   max_rounds=max_rounds, margin=margin)
     points: list[GridPoint] = []
-    best: list[Any] = [None, None, None]  # score, model, info of the best point so far
+    trained: list[tuple[Any, ModelInfo]] = []
+    val_x, val_y = _validation_rows(table, config, seed)
 
-    def train_point(setting: tuple[float, ...]) -> float:
+    def train_point(setting: tuple[float, ...]) -> tuple[float, np.ndarray]:
         p, second = setting[0], setting[1] if axis else None
         tau = second if axis == "tau" else None
         decay = second if axis == "weight_decay" else None
@@ -157,21 +168,51 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
             score=float(validation[metric]), validation=dict(validation),
             epochs_run=int(info.provenance["training"]["epochs_run"]), round=search.round)
         points.append(point)
+        trained.append((model, info))
         if on_point is not None:
             on_point(point)
-        # Strictly better only: the first of equal scores wins.
-        if best[0] is None or (point.score > best[0] if regression else point.score < best[0]):
-            best[:] = [point.score, model, info]
-        return point.score
+        return point.score, _row_scores(model, info, val_x, val_y, config, seed)
 
     edgesearch.run_searches([search], lambda todo: [train_point(s) for _, s in todo])
     log = search.log()
-    result = TuningResult(metric, regression, tuple(points),
-                          [p.score for p in points].index(best[0]), seed, axis, log)
+    # The search's trials and the points were appended in the same order.
+    best = search.best()
+    chosen = next(i for i, t in enumerate(search.trials) if t is best)
+    result = TuningResult(metric, regression, tuple(points), chosen, seed, axis, log)
     tuning = {"metric": metric, "higher_is_better": regression, "seed": seed, "axis": axis,
               "best": result.best, "grid": [asdict(p) for p in points], "search": log}
-    _, model, info = best
+    model, info = trained[chosen]
     return model, replace(info, provenance={**info.provenance, "tuning": tuning}), result
+
+
+def _validation_rows(table: tables.Table, config: training.TrainConfig, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows :func:`mcdropout.modeling.training.train` scores a point on (same split), with
+    targets as :func:`mcdropout.evaluation.scores.evaluate` takes them."""
+    _, val_idx = tables.split_indices(table.rows, config.validation_fraction, seed)
+    y = tables.encode_labels(table.y)[0] if config.task == "classification" else table.y
+    return table.x[val_idx], y[val_idx]
+
+
+def _row_scores(model: Any, info: ModelInfo, x: np.ndarray, y: np.ndarray,
+                config: training.TrainConfig, seed: int) -> np.ndarray:
+    """Per validation row, the selection metric's term: the same passes (samples, seed) as the
+    point's validation score, so their mean is that score."""
+    from mcdropout.engine import MCDropoutPredictor
+
+    predictor = MCDropoutPredictor.from_info(model, info)
+    if config.task == "classification":
+        return scores.classification_nll_rows(
+            y, scores.predict_chunked(predictor, x, config.validation_samples, seed).mean)
+    prediction = scores.predict_chunked(predictor, x, config.validation_samples, seed,
+                                        return_samples=True)
+    y = np.asarray(y, np.float64).reshape(prediction.mean.shape)
+    noise = prediction.raw_noise_var
+    precision = predictor.tau if noise is None else 1.0 / noise  # in the targets' units
+    if precision is None or prediction.raw_samples is None:
+        raise InvalidArgumentError(f"model {info.name!r} has no noise model (tau or learned) "
+                                   "to score validation rows by MC log-likelihood")
+    return scores.mc_log_likelihood_rows(y, prediction.raw_samples, precision)
 
 
 def write_outputs(result: TuningResult, directory: str | Path, title: str = "") -> list[Path]:

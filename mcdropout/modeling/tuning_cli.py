@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mcdropout.evaluation import plotting
-from mcdropout.modeling import edgesearch, tables, training
+from mcdropout.modeling import search_cli, tables, training
 from mcdropout.modeling.tuning import (
     DEFAULT_DROPOUT_RATES,
     GridPoint,
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                            "point")
     grid.add_argument("--weight-decays", nargs="+", type=float, metavar="L2",
                       help="L2 coefficients to try instead of deriving them from tau")
-    edgesearch.add_arguments(p, "points", "--taus then set the weight decay only")
+    search_cli.add_arguments(p, "points", "--taus then set the weight decay only")
     p.add_argument("--hidden", nargs="*", type=int, default=[50], metavar="WIDTH",
                    help="hidden layer widths; default 50")
     p.add_argument("--epochs", type=int, default=200, help="most epochs; default 200")
@@ -83,7 +83,7 @@ def _main(args: argparse.Namespace) -> int:
     model, info, result = grid_search(
         table, config, args.name, dropout_rates=args.dropout_rates, taus=args.taus,
         weight_decays=args.weight_decays, description=args.description, on_point=show,
-        extend=not args.grid_only, max_rounds=args.search_rounds)
+        extend=not args.grid_only, max_rounds=args.search_rounds, margin=args.search_margin)
     version = ModelStore(args.model_root).save(model, info)
     print(format_table(result))
     best = result.points[result.best]

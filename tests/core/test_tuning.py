@@ -53,6 +53,31 @@ def test_regression_grid_picks_the_true_noise_precision(tmp_path: Path) -> None:
         "seed"] == 1
 
 
+def test_a_point_added_past_the_grid_must_win_by_the_margin(tmp_path: Path) -> None:
+    """taus 1/30 and 1/10 of the true one: the best, 1/10, is on the top edge, so 0.3 of it is
+    added and scores higher. An impossible margin keeps the given grid's point (and its model);
+    margin 0 takes the higher score."""
+    _, table = linear_table(tmp_path)
+    true_tau = float(table.y.var()) / NOISE**2
+    config = TrainConfig(epochs=15, batch_size=64, learning_rate=0.01, patience=15, seed=1,
+                         validation_samples=50)
+    grid = {"dropout_rates": [0.05], "taus": [true_tau / 30, true_tau / 10]}
+    model, info, kept = tuning.grid_search(table, config, "linear", margin=1e9, **grid)
+    assert [p.round for p in kept.points] == [0, 0, 1]
+    assert kept.points[2].score > kept.points[1].score and kept.best == 1
+    assert info.tau == pytest.approx(true_tau / 10)
+    assert kept.search is not None and kept.search["margin"] == 1e9
+    assert kept.search["highest"] == {"dropout": 0.05, "tau": pytest.approx(true_tau * 0.3),
+                                      "round": 1}
+    # the per-row scores the margin weighs are the rows of the point's own validation score
+    rows = tuning._row_scores(model, info, *tuning._validation_rows(table, config, 1), config, 1)
+    assert rows.shape == (60,) and rows.mean() == pytest.approx(kept.points[1].score)
+    _, info, plain = tuning.grid_search(table, config, "linear", margin=0.0, max_rounds=1,
+                                        **grid)
+    assert plain.best == 2 and plain.search is not None and plain.search["highest"] is None
+    assert info.tau == pytest.approx(plain.points[plain.best].tau)
+
+
 def test_classification_grid_picks_the_weight_decay_that_lets_it_learn(tmp_path: Path) -> None:
     """Two separated blobs: a decay of 10 pins the weights near 0 (NLL about log 2), a decay of
     1e-5 does not; the grid chooses by NLL and trains with exactly the decays asked for."""
