@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2_grpc as pb_grpc
 
@@ -27,8 +27,9 @@ from mcdropout_server.batching import BatchPolicy
 from mcdropout_server.concurrency import ConcurrencyLimit
 from mcdropout_server.drain import DrainGate
 from mcdropout_server.feedback import Feedback
+from mcdropout_server.front import Front
 from mcdropout_server.health import HealthService
-from mcdropout_server.intake import intake_interceptor
+from mcdropout_server.intake import intake_for
 from mcdropout_server.logs import fields
 from mcdropout_server.metrics import ServerMetrics
 from mcdropout_server.oip_servicer import add_to_server as add_oip_to_server
@@ -36,12 +37,7 @@ from mcdropout_server.process_role import ProcessRole, report_ready
 from mcdropout_server.registry import Limits, ModelRegistry
 from mcdropout_server.reload import ModelReloader, ReloadLoop, ReloadReport
 from mcdropout_server.runner import PredictionRunner
-from mcdropout_server.security import (
-    OPEN_METHODS,
-    auth_interceptor,
-    refresh_tokens,
-    server_credentials,
-)
+from mcdropout_server.security import OPEN_METHODS, refresh_tokens, server_credentials, token_auth
 from mcdropout_server.servicers import PredictionServicer
 from mcdropout_server.settings import ServerSettings
 from mcdropout_server.siblings import ProcessServicer, Siblings
@@ -108,7 +104,7 @@ class ServerApp:
         self._server: Any = None
         # Read here so that a bad certificate or token file fails before anything is bound.
         self.credentials = server_credentials(settings)
-        self.auth = auth_interceptor(settings)
+        self.auth = token_auth(settings)
         self.reloads: ReloadLoop | None = None
         self.siblings = Siblings(role, self.feedback, self.metrics) if role else None
 
@@ -126,10 +122,11 @@ class ServerApp:
             max_reply_bytes=s.max_message_bytes, feedback=self.feedback)
         # The RPC limit is ours, not grpcio's maximum_concurrent_rpcs (which counts health
         # checks too, so probes starved under load). Authentication runs first: a call without
-        # a token never takes a slot.
+        # a token never takes a slot. Every service registers with the front, which guards
+        # its methods (mcdropout_server.front), and the server serves the front alone.
         self.limit = ConcurrencyLimit(s.max_concurrent_rpcs, unlimited=OPEN_METHODS)
+        front = Front(intake_for(s), self.limit, self.auth, OPEN_METHODS)
         self._server = grpc.aio.server(
-            interceptors=[intake_interceptor(s), *([self.auth] if self.auth else []), self.limit],
             options=[("grpc.max_receive_message_length", s.max_message_bytes),
                      ("grpc.max_send_message_length", s.max_message_bytes),
                      # Alone, a port already in use fails loudly; one of several processes
@@ -138,15 +135,19 @@ class ServerApp:
         pb_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.runner, self.gate, self.metrics) if self.siblings is None
             else ProcessServicer(self.runner, self.gate, self.metrics, self.siblings),
-            self._server)
+            front.server)
         # The Open Inference Protocol (KServe v2): a second codec over the same runner and gate.
-        oip_service = add_oip_to_server(self._server, self.runner, self.gate, self.metrics)
+        oip_service = add_oip_to_server(front.server, self.runner, self.gate, self.metrics)
         self.health = HealthService(s.max_health_watches, s.max_health_watches_per_peer,
                                     check_token=self.auth.check if self.auth else None,
                                     open_names=("", SERVICE_NAME))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, oip_service, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, front.server)
+        # enable_server_reflection picks the asyncio servicer only for a grpc.aio.Server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (SERVICE_NAME, oip_service, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)),
+            front.server)
+        self._server.add_generic_rpc_handlers((front,))
         host = f"[{s.host}]" if ":" in s.host else s.host
         try:
             address = f"{host}:{s.port}"

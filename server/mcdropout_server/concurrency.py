@@ -10,7 +10,7 @@ streams :mod:`mcdropout_server.health` bounds on its own) always pass.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -33,12 +33,12 @@ def with_behaviour(handler: grpc.RpcMethodHandler,
                 response_serializer=handler.response_serializer)
 
 
-class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ConcurrencyLimit:
     """Refuses a call with RESOURCE_EXHAUSTED while ``limit`` counted calls are being handled.
 
     A call counts from the moment its handler starts until it returns (a streaming call: until
-    its stream ends). Unknown methods are left to gRPC (UNIMPLEMENTED). Used from the server's
-    event loop only, so the count needs no lock.
+    its stream ends); :mod:`mcdropout_server.front` counts every method but the probes. Used
+    from the server's event loop only, so the count needs no lock.
 
     Args:
         limit: Most counted calls at once (``MCDROPOUT_MAX_CONCURRENT_RPCS``).
@@ -55,56 +55,59 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.limit = limit
         self._unlimited = frozenset(unlimited)
         self._active = 0
-        # Each method's counted handler, made once (see IntakeInterceptor._wrapped).
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     @property
     def active(self) -> int:
         """Counted calls being handled now."""
         return self._active
 
-    async def intercept_service(
-            self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler | None]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
-        if handler is None or details.method in self._unlimited:
-            return handler
-        known = self._wrapped.get(details.method)
-        if known is not None and known[0] is handler:
-            return known[1]
-        wrapped = with_behaviour(handler, self._counted)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+    def counts(self, method: str) -> bool:
+        """Whether calls of ``method`` (a full name) are counted."""
+        return method not in self._unlimited
 
-    async def _admit(self, context: grpc.aio.ServicerContext) -> None:
+    def enter(self) -> bool:
+        """Count one call; False (nothing counted) when ``limit`` calls are counted already."""
         if self._active >= self.limit:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server is busy: it is handling {self._active} calls, the most it takes at once "
-                f"(MCDROPOUT_MAX_CONCURRENT_RPCS={self.limit}); retry later or on another replica")
+            return False
         self._active += 1
+        return True
 
-    def _counted(self, behaviour: Behaviour) -> Behaviour:
+    def leave(self) -> None:
+        """Uncount a call that :meth:`enter` counted."""
+        self._active -= 1
+
+    def busy(self) -> str:
+        """The message of a refusal by :meth:`enter`."""
+        return (f"server is busy: it is handling {self._active} calls, the most it takes at once "
+                f"(MCDROPOUT_MAX_CONCURRENT_RPCS={self.limit}); retry later or on another replica")
+
+    async def admit(self, context: grpc.aio.ServicerContext) -> None:
+        """Count one call, or abort it with RESOURCE_EXHAUSTED."""
+        if not self.enter():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.busy())
+
+    def counted(self, behaviour: Behaviour) -> Behaviour:
+        """``behaviour``, counted while it runs."""
         # The wrapper must be of the same sort as the behaviour (an async generator stays one)
         # for grpc.aio to drive it the same way.
         if inspect.isasyncgenfunction(behaviour):
             async def streamed(request: Any, context: grpc.aio.ServicerContext
                                ) -> AsyncIterator[Any]:
-                await self._admit(context)
+                await self.admit(context)
                 try:
                     async for response in behaviour(request, context):
                         yield response
                 finally:
-                    self._active -= 1
+                    self.leave()
 
             return streamed
 
         async def awaited(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await self._admit(context)
+            await self.admit(context)
             try:
                 result = behaviour(request, context)
                 return await result if inspect.isawaitable(result) else result
             finally:
-                self._active -= 1
+                self.leave()
 
         return awaited

@@ -4,14 +4,15 @@ grpcio's aio server receives a unary request's whole message, copies it into a P
 and parses it with the method's deserializer before any handler runs. A body that did not parse
 was answered UNKNOWN with an ERROR traceback per call, and nothing bounded the bytes that calls
 hold while they wait in the queue and run (64 calls of 64 MiB each: 4 GiB of bodies alone).
-:class:`IntakeInterceptor` hands every unary-request handler over without its deserializer, so
-that grpcio gives it the raw body, and the handler then, first of all:
+:mod:`mcdropout_server.front` therefore serves every unary-request method without its
+deserializer, so that grpcio gives the handler the raw body, and the handler, first of all,
+asks :meth:`Intake.charge` to:
 
-1. charges ``len(body)`` to the server's :class:`ByteBudget`, refusing with RESOURCE_EXHAUSTED
+1. charge ``len(body)`` to the server's :class:`ByteBudget`, refusing with RESOURCE_EXHAUSTED
    when the budget would be exceeded; the charge is returned when the call ends, however it ends.
    Methods open without a token (the probes) take at most ``OPEN_BODY_LIMIT`` bytes, so that
    nobody without a token can hold the budget;
-2. parses the body with the method's own deserializer; one that does not parse is refused with
+2. parse the body with the method's own deserializer; one that does not parse is refused with
    INVALID_ARGUMENT and logged once per client address per interval, without a traceback.
 
 What the budget cannot bound, because it happens before any of our code runs: the bytes gRPC's
@@ -21,9 +22,8 @@ counted bytes (the parsed message, the arrays decoded from it) is a small multip
 A client-streaming method (RankPool) gets its messages raw too, one at a time: each is charged
 when it arrives and given back when the handler asks for the next one (or the call ends), so a
 stream holds at most one message's bytes against the budget however long it runs. Its refusals
-are raised as domain errors (:class:`~mcdropout.ResourceLimitError`,
-:class:`~mcdropout.InvalidArgumentError`) inside the handler, whose ``@rpc`` turns them into the
-same status codes and messages as a unary call gets. Bidirectional streams (only reflection
+are raised as domain errors (:meth:`Refusal.error`) inside the handler, whose ``@rpc`` turns
+them into the same status codes and messages as a unary call gets. Bidirectional streams (only reflection
 here) are left to grpcio; the log filter in :mod:`mcdropout_server.logs` rate-limits grpcio's own
 line for a body it cannot parse.
 """
@@ -33,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
-import inspect
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,18 +90,15 @@ class ByteBudget:
         self._held -= size
 
 
-def intake_interceptor(settings: ServerSettings) -> IntakeInterceptor:
-    """The interceptor over a budget of ``settings.received_bytes_budget_mb`` MiB."""
-    return IntakeInterceptor(ByteBudget(settings.received_bytes_budget_mb * _MIB), OPEN_METHODS)
+def intake_for(settings: ServerSettings) -> Intake:
+    """The intake over a budget of ``settings.received_bytes_budget_mb`` MiB."""
+    return Intake(ByteBudget(settings.received_bytes_budget_mb * _MIB), OPEN_METHODS)
 
 
-class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Charges each unary request's body to a :class:`ByteBudget`, then parses it itself.
-
-    Put it first in the server's interceptors: its handler is then the outermost, which lets it
-    clear the frames an aborted call passed through (see :func:`_clear_frames`). It still sees
-    the handler the others chose: a refusal by authentication is request-streaming and passes
-    untouched, so a call without a token is never charged or parsed.
+class Intake:
+    """Charges each request body to a :class:`ByteBudget`, then parses it with the method's own
+    deserializer; :mod:`mcdropout_server.front` calls it first thing in every handler that takes
+    raw bodies.
 
     Args:
         budget: The server-wide budget (``MCDROPOUT_RECEIVED_BYTES_BUDGET_MB``).
@@ -118,118 +114,36 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._log_limiter = RateLimiter(log_interval)
         self._heap = HeapTrimmer()
 
-    async def intercept_service(
-            self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler | None]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        if handler.request_streaming:
-            if handler.response_streaming or not inspect.iscoroutinefunction(handler.stream_unary):
-                return handler
-            return grpc.stream_unary_rpc_method_handler(
-                self._taking_raw_messages(handler.stream_unary, handler.request_deserializer,
-                                          details.method),
-                response_serializer=handler.response_serializer)
-        behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
-            return handler  # a synchronous behaviour expects grpcio's thread-pool context
-        wrapped = self._taking_raw_bodies(behaviour, handler.request_deserializer, details.method)
-        make = (grpc.unary_stream_rpc_method_handler if handler.response_streaming
-                else grpc.unary_unary_rpc_method_handler)
-        return make(wrapped, response_serializer=handler.response_serializer)
-
-    def _taking_raw_bodies(self, behaviour: Callable[..., Any], parse: Callable[[bytes], Any],
-                           method: str) -> Callable[..., Any]:
-        # One coroutine for every kind: grpc.aio also drives a response stream written with
-        # context.write, so an async generator's responses are written here one by one.
-        streams = inspect.isasyncgenfunction(behaviour)
-
-        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> Any:
-            size, admitted, request = len(body), False, None
-            try:
-                request = await self._admit(body, parse, method, context)
-                admitted = True
-                if not streams:
-                    return await behaviour(request, context)
-                async for response in behaviour(request, context):
-                    await context.write(response)
-                return None
-            except BaseException as exc:
-                # Leaving through an exception: free the body now (see _clear_frames).
-                _clear_frames(exc)
-                del body, context, request
-                raise
-            finally:
-                self._ended(size, admitted)
-
-        return handle
-
-    def _taking_raw_messages(self, behaviour: Callable[..., Any], parse: Callable[[bytes], Any],
-                             method: str) -> Callable[..., Any]:
-        async def handle(bodies: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
-            held = 0  # the bytes of the message the handler is working on
-
-            async def messages() -> AsyncIterator[Any]:
-                nonlocal held
-                async for body in bodies:
-                    # Asking for the next message means the handler is done with the last one.
-                    self._ended(held, admitted=True)
-                    held = 0
-                    parsed = self._charge(body, parse, method, context)
-                    if isinstance(parsed, _Refusal):
-                        raise parsed.error()
-                    held = len(body)
-                    del body  # the handler gets the parsed message; the raw bytes can go
-                    yield parsed
-
-            try:
-                return await behaviour(messages(), context)
-            except BaseException as exc:
-                _clear_frames(exc)
-                del context
-                raise
-            finally:
-                self._ended(held, admitted=True)
-
-        return handle
-
-    async def _admit(self, body: bytes, parse: Callable[[bytes], Any], method: str,
-                     context: grpc.aio.ServicerContext) -> Any:
-        """The parsed request, its bytes charged; or the call aborted with nothing charged."""
-        parsed = self._charge(body, parse, method, context)
-        if isinstance(parsed, _Refusal):
-            await context.abort(parsed.code, parsed.message)
-        return parsed
-
-    def _charge(self, body: bytes, parse: Callable[[bytes], Any], method: str,
-                context: grpc.aio.ServicerContext) -> Any:
-        """The parsed message, its bytes charged; or a :class:`_Refusal` with nothing charged."""
+    def charge(self, body: bytes, parse: Callable[[bytes], Any], method: str,
+               context: grpc.aio.ServicerContext) -> Any:
+        """The parsed message, its bytes charged; or a :class:`Refusal` with nothing charged."""
         size = len(body)
         if method in self._open and size > OPEN_BODY_LIMIT:
             self._log("request refused: too large for a method open without a token", method,
                       context, size)
-            return _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{method} needs no token, so its request may be at most "
-                            f"{OPEN_BODY_LIMIT} bytes; got {size} bytes")
+            return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{method} needs no token, so its request may be at most "
+                           f"{OPEN_BODY_LIMIT} bytes; got {size} bytes")
         if not self.budget.take(size):
             self._log("request refused: received-bytes budget full", method, context, size)
-            return _Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"the server is holding {self.budget.held / _MIB:.1f} MiB of received "
-                            f"requests; this {size / _MIB:.1f} MiB one would go beyond its budget "
-                            f"of {self.budget.limit / _MIB:.1f} MiB ({BUDGET_SETTING}): retry "
-                            "later, or send smaller requests")
+            return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"the server is holding {self.budget.held / _MIB:.1f} MiB of received "
+                           f"requests; this {size / _MIB:.1f} MiB one would go beyond its budget "
+                           f"of {self.budget.limit / _MIB:.1f} MiB ({BUDGET_SETTING}): retry "
+                           "later, or send smaller requests")
         try:
             return parse(body)
         except DecodeError as exc:
             error = str(exc)
         self.budget.give_back(size)
         self._log("request body does not parse", method, context, size, error=error)
-        return _Refusal(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"the request body ({size} bytes) is not a valid request message for "
-                        f"{method}: {error}")
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"the request body ({size} bytes) is not a valid request message for "
+                       f"{method}: {error}")
 
-    def _ended(self, size: int, admitted: bool) -> None:
+    def ended(self, size: int, admitted: bool) -> None:
+        """A body of ``size`` bytes is done with: given back to the budget if ``admitted``
+        (:meth:`charge` parsed it), and counted towards the next heap trim either way."""
         if admitted:
             self.budget.give_back(size)
         self._heap.freed(size)
@@ -245,7 +159,9 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
-class _Refusal:
+class Refusal:
+    """Why :meth:`Intake.charge` refused a body, as the status a client gets."""
+
     code: grpc.StatusCode
     message: str
 
@@ -311,7 +227,7 @@ def _malloc_trim() -> Callable[[], object] | None:
         return None
 
 
-def _clear_frames(exc: BaseException) -> None:
+def clear_frames(exc: BaseException) -> None:
     """Drop the locals of the finished frames ``exc`` passed through.
 
     grpc.aio keeps the exception of ``context.abort`` on the call's state, which the context in

@@ -1,10 +1,11 @@
 """Transport security: TLS credentials from files, and bearer-token authentication.
 
-TLS (optionally mutual) is configured from PEM files named in the settings. Authentication is a
-server interceptor: every RPC except the health checks must carry ``authorization: Bearer <token>``
-metadata with one of the configured tokens. A missing or malformed header is refused with
-UNAUTHENTICATED, a token that is not on the list with PERMISSION_DENIED, in both cases before
-the request's body is read (see :func:`_refusing`). Tokens are compared as
+TLS (optionally mutual) is configured from PEM files named in the settings. Authentication: every
+RPC except the health checks must carry ``authorization: Bearer <token>`` metadata with one of
+the configured tokens, checked by :mod:`mcdropout_server.front` as grpc.aio looks up the call's
+handler. A missing or malformed header is refused with UNAUTHENTICATED, a token that is not on
+the list with PERMISSION_DENIED, in both cases before the request's body is read (see
+:func:`refusing`). Tokens are compared as
 SHA-256 digests with :func:`hmac.compare_digest` against every configured token, so the time taken
 says nothing about how close a guess was; the token values themselves are not kept.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,19 +98,17 @@ def read_tokens(settings: ServerSettings) -> frozenset[str]:
     return frozenset(tokens)
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses every RPC outside ``open_methods`` that lacks an accepted bearer token.
+class TokenAuth:
+    """The accepted bearer tokens, and the check of a call's metadata against them.
 
     Args:
         tokens: The accepted tokens (at least one).
-        open_methods: Full method names (``/package.Service/Method``) served without a token.
 
     Raises:
         ValueError: no tokens.
     """
 
-    def __init__(self, tokens: Iterable[str], open_methods: Iterable[str] = OPEN_METHODS) -> None:
-        self._open = frozenset(open_methods)
+    def __init__(self, tokens: Iterable[str]) -> None:
         self._digests: tuple[bytes, ...] = ()
         self.set_tokens(tokens)
 
@@ -148,39 +147,29 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not accepted here"
         return None
 
-    async def intercept_service(
-            self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler | None]],
-            details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        if details.method in self._open:
-            return await continuation(details)
-        refusal = self.check(details.invocation_metadata)
-        if refusal is None:
-            return await continuation(details)
-        return _refusing(details.method, *refusal)
 
-
-def auth_interceptor(settings: ServerSettings) -> TokenAuthInterceptor | None:
-    """The interceptor for the configured tokens, or None when authentication is off.
+def token_auth(settings: ServerSettings) -> TokenAuth | None:
+    """The check of the configured tokens, or None when authentication is off.
 
     Raises:
         SecurityConfigError: see :func:`read_tokens`.
     """
     tokens = read_tokens(settings)
-    return TokenAuthInterceptor(tokens) if tokens else None
+    return TokenAuth(tokens) if tokens else None
 
 
-def refresh_tokens(interceptor: TokenAuthInterceptor, settings: ServerSettings) -> None:
+def refresh_tokens(auth: TokenAuth, settings: ServerSettings) -> None:
     """Re-read the tokens (on SIGHUP); on any problem keep the current ones and log why."""
     try:
         tokens = read_tokens(settings)
-        interceptor.set_tokens(tokens)
+        auth.set_tokens(tokens)
     except (SecurityConfigError, ValueError) as exc:
         log.error("auth tokens not reloaded; the current ones stay", extra=fields(error=str(exc)))
         return
     log.info("auth tokens reloaded", extra=fields(tokens=len(tokens)))
 
 
-def _refusing(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def refusing(method: str, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler that aborts with ``code`` without reading, let alone parsing, the request.
 
     gRPC reads a unary request's whole message before a unary handler runs; a request-streaming

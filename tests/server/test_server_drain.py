@@ -1,5 +1,6 @@
 """Draining through a real server under load: a client that retries what never ran sees nothing but
-OK or UNAVAILABLE, run after run (the health Watch streams' part of a drain: test_server_health.py).
+OK, UNAVAILABLE, or a call that never ran once its retries are spent, run after run (the health
+Watch streams' part of a drain: test_server_health.py).
 
 ``ServerThread.stop`` runs the same ``ServerApp.stop`` that SIGTERM does in ``mcdropout serve``.
 """
@@ -41,7 +42,8 @@ def through_client(client: Client) -> str:
     try:
         client.predict(reg_inputs(1), model="reg", samples=2)
     except ClientError as error:
-        return error.code.name
+        never_ran = error.code.name == "CANCELLED" and error.request_id is None
+        return error.code.name + (" (never ran)" if never_ran else "")
     return "OK"
 
 
@@ -94,7 +96,11 @@ def test_a_drain_under_load_answers_only_ok_or_unavailable(registry: ModelRegist
     cut_by_grpc = 0
     for run in range(RUNS):
         seen, raw = drain_under_load(registry)
-        assert set(seen) <= {"OK", "UNAVAILABLE"}, f"run {run}: {dict(seen)}"
+        # A client's last retry can land in the instant the listener closes (about 1 drain in
+        # 60: its retries went on the drain's UNAVAILABLE answers within some 50 ms); it then
+        # raises that attempt's CANCELLED, which carries no request id: nothing ran, nothing
+        # accepted was lost, and the client would have retried it with a retry left.
+        assert set(seen) <= {"OK", "UNAVAILABLE", "CANCELLED (never ran)"}, f"run {run}: {seen}"
         # Without retrying, a caller may also see gRPC cut a call that never ran as the listener
         # closed (docs/hardening.md); the project's client retries exactly those.
         assert set(raw) <= {"OK", "UNAVAILABLE", "CANCELLED (never ran)"}, f"run {run}: {raw}"

@@ -31,10 +31,12 @@ from mcdropout_client.proto.inference import grpc_predict_v2_pb2 as oip
 from mcdropout_client.proto.inference import grpc_predict_v2_pb2_grpc as oip_grpc
 from mcdropout_client.proto.mcdropout.v1 import mcdropout_pb2 as pb
 from mcdropout_server.app import ServerApp, ServerThread, load_registry
-from mcdropout_server.intake import OPEN_BODY_LIMIT, ByteBudget, IntakeInterceptor
+from mcdropout_server.concurrency import ConcurrencyLimit
+from mcdropout_server.front import Front
+from mcdropout_server.intake import OPEN_BODY_LIMIT, ByteBudget, Intake
 from mcdropout_server.logs import RateLimiter
 from mcdropout_server.registry import ModelRegistry
-from mcdropout_server.security import SecurityConfigError, TokenAuthInterceptor, refresh_tokens
+from mcdropout_server.security import SecurityConfigError, TokenAuth, refresh_tokens
 from mcdropout_server.settings import ServerSettings
 from server_testkit import (
     REG_FEATURES,
@@ -263,15 +265,15 @@ def test_tls_mutual_tls_and_token_together(registry: ModelRegistry, pki: Pki,
             client.predict(reg_inputs(3), model="reg", samples=7)
 
 
-def test_interceptor_check_without_a_server() -> None:
-    auth = TokenAuthInterceptor(["tok"])
+def test_token_check_without_a_server() -> None:
+    auth = TokenAuth(["tok"])
     assert auth.check([("authorization", "Bearer tok")]) is None
     assert auth.check([("authorization", "bearer  tok ")]) is None  # scheme is case-insensitive
     code, _ = auth.check([("authorization", "Bearer tok"), ("authorization", "Bearer tok")]) \
         or (None, "")
     assert code == grpc.StatusCode.UNAUTHENTICATED  # two headers: ambiguous, refused
     with pytest.raises(ValueError, match="at least one token"):
-        TokenAuthInterceptor([])
+        TokenAuth([])
 
 
 # -- request bodies: never read without a token, parsed by us, held within a budget -------------
@@ -370,10 +372,12 @@ async def test_intake_serves_response_streams_of_either_sort_and_gives_every_byt
             behaviour, request_deserializer=health_pb2.HealthCheckRequest.FromString,
             response_serializer=health_pb2.HealthCheckResponse.SerializeToString)
 
-    budget = ByteBudget(1000)
-    server = grpc.aio.server(interceptors=[IntakeInterceptor(budget)])
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "t.Streams", {"Generated": handler(generated), "Written": handler(written)})])
+    budget, limit = ByteBudget(1000), ConcurrencyLimit(4)
+    front = Front(Intake(budget), limit, None, ())
+    front.add_registered_method_handlers(
+        "t.Streams", {"Generated": handler(generated), "Written": handler(written)})
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([front])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -391,6 +395,7 @@ async def test_intake_serves_response_streams_of_either_sort_and_gives_every_byt
                         _ = [r async for r in call(body)]
                     assert info.value.code() == code, info.value.details()
                 assert budget.held == 0
+                assert limit.active == 0
     finally:
         await server.stop(None)
 
