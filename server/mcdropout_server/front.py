@@ -27,6 +27,7 @@ import grpc
 
 from mcdropout_server.concurrency import ConcurrencyLimit, with_behaviour
 from mcdropout_server.intake import Intake, Refusal, clear_frames
+from mcdropout_server.rpc import SERIALIZED_REPLY
 from mcdropout_server.security import TokenAuth, refusing
 
 
@@ -87,6 +88,10 @@ class Front(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def _guarded(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         limit = self._limit if self._limit.counts(method) else None
+        behaviour = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                     or handler.stream_stream)
+        if getattr(behaviour, SERIALIZED_REPLY, False):  # an @rpc method: it sends bytes
+            handler = handler._replace(response_serializer=None)
         parse = handler.request_deserializer
         if parse is None:  # nothing to charge or parse (a refusal, a raw-bytes method)
             return handler if limit is None else with_behaviour(handler, limit.counted)

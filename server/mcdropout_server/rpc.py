@@ -93,12 +93,16 @@ class Guarded(Protocol):
 
 
 Method = Callable[[Any, Any, Any, RpcRecord], Awaitable[Any]]
+# Set on every handler :func:`rpc` makes: it returns its reply serialized, so whoever serves it
+# gives it no response serializer (:mod:`mcdropout_server.front` does so).
+SERIALIZED_REPLY = "serialized_reply"
 
 
 def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any]]]:
     """Decorate an async servicer method ``(self, request, context, record) -> response``.
 
-    The decorated method has gRPC's signature ``(self, request, context)``.
+    The decorated method has gRPC's signature ``(self, request, context)`` and returns the
+    response serialized (``bytes``): see ``SERIALIZED_REPLY``.
     """
 
     def decorate(method: Method) -> Callable[[Any, Any, Any], Awaitable[Any]]:
@@ -116,8 +120,8 @@ def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any
             try:
                 self.gate.enter()
                 try:
-                    response = await method(self, request, context, record)
-                    _check_reply_size(response, self.max_reply_bytes)
+                    reply = _serialized(await method(self, request, context, record),
+                                        self.max_reply_bytes)
                 finally:
                     self.gate.leave()
             except asyncio.CancelledError:
@@ -128,21 +132,26 @@ def rpc(name: str) -> Callable[[Method], Callable[[Any, Any, Any], Awaitable[Any
                 _record(self.metrics, record, code, started, exc)
                 await context.abort(code, message)
             _record(self.metrics, record, grpc.StatusCode.OK, started, None)
-            return response
+            return reply
 
+        setattr(handler, SERIALIZED_REPLY, True)
         return handler
 
     return decorate
 
 
-def _check_reply_size(response: Any, limit: int | None) -> None:
+def _serialized(response: Any, limit: int | None) -> bytes:
+    # Serialized here, once: the size check needs the bytes (upb's ByteSize() serializes the
+    # whole message to count them), and grpc then sends these bytes as they are.
     # Predict replies are bounded before any pass runs (registry.prepare); this catches any reply
     # that still outgrew the limit, so that the call is refused and counted as what it is rather
     # than failing in the transport after being counted OK.
-    if limit is not None and response.ByteSize() > limit:
+    reply: bytes = response.SerializeToString()
+    if limit is not None and len(reply) > limit:
         raise ResourceLimitError(
-            f"the reply is {response.ByteSize()} bytes, above the server's message limit of "
+            f"the reply is {len(reply)} bytes, above the server's message limit of "
             f"{limit} bytes (MCDROPOUT_MAX_MESSAGE_BYTES); ask for fewer rows, samples or outputs")
+    return reply
 
 
 def _gave_up_code(context: Any) -> grpc.StatusCode:
