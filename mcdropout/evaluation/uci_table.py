@@ -57,7 +57,8 @@ def row(report: dict[str, Any]) -> str:
     rounds = [s.get("rounds", 0) for s in searches]
     unfinished = sum(1 for s in searches if s.get("stop_reason", "").startswith("budget")
                      or "at the bound" in s.get("stop_reason", ""))
-    kept = sum(1 for s in searches if s.get("highest"))
+    # Reports from before the margin existed carry no "margin": nothing was kept by it.
+    kept = sum(1 for s in searches if s.get("highest")) if "margin" in searches[0] else "n/a"
     search = (f"{min(settings)}-{max(settings)}, {min(rounds)}-{max(rounds)}, {unfinished}, "
               f"{kept}" if searches[0] else "given grid")
     noise = report["protocol"].get("noise", "fixed")
