@@ -2,19 +2,22 @@
 
 A grid search whose best value lies on the edge of its grid (the smallest dropout rate tried, the
 largest tau) has not found an optimum: the best may lie further out. :class:`EdgeSearch` runs a
-rectangular grid, and while the best setting sits on an edge of an axis it adds the next value on
-that side, geometrically (the ratio of the two outermost values on that side, at least
-:data:`MIN_RATIO` and at most :data:`MAX_RATIO`; an axis of one value stays fixed), and trains
+rectangular grid, and while the highest-scoring setting sits on an edge of an axis it adds the
+next value on that side, geometrically (the ratio of the two outermost values on that side, at
+least :data:`MIN_RATIO` and at most :data:`MAX_RATIO`; an axis of one value stays fixed), and trains
 the new settings (the new value crossed with every value of the other axes, so the grid stays
-rectangular). It stops when the best setting lies inside the grid on every axis, when the next
+rectangular). It stops when that setting lies inside the grid on every axis, when the next
 value would leave the axis's bounds (dropout rates within :data:`DROPOUT_BOUNDS`; tau and weight
 decay within :data:`DECADES` decades beyond the given grid), or when the budget is spent
 (``max_rounds`` extension rounds, ``max_settings`` settings in all). Every setting tried, the
 round that added it and the reason the search stopped are kept in :meth:`EdgeSearch.log`.
 
-"Best" is the chosen setting of :func:`mcdropout.modeling.selection.choose`: given per-row scores,
-a setting added past the grid must beat the current choice by more than ``margin`` standard errors
-of the paired difference, so a search on a small validation set does not wander off on noise.
+Exploring and choosing are kept apart. The grid grows toward the highest score, so a trend that
+goes on past the grid in small steps is followed to its end; the setting the search returns
+(:meth:`EdgeSearch.best`) is the chosen one of :func:`mcdropout.modeling.selection.choose`:
+given per-row scores, a setting added past the grid must beat the current choice by more than
+``margin`` standard errors of the paired difference, so a small validation set's noise does not
+pick it.
 
 The search does not train anything itself: :func:`run_searches` asks a scoring function for
 every pending setting of several searches at once, so a caller can train them together (the UCI
@@ -158,15 +161,15 @@ class EdgeSearch:
         return selection.choose(self.trials, self.maximize, self.margin)
 
     def advance(self) -> bool:
-        """After every pending setting is scored: extend the grid where the best setting is on
-        an edge, or stop. Returns whether new settings are pending."""
+        """After every pending setting is scored: extend the grid where the highest-scoring
+        setting is on an edge, or stop. Returns whether new settings are pending."""
         if self.done:
             return False
         if self.pending():
             raise InvalidArgumentError(f"{len(self.pending())} settings are not scored yet")
         if not self.extend:
             return self._stop("the given grid only (extension off)")
-        best = self.best().setting
+        best = selection.highest(self.trials, self.maximize).setting
         additions, blocked = self._additions(best)
         if not additions:
             return self._stop("; ".join(blocked) if blocked

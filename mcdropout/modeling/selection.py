@@ -9,8 +9,10 @@ Learning*, 7.10), applied in the order the settings were added: the given grid's
 first, and a later round's setting replaces the current choice only when it beats it by more than
 ``margin`` standard errors of their paired per-row difference (the same validation rows score
 every setting of a search, so the difference, not each score, carries the noise that matters).
-A search whose added settings win clearly (an optimum far past the grid) moves on; one whose
-settings only tie stays with the given grid.
+The search itself still explores toward the highest score
+(:mod:`mcdropout.modeling.edgesearch`); only the choice waits for a clear lead. Settings whose
+optimum lies far past the grid win clearly and are chosen; ones that only tie leave the given
+grid's choice in place.
 """
 
 from __future__ import annotations

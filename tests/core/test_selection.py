@@ -74,11 +74,9 @@ def test_bad_margins_and_mismatched_rows_are_refused() -> None:
         EdgeSearch((Axis.of("tau", [1.0, 2.0]),), margin=-0.5)
 
 
-def test_a_search_whose_extension_only_ties_stops_with_the_given_grid_and_logs_the_highest(
-        ) -> None:
-    """Validation rows that do not tell tau 2 from tau 4: the extension's lead is noise."""
-    noise = {t: rows_with(0.0, 0.5, int(t * 10)) for t in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
-    lead = {0.5: -0.3, 1.0: -0.1, 2.0: 0.0, 4.0: 0.02, 8.0: 0.5, 16.0: 0.4}
+def search_of(lead: dict[float, float], margin: float = 1.0) -> EdgeSearch:
+    """A tau search over (0.5, 1, 2) whose validation rows score tau by ``lead`` plus noise."""
+    noise = {t: rows_with(0.0, 0.5, int(t * 10)) for t in lead}
 
     def score(todo: list[tuple[int, tuple[float, ...]]]) -> list[tuple[float, np.ndarray]]:
         out = []
@@ -87,18 +85,38 @@ def test_a_search_whose_extension_only_ties_stops_with_the_given_grid_and_logs_t
             out.append((float(rows.mean()), rows))
         return out
 
-    tied = EdgeSearch((Axis.of("tau", [0.5, 1.0, 2.0]),))
-    run_searches([tied], score)
-    assert [t.setting[0] for t in tied.trials] == [0.5, 1.0, 2.0, 4.0]
+    search = EdgeSearch((Axis.of("tau", [0.5, 1.0, 2.0]),), margin=margin)
+    run_searches([search], score)
+    return search
+
+
+def test_an_extension_that_only_ties_leaves_the_given_grid_chosen_and_logs_the_highest(
+        ) -> None:
+    """Validation rows that do not tell tau 2 from tau 4: the extension's lead is noise."""
+    lead = {0.5: -0.3, 1.0: -0.1, 2.0: 0.0, 4.0: 0.02, 8.0: 0.01}
+    tied = search_of(lead)
+    # the search explores toward the highest score (4, on the edge, so 8 is tried too) ...
+    assert [t.setting[0] for t in tied.trials] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    # ... and chooses tau 4 only if it leads by more than a standard error: it does not
     assert tied.best().setting == (2.0,) and tied.done
     assert tied.stop_reason == "the best setting lies inside the grid on every axis"
     log = tied.log()
     assert log["best"] == {"tau": 2.0} and log["margin"] == 1.0
     assert log["highest"] == {"tau": 4.0, "round": 1}
-    plain = EdgeSearch((Axis.of("tau", [0.5, 1.0, 2.0]),), margin=0.0)
-    run_searches([plain], score)  # takes the tie's lead and goes on to tau 8
-    assert plain.best().setting == (8.0,) and plain.log()["highest"] is None
-    assert [t.setting[0] for t in plain.trials][3:] == [4.0, 8.0, 16.0]
+    plain = search_of(lead, margin=0.0)  # the same trials; the tie's lead wins
+    assert plain.best().setting == (4.0,) and plain.log()["highest"] is None
+    assert [t.setting for t in plain.trials] == [t.setting for t in tied.trials]
+
+
+def test_a_step_that_only_ties_does_not_stop_the_search_from_a_clear_win_past_it() -> None:
+    """tau 4 leads tau 2 by noise only, tau 8 by far: exploring follows the highest score past
+    the tie, and the choice takes tau 8 (a rule that stopped where a step failed the margin
+    would have kept tau 2 without trying 8)."""
+    lead = {0.5: -0.3, 1.0: -0.1, 2.0: 0.0, 4.0: 0.05, 8.0: 0.4, 16.0: 0.3}
+    found = search_of(lead)
+    assert [t.setting[0] for t in found.trials][3:] == [4.0, 8.0, 16.0]
+    assert found.best().setting == (8.0,) and found.log()["highest"] is None
+    assert found.log()["best_round"] == 2
 
 
 def test_per_row_log_likelihoods_are_the_rows_of_the_mean() -> None:

@@ -55,14 +55,15 @@ def test_regression_grid_picks_the_true_noise_precision(tmp_path: Path) -> None:
 
 def test_a_point_added_past_the_grid_must_win_by_the_margin(tmp_path: Path) -> None:
     """taus 1/30 and 1/10 of the true one: the best, 1/10, is on the top edge, so 0.3 of it is
-    added and scores higher. An impossible margin keeps the given grid's point (and its model);
-    margin 0 takes the higher score."""
+    added and scores higher. An impossible margin keeps the given grid's point (and its model)
+    while the search still explores; margin 0 takes the higher score."""
     _, table = linear_table(tmp_path)
     true_tau = float(table.y.var()) / NOISE**2
     config = TrainConfig(epochs=15, batch_size=64, learning_rate=0.01, patience=15, seed=1,
                          validation_samples=50)
     grid = {"dropout_rates": [0.05], "taus": [true_tau / 30, true_tau / 10]}
-    model, info, kept = tuning.grid_search(table, config, "linear", margin=1e9, **grid)
+    model, info, kept = tuning.grid_search(table, config, "linear", margin=1e9, max_rounds=1,
+                                           **grid)
     assert [p.round for p in kept.points] == [0, 0, 1]
     assert kept.points[2].score > kept.points[1].score and kept.best == 1
     assert info.tau == pytest.approx(true_tau / 10)
