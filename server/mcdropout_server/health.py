@@ -40,7 +40,7 @@ class HealthService(health_aio.HealthServicer):  # type: ignore[misc]
     Args:
         max_watches: Most Watch streams open at once, all peers together (0: Watch refused).
         max_watches_per_peer: Most Watch streams open at once from one client address.
-        check_token: The bearer-token check (``TokenAuthInterceptor.check``), or None when
+        check_token: The bearer-token check (``TokenAuth.check``), or None when
             authentication is off (every name is then open).
         open_names: Names anyone may ask about when tokens are on.
     """
