@@ -136,7 +136,9 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
     validate_name(name)
     rates, taus, decays = _check_grid(config.task, dropout_rates, taus, weight_decays)
     seed = config.seed if config.seed is not None else secrets.randbits(31)
-    train_rows = len(tables.split_indices(table.rows, config.validation_fraction, seed)[0])
+    # The split training.train makes for every point (same rows, same seed).
+    train_idx, val_idx = tables.split_indices(table.rows, config.validation_fraction, seed)
+    train_rows = len(train_idx)
     regression = config.task == "regression"
     metric = "mc_log_likelihood" if regression else "nll"
     axis = "tau" if taus else "weight_decay" if decays else ""
@@ -147,7 +149,7 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
                                    max_rounds=max_rounds, margin=margin)
     points: list[GridPoint] = []
     trained: list[tuple[Any, ModelInfo]] = []
-    val_x, val_y = _validation_rows(table, config, seed)
+    val_x, val_y = _validation_rows(table, config.task, val_idx)
 
     def train_point(setting: tuple[float, ...]) -> tuple[float, np.ndarray]:
         p, second = setting[0], setting[1] if axis else None
@@ -185,12 +187,11 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
     return model, replace(info, provenance={**info.provenance, "tuning": tuning}), result
 
 
-def _validation_rows(table: tables.Table, config: training.TrainConfig, seed: int
+def _validation_rows(table: tables.Table, task: str, val_idx: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The rows :func:`mcdropout.modeling.training.train` scores a point on (same split), with
     targets as :func:`mcdropout.evaluation.scores.evaluate` takes them."""
-    _, val_idx = tables.split_indices(table.rows, config.validation_fraction, seed)
-    y = tables.encode_labels(table.y)[0] if config.task == "classification" else table.y
+    y = tables.encode_labels(table.y)[0] if task == "classification" else table.y
     return table.x[val_idx], y[val_idx]
 
 

@@ -71,7 +71,9 @@ def test_a_point_added_past_the_grid_must_win_by_the_margin(tmp_path: Path) -> N
     assert kept.search["highest"] == {"dropout": 0.05, "tau": pytest.approx(true_tau * 0.3),
                                       "round": 1}
     # the per-row scores the margin weighs are the rows of the point's own validation score
-    rows = tuning._row_scores(model, info, *tuning._validation_rows(table, config, 1), config, 1)
+    _, val_idx = tables.split_indices(table.rows, config.validation_fraction, 1)
+    rows = tuning._row_scores(model, info, *tuning._validation_rows(table, "regression", val_idx),
+                              config, 1)
     assert rows.shape == (60,) and rows.mean() == pytest.approx(kept.points[1].score)
     _, info, plain = tuning.grid_search(table, config, "linear", margin=0.0, max_rounds=1,
                                         **grid)
