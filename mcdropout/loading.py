@@ -106,6 +106,8 @@ def load_keras_file(path: Path, *, safe_mode: bool = True, shown: Path | None = 
     """
     import keras  # deferred: listing a store or building the CLI must not pay for TensorFlow
 
+    from mcdropout.modeling import concrete  # noqa: F401  (registers the project's own layers)
+
     shown = shown or path
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)

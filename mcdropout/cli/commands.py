@@ -29,7 +29,7 @@ def train(args: argparse.Namespace) -> int:
         dropout=args.dropout, input_dropout=args.input_dropout, length_scale=args.length_scale,
         tau=args.tau, max_norm=args.max_norm, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
-        patience=args.patience, seed=args.seed, noise=args.noise,
+        patience=args.patience, seed=args.seed, noise=args.noise, concrete=args.concrete,
         verbose=0 if args.quiet else 2)
     version, info = training.train_file(args.data, config, name=args.name,
                                         model_root=args.model_root, target=args.target,
@@ -41,6 +41,9 @@ def train(args: argparse.Namespace) -> int:
         print(f"tau = {info.tau:.4g} (standardised target units)")
     if info.noise == "learned":
         print("noise: learned (a variance per row, predicted beside the mean)")
+    if "learned_dropout" in run:
+        print("learned dropout rates: " + ", ".join(
+            f"{layer} {rate:.3g}" for layer, rate in run["learned_dropout"].items()))
     print("validation: " + output.format_metrics(info.provenance["validation_metrics"]))
     return 0
 

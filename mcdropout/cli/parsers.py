@@ -45,7 +45,9 @@ def _add_train(sub: Any) -> None:
                    help="hidden layer widths, e.g. --hidden 50 50; default 50")
     p.add_argument("--activation", default="relu", help="hidden activation; default relu")
     p.add_argument("--dropout", type=float, default=0.05,
-                   help="dropout rate p of every Dropout layer, in (0, 1); default 0.05")
+                   help="dropout rate p of every Dropout layer, in (0, 1) (with "
+                        "--concrete-dropout, the rate each layer starts from); default 0.05")
+    search_cli.add_concrete_argument(p)
     p.add_argument("--no-input-dropout", dest="input_dropout", action="store_false",
                    help="no Dropout layer on the inputs")
     p.add_argument("--length-scale", type=float, default=1e-2,

@@ -86,6 +86,9 @@ class Protocol:
             network by a 1-D search in log tau on the validation rows
             (:func:`mcdropout.evaluation.uci_search.refine_tau`); the test passes use it, the
             weight decay keeps the grid's tau.
+        concrete: Learn each layer's dropout rate (concrete dropout,
+            :mod:`mcdropout.modeling.concrete`): the search is over tau only, every network
+            starting from the same rate.
     """
 
     epochs_multiplier: int = 10
@@ -102,6 +105,7 @@ class Protocol:
     search_margin: float = selection.DEFAULT_MARGIN
     noise: str = "fixed"
     refine_tau: bool = False
+    concrete: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ class SplitResult:
         calibration_rows: Training rows held out for calibration (0: none).
         conformal: With calibration rows, one result per level of
             :data:`mcdropout.evaluation.uci_calibration.LEVELS`.
+        learned_dropout: Concrete dropout: the tested network's learned rate of each layer
+            (inputs first); ``dropout`` is then where the rates started.
     """
 
     split: int
@@ -138,6 +144,7 @@ class SplitResult:
     conformal: tuple[ConformalResult, ...] = ()
     search: dict[str, Any] = field(default_factory=dict)
     test_tau: float | None = None
+    learned_dropout: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,7 +228,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
     grid_seed, final_seed = (int(s) for s in np.random.SeedSequence(protocol.seed).generate_state(2))
     epochs = dataset.n_epochs * protocol.epochs_multiplier
     training = uci_search.Training(epochs, protocol.batch_size, protocol.length_scale,
-                                   dataset.n_hidden, protocol.noise)
+                                   dataset.n_hidden, protocol.noise, protocol.concrete)
     # The trailing share of each split, in file order, as the published code takes it.
     cut = int((1.0 - protocol.validation_fraction) * len(splits[0][0]))
     fit_sets = [Scaled.of(dataset, train[:cut]) for train, _ in splits]
@@ -268,9 +275,13 @@ def run(dataset: UCIDataset, protocol: Protocol,
             test_ll=measured["mc_log_likelihood"], picp=measured["picp"],
             interval_width=measured["mean_interval_width"], grid=tuple(found[i][1]),
             calibration_rows=held, conformal=conformal, search=found[i][2],
-            test_tau=None if refined == best[i].tau else refined))
+            test_tau=None if refined == best[i].tau else refined,
+            learned_dropout=() if final.learned_rates is None else tuple(
+                float(r) for r in final.learned_rates[i])))
         r = results[-1]
-        say(f"{dataset.name} split {i}: p={r.dropout:g} tau={r.tau:g} "
+        rates = " ".join(f"{v:.3g}" for v in r.learned_dropout)
+        say(f"{dataset.name} split {i}: p={r.dropout:g}"
+            + (f" (learned {rates})" if rates else "") + f" tau={r.tau:g} "
             + ("" if r.test_tau is None else f"(refined {r.test_tau:.4g}) ")
             + f"({r.search['settings']} settings, {r.search['stop_reason']}) RMSE {r.rmse:.3f} "
             f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}"

@@ -54,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="grid of noise precisions tau (> 0, in the target's units) instead of "
                         "tau_values.txt; e.g. to extend a grid whose best value is on its edge")
     search_cli.add_arguments(p, "settings", "tau then sets the weight decay only")
+    search_cli.add_concrete_argument(p)
     p.add_argument("--refine-tau", action="store_true",
                    help="fixed noise: after the search, refine each split's tau for its chosen "
                         "network by a golden-section search in log tau between the grid's "
@@ -77,7 +78,7 @@ def _main(args: argparse.Namespace) -> int:
                             calibration_fraction=args.calibration_fraction, seed=args.seed,
                             extend_grid=not args.grid_only, search_rounds=args.search_rounds,
                             search_margin=args.search_margin, noise=args.noise,
-                            refine_tau=args.refine_tau)
+                            refine_tau=args.refine_tau, concrete=args.concrete)
     datasets = [_with_grids(uci_data.load_dataset(args.data_dir, name), args)
                 for name in args.dataset]  # fail early
     for dataset in datasets:
@@ -160,7 +161,8 @@ def format_summary(result: uci.BenchmarkResult) -> str:
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items())
     lines = [f"{result.dataset}: {len(result.splits)} splits, {result.epochs} epochs, "
              f"T = {result.protocol.samples}, {result.protocol.noise} noise, "
-             f"{result.seconds:.0f} s ({stages})"
+             + ("concrete dropout, " if result.protocol.concrete else "")
+             + f"{result.seconds:.0f} s ({stages})"
              + (f", {result.splits[0].calibration_rows} calibration rows held out per split"
                 if result.splits and result.splits[0].calibration_rows else ""),
              *search_lines(result)]

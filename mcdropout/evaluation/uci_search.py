@@ -69,13 +69,20 @@ class Scaled:
 
 @dataclass(frozen=True)
 class Training:
-    """What every network of a benchmark shares: epochs, batch, prior length-scale, noise."""
+    """What every network of a benchmark shares: epochs, batch, prior length-scale, noise, and
+    whether each layer learns its dropout rate (concrete dropout)."""
 
     epochs: int
     batch_size: int
     length_scale: float
     hidden: int
     noise: str
+    concrete: bool = False
+
+    def dropout_grid(self, dataset: UCIDataset) -> tuple[float, ...]:
+        """The dropout rates to search: the data set's grid, or with concrete dropout the one
+        rate every layer starts from (the rates are learned, not searched)."""
+        return (builders.CONCRETE_INITIAL_RATE,) if self.concrete else dataset.dropout_rates
 
 
 def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
@@ -87,7 +94,8 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
     tried) and the search's log (:meth:`EdgeSearch.log`).
 
     Args:
-        dataset: Its ``dropout_rates`` and ``tau_values`` are the given grid.
+        dataset: Its ``dropout_rates`` (see :meth:`Training.dropout_grid`) and ``tau_values``
+            are the given grid.
         training: The networks' recipe.
         fit_sets: Per split, the standardised fitting rows.
         validation: Per split, the validation (inputs, targets) in original units.
@@ -105,7 +113,7 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
             passes, the bracket).
     """
     searches = [edgesearch.EdgeSearch(
-        (edgesearch.Axis.of("dropout", dataset.dropout_rates),
+        (edgesearch.Axis.of("dropout", training.dropout_grid(dataset)),
          edgesearch.Axis.of("tau", dataset.tau_values)), extend=extend, max_rounds=rounds,
         margin=margin)
         for _ in fit_sets]
@@ -199,9 +207,17 @@ def refine_tau(network: gridfit.MLPStack, scaled: Scaled, x_val: np.ndarray, y_v
 
 def fit(training: Training, sets: list[Scaled], settings: list[tuple[float, ...]], seed: int,
         say: Callable[[str], None]) -> gridfit.MLPStack:
-    """Train one network per (data set, (p, tau)) pair, all together."""
+    """Train one network per (data set, (p, tau)) pair, all together (with concrete dropout p is
+    where the rates start)."""
     rows = len(sets[0].x)
-    decays = [builders.weight_decay(training.length_scale, p, rows, tau) for p, tau in settings]
+    entropy: list[float] | None = None
+    if training.concrete:
+        pairs = [builders.concrete_regularizers(training.length_scale, rows, tau)
+                 for _, tau in settings]
+        decays, entropy = [w for w, _ in pairs], [d for _, d in pairs]
+    else:
+        decays = [builders.weight_decay(training.length_scale, p, rows, tau)
+                  for p, tau in settings]
     epochs = training.epochs
     tenth = max(1, epochs // 10)
     started = time.perf_counter()
@@ -213,7 +229,7 @@ def fit(training: Training, sets: list[Scaled], settings: list[tuple[float, ...]
     return gridfit.fit_mlps(np.stack([s.x for s in sets]), np.stack([s.y for s in sets]),
                             [p for p, _ in settings], decays, hidden=(training.hidden,),
                             epochs=epochs, batch_size=training.batch_size, seed=seed,
-                            on_epoch=report, noise=training.noise)
+                            on_epoch=report, noise=training.noise, concrete_regularizer=entropy)
 
 
 def _score(stack: gridfit.MLPStack, scaled: Scaled, x_val: np.ndarray, y_val: np.ndarray,

@@ -8,7 +8,9 @@ precision tau (their eq. 7)::
     Dropout -> Dense -> Dropout -> Dense -> ... -> Dropout -> Dense(outputs)
 
 The Dropout layers are ordinary ``keras.layers.Dropout`` layers: they are off in ``model.predict``
-and the MC dropout engine switches them on for its stochastic passes.
+and the MC dropout engine switches them on for its stochastic passes. With ``concrete=True`` each
+Dropout -> Dense pair is one :class:`mcdropout.modeling.concrete.ConcreteDense` instead, whose rate
+is learned in training (concrete dropout, Gal, Hron & Kendall 2017).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from mcdropout.engine.prediction import Task
 from mcdropout.errors import InvalidArgumentError
 
 TASKS: tuple[Task, ...] = ("regression", "classification")
+# Concrete dropout (mcdropout.modeling.concrete, and gridfit's stacked copy of its layer): the
+# starting rate and relaxation temperature of Gal, Hron & Kendall, and the guard of its logs.
+# Here because this module does not import Keras.
+CONCRETE_INITIAL_RATE = 0.1
+CONCRETE_TEMPERATURE = 0.1
+CONCRETE_EPS = 1e-7
 NOISE_MODELS = metadata.NOISE_MODELS
 
 
@@ -41,6 +49,26 @@ def gaussian_nll(y_true: Any, y_pred: Any) -> Any:
     mu, log_var = y_pred[..., :half], y_pred[..., half:]
     y = ops.cast(ops.reshape(y_true, ops.shape(mu)), mu.dtype)
     return ops.mean(0.5 * ops.exp(-log_var) * ops.square(y - mu) + 0.5 * log_var, axis=-1)
+
+
+def concrete_regularizers(length_scale: float, n_train: int, tau: float) -> tuple[float, float]:
+    """(weight_regularizer, dropout_regularizer) of concrete dropout for N = ``n_train`` rows:
+    ``l**2 / (2 N tau)`` and ``1 / (N tau)``, the KL term of Gal, Hron & Kendall (their code)
+    divided by ``N tau`` (see :mod:`mcdropout.modeling.concrete`).
+
+    The weight term, ``l**2 / (2 N tau) * sum(kernel**2) / (1 - p)``, is :func:`weight_decay`'s
+    ``l**2 (1 - p) / (2 N tau)`` applied to the effective weights ``kernel / (1 - p)`` that
+    inverted dropout multiplies the kept inputs by; the fixed-rate recipe follows the 2016 code,
+    which applies it to the kernel itself.
+
+    Raises:
+        InvalidArgumentError: an argument is out of range.
+    """
+    _check_positive("length_scale", length_scale)
+    _check_positive("tau", tau)
+    if isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or n_train < 1:
+        raise InvalidArgumentError(f"n_train must be an integer >= 1, got {n_train!r}")
+    return length_scale**2 / (2.0 * n_train * tau), 1.0 / (n_train * tau)
 
 
 def weight_decay(length_scale: float, dropout: float, n_train: int, tau: float) -> float:
@@ -87,6 +115,7 @@ def build_mlp(
     weight_decay: float | None = None,
     learning_rate: float = 1e-3,
     noise: str = "fixed",
+    concrete: bool = False,
 ) -> Any:
     """Build and compile the standard MC dropout multi-layer perceptron.
 
@@ -113,14 +142,21 @@ def build_mlp(
             noise) or "learned" (Kendall & Gal 2017: the output layer gives ``output_dim`` means
             then ``output_dim`` log-variances, in standardised units, trained by
             :func:`gaussian_nll`; ``tau`` then enters the weight decay only).
+        concrete: Learn each layer's dropout rate (concrete dropout), starting from
+            ``dropout``; the weight and dropout regularisers follow from ``length_scale``,
+            ``n_train`` and ``tau`` (:func:`concrete_regularizers`), so
+            ``n_train`` is required and ``weight_decay`` must be None.
 
     Returns:
         A compiled ``keras.Model`` with input shape (None, input_dim), float32.
 
     Raises:
-        InvalidArgumentError: an argument is out of range; the model would have no Dropout layer.
+        InvalidArgumentError: an argument is out of range; the model would have no Dropout layer;
+            ``concrete`` without ``n_train`` or with ``weight_decay``.
     """
     import keras  # deferred: importing the package should not start TensorFlow
+
+    from mcdropout.modeling import concrete as concrete_dropout
 
     _check_dim("input_dim", input_dim)
     _check_dim("output_dim", output_dim)
@@ -149,7 +185,18 @@ def build_mlp(
     if max_norm is not None:
         _check_positive("max_norm", max_norm)
     _check_positive("learning_rate", learning_rate)
-    decay = _resolve_decay(weight_decay, length_scale, dropout, n_train, tau)
+    if concrete:
+        if weight_decay is not None or n_train is None:
+            raise InvalidArgumentError(
+                "concrete dropout derives its regularisers from length_scale, n_train and tau: "
+                f"give n_train (got {n_train!r}) and no weight_decay (got {weight_decay!r})")
+        if tau is not None:
+            _check_positive("tau", tau)
+        regularizers = concrete_regularizers(length_scale, n_train, 1.0 if tau is None else tau)
+        decay = 0.0
+    else:
+        regularizers = (0.0, 0.0)
+        decay = _resolve_decay(weight_decay, length_scale, dropout, n_train, tau)
 
     def dense(units: int, act: str | None, name: str) -> Any:
         return keras.layers.Dense(
@@ -160,11 +207,25 @@ def build_mlp(
             name=name,
         )
 
+    def layer(units: int, act: str | None, name: str, dropped: bool) -> Any:
+        """A Dense layer; with concrete dropout, one that learns the rate of its inputs'
+        dropout when they are dropped (else the Dropout layers stand on their own)."""
+        if not (concrete and dropped):
+            return dense(units, act, name)
+        weights, rates = regularizers
+        return concrete_dropout.ConcreteDense(
+            units, act, rate=dropout, weight_regularizer=weights, dropout_regularizer=rates,
+            kernel_constraint=keras.constraints.MaxNorm(max_norm) if max_norm else None,
+            name=name)
+
     inputs = keras.Input(shape=(input_dim,), dtype="float32", name="features")
-    h = keras.layers.Dropout(dropout, name="input_dropout")(inputs) if input_dropout else inputs
+    h = inputs
+    if input_dropout and not concrete:
+        h = keras.layers.Dropout(dropout, name="input_dropout")(h)
     for i, width in enumerate(widths, start=1):
-        h = dense(width, activation, f"hidden_{i}")(h)
-        h = keras.layers.Dropout(dropout, name=f"dropout_{i}")(h)
+        h = layer(width, activation, f"hidden_{i}", input_dropout or i > 1)(h)
+        if not concrete:
+            h = keras.layers.Dropout(dropout, name=f"dropout_{i}")(h)
     if noise == "learned":
         # Registered so that a saved model's compile settings name a known function.
         loss = keras.saving.register_keras_serializable("mcdropout")(gaussian_nll)
@@ -175,7 +236,7 @@ def build_mlp(
         out_act, loss = "sigmoid", "binary_crossentropy"
     else:
         out_act, loss = "softmax", "sparse_categorical_crossentropy"
-    outputs = dense(output_dim, out_act, "output")(h)
+    outputs = layer(output_dim, out_act, "output", input_dropout or bool(widths))(h)
     model = keras.Model(inputs, outputs, name="mc_dropout_mlp")
     metrics = ["accuracy"] if task == "classification" else []
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)

@@ -12,6 +12,10 @@ smaller). Adam is element-wise and the networks share no parameter, so summing t
 trains each exactly as if alone. The networks may share one data set (a grid) or each have their
 own of the same size (a grid on every split).
 
+With concrete dropout (``concrete_regularizer`` given) every network also learns one dropout rate
+per layer, as :class:`mcdropout.modeling.concrete.ConcreteDense` does: a relaxed mask in
+training, the rate-dependent weight and entropy terms in the loss.
+
 A trained network becomes an ordinary Keras model with :meth:`MLPStack.to_keras` and is then
 served, evaluated and stored like any other.
 """
@@ -35,6 +39,7 @@ expect_retracing("MLPStack.mc_samples")
 
 # Keras's Adam defaults, which build_mlp compiles with.
 _BETA_1, _BETA_2, _EPSILON = 0.9, 0.999, 1e-7
+_TEMPERATURE, _LOG_EPS = builders.CONCRETE_TEMPERATURE, builders.CONCRETE_EPS
 # Hidden activations held at once while sampling (float32 values): about 64 MiB.
 _SAMPLE_VALUES_PER_CHUNK = 16_000_000
 
@@ -50,6 +55,10 @@ class MLPStack:
         weight_decay: L2 coefficient of each network.
         noise: "fixed" (outputs are the means) or "learned" (the means, then as many
             log-variances: see :func:`mcdropout.modeling.builders.gaussian_nll`).
+        learned_rates: Concrete dropout: (M, layers) float64, each layer's learned rate (of
+            its inputs); ``dropout`` is then where they started and ``weight_decay`` the
+            weight regularizer. None: every layer drops at ``dropout``.
+        concrete_regularizer: Concrete dropout: each network's dropout (entropy) regularizer.
     """
 
     kernels: tuple[np.ndarray, ...]
@@ -57,6 +66,14 @@ class MLPStack:
     dropout: tuple[float, ...]
     weight_decay: tuple[float, ...]
     noise: str = "fixed"
+    learned_rates: np.ndarray | None = None
+    concrete_regularizer: tuple[float, ...] = ()
+
+    def layer_rates(self) -> np.ndarray:
+        """(M, layers): the rate each layer's inputs are dropped with."""
+        if self.learned_rates is not None:
+            return self.learned_rates
+        return np.repeat(np.asarray(self.dropout, np.float64)[:, None], len(self.kernels), axis=1)
 
     @property
     def size(self) -> int:
@@ -74,7 +91,10 @@ class MLPStack:
                 f"indices must be a non-empty list in 0..{self.size - 1}, got {list(indices)}")
         return MLPStack(tuple(k[index] for k in self.kernels), tuple(b[index] for b in self.biases),
                         tuple(self.dropout[i] for i in index),
-                        tuple(self.weight_decay[i] for i in index), self.noise)
+                        tuple(self.weight_decay[i] for i in index), self.noise,
+                        None if self.learned_rates is None else self.learned_rates[index],
+                        tuple(self.concrete_regularizer[i] for i in index)
+                        if self.concrete_regularizer else ())
 
     def mc_samples(self, x: np.ndarray, samples: int, seed: int) -> np.ndarray:
         """T stochastic passes of every network (dropout on) over rows of inputs.
@@ -106,7 +126,8 @@ class MLPStack:
         rows = x32.shape[-2]
         widest = max(int(k.shape[2]) for k in self.kernels)
         chunk = max(1, min(samples, _SAMPLE_VALUES_PER_CHUNK // (self.size * rows * widest)))
-        keep = tf.constant(1.0 - np.asarray(self.dropout, np.float32))[:, None, None]
+        keeps = [tf.constant(1.0 - rates.astype(np.float32))[:, None, None]
+                 for rates in self.layer_rates().T]
         kernels = [tf.constant(k) for k in self.kernels]
         biases = [tf.constant(b) for b in self.biases]
         first = "rf,mtfo->mtro" if x32.ndim == 2 else "mrf,mtfo->mtro"
@@ -116,7 +137,7 @@ class MLPStack:
         @tf.function(jit_compile=True)  # fuses the masking into the matrix products
         def passes(count: int) -> tf.Tensor:
             h = inputs
-            for i, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
+            for i, (kernel, bias, keep) in enumerate(zip(kernels, biases, keeps, strict=True)):
                 mask = tf.cast(generator.uniform([self.size, count, kernel.shape[1]]) < keep,
                                tf.float32) / keep
                 scaled = kernel[:, None] * mask[..., None]  # (M, t, fan_in, fan_out)
@@ -134,21 +155,37 @@ class MLPStack:
         if not 0 <= index < self.size:
             raise InvalidArgumentError(f"index must be in 0..{self.size - 1}, got {index}")
         outputs = int(self.kernels[-1].shape[2]) // (2 if self.noise == "learned" else 1)
+        if self.learned_rates is None:
+            model = builders.build_mlp(
+                int(self.kernels[0].shape[1]), outputs, hidden=self.hidden,
+                dropout=self.dropout[index], weight_decay=self.weight_decay[index],
+                learning_rate=learning_rate, noise=self.noise)
+            weights = []
+            for kernel, bias in zip(self.kernels, self.biases, strict=True):
+                weights += [kernel[index], bias[index]]
+            model.set_weights(weights)
+            return model
+        from mcdropout.modeling import concrete  # deferred: it imports Keras
+
         model = builders.build_mlp(
             int(self.kernels[0].shape[1]), outputs, hidden=self.hidden,
-            dropout=self.dropout[index], weight_decay=self.weight_decay[index],
-            learning_rate=learning_rate, noise=self.noise)
-        weights = []
-        for kernel, bias in zip(self.kernels, self.biases, strict=True):
-            weights += [kernel[index], bias[index]]
-        model.set_weights(weights)
+            dropout=self.dropout[index], learning_rate=learning_rate, noise=self.noise,
+            concrete=True, n_train=1)
+        layers = [layer for layer in model.layers if isinstance(layer, concrete.ConcreteDense)]
+        for layer, kernel, bias, rate in zip(layers, self.kernels, self.biases,
+                                             self.learned_rates[index], strict=True):
+            layer.dense.set_weights([kernel[index], bias[index]])
+            layer.dropout.p_logit.assign(math.log(rate / (1.0 - rate)))
+            layer.weight_regularizer = self.weight_decay[index]
+            layer.dropout_regularizer = self.concrete_regularizer[index]
         return model
 
 
 def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
              weight_decay: Sequence[float], *, hidden: Sequence[int] = (50,), epochs: int,
              batch_size: int = 128, learning_rate: float = 1e-3, seed: int = 0,
-             on_epoch: Callable[[int], None] | None = None, noise: str = "fixed") -> MLPStack:
+             on_epoch: Callable[[int], None] | None = None, noise: str = "fixed",
+             concrete_regularizer: Sequence[float] | None = None) -> MLPStack:
     """Train one MC dropout regression MLP per (dropout, weight_decay) pair, all at once.
 
     Args:
@@ -168,6 +205,11 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
         noise: "fixed" (mean squared error) or "learned" (each network also predicts a
             log-variance per target and is trained by
             :func:`mcdropout.modeling.builders.gaussian_nll`).
+        concrete_regularizer: Concrete dropout: each network's dropout (entropy) regularizer,
+            >= 0; every layer's rate is then learned from ``dropout``, and ``weight_decay`` is
+            the weight regularizer (times ``sum(kernel**2) / (1 - p)``), as in
+            :class:`mcdropout.modeling.concrete.ConcreteDense` with
+            :func:`mcdropout.modeling.builders.concrete_regularizers`. None: fixed rates.
 
     Returns:
         The trained :class:`MLPStack`, networks in the order given.
@@ -181,18 +223,26 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
                                  learning_rate)
     builders.check_noise(noise, "regression")
     learned = noise == "learned"
+    concrete = concrete_regularizer is not None
+    entropy = np.asarray(concrete_regularizer if concrete else np.zeros(len(rates)), np.float32)
+    if entropy.shape != rates.shape or not np.all(np.isfinite(entropy) & (entropy >= 0)):
+        raise InvalidArgumentError(
+            f"concrete_regularizer must hold one finite value >= 0 per network, got "
+            f"{list(entropy)}")
     rng = np.random.default_rng(seed)
     widths = [x.shape[-1], *hidden, y.shape[-1] * (2 if learned else 1)]
     size = len(rates)
     kernels = [tf.Variable(_glorot(rng, size, a, b)) for a, b in itertools.pairwise(widths)]
     biases = [tf.Variable(np.zeros((size, b), np.float32)) for b in widths[1:]]
-    params = [*kernels, *biases]
+    logits = [tf.Variable(np.log(rates / (1.0 - rates)).astype(np.float32))
+              for _ in kernels] if concrete else []
+    params = [*kernels, *biases, *logits]
     moments = [(tf.Variable(tf.zeros_like(p)), tf.Variable(tf.zeros_like(p))) for p in params]
     step = tf.Variable(0.0)
     generator = tf.random.Generator.from_seed(int(rng.integers(2**31)))
     x_all, y_all = tf.constant(x), tf.constant(y)
     shared = x.ndim == 2
-    rate_t, decay_t = tf.constant(rates), tf.constant(decays)
+    rate_t, decay_t, entropy_t = tf.constant(rates), tf.constant(decays), tf.constant(entropy)
     rows = x.shape[-2]
     full, rest = divmod(rows, batch_size)
 
@@ -203,15 +253,24 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
             xb = tf.gather(x_all, index, batch_dims=1)
             yb = tf.gather(y_all, index, batch_dims=1)
         with tf.GradientTape() as tape:
-            out = _forward(xb, kernels, biases, rate_t, generator)
+            layer_rates = [tf.sigmoid(v) for v in logits] if concrete else [rate_t] * len(kernels)
+            out = _forward(xb, kernels, biases, layer_rates, generator, concrete)
             if learned:  # builders.gaussian_nll, network by network
                 mu, log_var = tf.split(out, 2, axis=-1)
                 fit = tf.reduce_mean(0.5 * tf.exp(-log_var) * tf.square(mu - yb)
                                      + 0.5 * log_var, axis=[1, 2])
             else:
                 fit = tf.reduce_mean(tf.square(out - yb), axis=[1, 2])
-            penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
-            loss = tf.reduce_sum(fit + decay_t * penalty)
+            if concrete:  # concrete.ConcreteDense.regularization, network by network
+                penalty = tf.add_n([
+                    decay_t * tf.reduce_sum(tf.square(k), axis=[1, 2]) / (1.0 - p)
+                    + entropy_t * float(k.shape[1]) * (p * tf.math.log(p + _LOG_EPS) + (1.0 - p)
+                                                       * tf.math.log(1.0 - p + _LOG_EPS))
+                    for k, p in zip(kernels, layer_rates, strict=True)])
+            else:
+                penalty = decay_t * tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2])
+                                              for k in kernels])
+            loss = tf.reduce_sum(fit + penalty)
         grads = tape.gradient(loss, params)
         step.assign_add(1.0)
         alpha = learning_rate * tf.sqrt(1.0 - _BETA_2**step) / (1.0 - _BETA_1**step)
@@ -233,18 +292,30 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
         epoch()
         if on_epoch is not None:
             on_epoch(done)
+    learned_rates = None if not concrete else np.stack(
+        [1.0 / (1.0 + np.exp(-v.numpy().astype(np.float64))) for v in logits], axis=1)
     return MLPStack(tuple(k.numpy() for k in kernels), tuple(b.numpy() for b in biases),
-                    tuple(float(r) for r in rates), tuple(float(d) for d in decays), noise)
+                    tuple(float(r) for r in rates), tuple(float(d) for d in decays), noise,
+                    learned_rates, tuple(float(e) for e in entropy) if concrete else ())
 
 
-def _forward(h: Any, kernels: Sequence[Any], biases: Sequence[Any], rates: Any,
-             generator: Any) -> Any:
-    """(M, batch, features) -> (M, batch, outputs) with a fresh dropout mask per row."""
+def _forward(h: Any, kernels: Sequence[Any], biases: Sequence[Any], rates: Sequence[Any],
+             generator: Any, relaxed: bool = False) -> Any:
+    """(M, batch, features) -> (M, batch, outputs) with a fresh dropout mask per row; ``rates``
+    per layer, (M,); ``relaxed``: concrete masks (a gradient reaches the rates)."""
     import tensorflow as tf
 
-    keep = 1.0 - rates[:, None, None]
-    for i, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
-        mask = tf.cast(generator.uniform(tf.shape(h)) < keep, h.dtype) / keep
+    for i, (kernel, bias, rate) in enumerate(zip(kernels, biases, rates, strict=True)):
+        p = rate[:, None, None]
+        if relaxed:  # as concrete.ConcreteDropout.call
+            u = generator.uniform(tf.shape(h))
+            drop = tf.sigmoid((tf.math.log(p + _LOG_EPS) - tf.math.log(1.0 - p + _LOG_EPS)
+                               + tf.math.log(u + _LOG_EPS) - tf.math.log(1.0 - u + _LOG_EPS))
+                              / _TEMPERATURE)
+            mask = (1.0 - drop) / (1.0 - p)
+        else:
+            keep = 1.0 - p
+            mask = tf.cast(generator.uniform(tf.shape(h)) < keep, h.dtype) / keep
         h = tf.matmul(h * mask, kernel) + bias[:, None, :]
         if i < len(kernels) - 1:
             h = tf.nn.relu(h)

@@ -81,3 +81,11 @@ def add_noise_argument(parser: argparse.ArgumentParser, tau_role: str) -> None:
         help="regression: fixed (one noise precision tau) or learned (the network predicts a "
              f"log-variance per row beside the mean, trained by Gaussian NLL; {tau_role}); "
              "default %(default)s")
+
+
+def add_concrete_argument(parser: argparse.ArgumentParser) -> None:
+    """``--concrete-dropout``, as ``mcdropout train``, ``tune`` and ``benchmark uci`` take it."""
+    parser.add_argument(
+        "--concrete-dropout", dest="concrete", action="store_true",
+        help="learn each layer's dropout rate in training (concrete dropout, Gal, Hron & Kendall "
+             "2017); the dropout rate given is where each layer starts")

@@ -40,7 +40,8 @@ class TrainConfig:
         task: "regression" or "classification".
         hidden: Hidden layer widths.
         activation: Keras activation of the hidden layers.
-        dropout: Dropout rate p of every Dropout layer, in (0, 1).
+        dropout: Dropout rate p of every Dropout layer, in (0, 1); with ``concrete``, the rate
+            every layer starts from.
         input_dropout: Dropout on the inputs too.
         length_scale: Prior length-scale for the weight decay (standardised input units).
         tau: Regression noise precision in standardised target units, > 0; None estimates it from
@@ -49,6 +50,9 @@ class TrainConfig:
         noise: Regression: "fixed" (one precision tau) or "learned" (the network predicts a
             log-variance per row and target beside the mean, trained by Gaussian NLL; the
             saved version's metadata says ``noise: "learned"`` and has no tau).
+        concrete: Learn each layer's dropout rate (concrete dropout, Gal, Hron & Kendall 2017;
+            :mod:`mcdropout.modeling.concrete`); the learned rates are in the provenance
+            (``training.learned_dropout``) and in the served model's stochastic layers.
         max_norm: Max-norm constraint on incoming weight vectors, or None.
         epochs: Most epochs to run, >= 1.
         batch_size: Rows per gradient step, >= 1.
@@ -69,6 +73,7 @@ class TrainConfig:
     length_scale: float = 1e-2
     tau: float | None = None
     noise: str = "fixed"
+    concrete: bool = False
     max_norm: float | None = None
     epochs: int = 200
     batch_size: int = 32
@@ -125,13 +130,15 @@ def train(table: tables.Table, config: TrainConfig, name: str, *, description: s
 
     keras.utils.set_random_seed(seed)
     n_train = len(train_idx)
-    decay = builders.weight_decay(config.length_scale, config.dropout, n_train,
-                                  config.tau if config.tau is not None else 1.0)
+    tau_prior = config.tau if config.tau is not None else 1.0
+    decay = None if config.concrete else builders.weight_decay(
+        config.length_scale, config.dropout, n_train, tau_prior)
     model = builders.build_mlp(
         table.x.shape[1], output_dim, hidden=config.hidden, activation=config.activation,
         dropout=config.dropout, input_dropout=config.input_dropout, task=config.task,
         max_norm=config.max_norm, weight_decay=decay, learning_rate=config.learning_rate,
-        noise=config.noise)
+        noise=config.noise, concrete=config.concrete, length_scale=config.length_scale,
+        n_train=n_train, tau=tau_prior)
     x32 = x_std_all.astype(np.float32)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                          restore_best_weights=True)
@@ -167,7 +174,8 @@ def train(table: tables.Table, config: TrainConfig, name: str, *, description: s
                      "tau_estimated": (config.task == "regression" and config.tau is None
                                        and not learned),
                      "loss": [float(v) for v in losses["loss"]],
-                     "val_loss": [float(v) for v in losses["val_loss"]]},
+                     "val_loss": [float(v) for v in losses["val_loss"]],
+                     **({"learned_dropout": _learned_rates(model)} if config.concrete else {})},
         "validation_metrics": validation,
         "versions": _versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -243,6 +251,12 @@ def _check_config(config: TrainConfig) -> None:
     builders.check_noise(config.noise, config.task)
     if config.seed is not None and not 0 <= config.seed < 2**32:
         raise InvalidArgumentError(f"seed must be in 0..2**32-1, got {config.seed}")
+
+
+def _learned_rates(model: Any) -> dict[str, float]:
+    from mcdropout.modeling import concrete  # deferred: it imports Keras
+
+    return concrete.learned_rates(model)
 
 
 def _floats(values: np.ndarray | None) -> tuple[float, ...] | None:

@@ -42,23 +42,26 @@ class GridPoint:
     """One trained grid setting and its validation scores.
 
     Attributes:
-        dropout: Dropout rate p.
+        dropout: Dropout rate p (with concrete dropout, the rate every layer started from).
         tau: Regression: the precision in standardised target units, as given or (when the grid
             has no tau) as estimated after training; None for classification.
-        weight_decay: The L2 coefficient the network was trained with.
+        weight_decay: The L2 coefficient the network was trained with; None with concrete
+            dropout (its weight term follows from tau: :mod:`mcdropout.modeling.concrete`).
         score: The selection metric on the validation rows.
         validation: Every validation metric (see :func:`mcdropout.evaluation.scores.evaluate`).
         epochs_run: Epochs before early stopping ended training.
         round: The search round that added the point (0: the given grid).
+        learned_dropout: With concrete dropout, each layer's learned rate, in model order.
     """
 
     dropout: float
     tau: float | None
-    weight_decay: float
+    weight_decay: float | None
     score: float
     validation: dict[str, float]
     epochs_run: int
     round: int = 0
+    learned_dropout: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class TuningResult:
     def table(self) -> list[dict[str, Any]]:
         """One flat row per grid point (for CSV and printing)."""
         return [{"dropout": p.dropout, "tau": p.tau, "weight_decay": p.weight_decay,
+                 **({"learned_dropout": " ".join(f"{r:.4g}" for r in p.learned_dropout)}
+                    if p.learned_dropout else {}),
                  self.metric: p.score, "epochs_run": p.epochs_run, "best": i == self.best,
                  **{f"validation_{k}": v for k, v in p.validation.items() if k != self.metric}}
                 for i, p in enumerate(self.points)]
@@ -135,6 +140,10 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
     """
     validate_name(name)
     rates, taus, decays = _check_grid(config.task, dropout_rates, taus, weight_decays)
+    if config.concrete and decays:
+        raise InvalidArgumentError(
+            "weight decays do not apply to concrete dropout: its regularisers follow from the "
+            "length-scale and tau; search taus (regression) or give none")
     seed = config.seed if config.seed is not None else secrets.randbits(31)
     # The split training.train makes for every point (same rows, same seed).
     train_idx, val_idx = tables.split_indices(table.rows, config.validation_fraction, seed)
@@ -164,11 +173,14 @@ def grid_search(table: tables.Table, config: training.TrainConfig, name: str, *,
         if metric not in validation:
             raise InvalidArgumentError(
                 f"validation metrics lack {metric!r} (got {sorted(validation)})")
+        run, decay_used = info.provenance["training"], info.provenance["hyperparameters"][
+            "weight_decay"]
         point = GridPoint(
             dropout=p, tau=(tau if info.tau is None else info.tau) if regression else None,
-            weight_decay=float(info.provenance["hyperparameters"]["weight_decay"]),
+            weight_decay=None if decay_used is None else float(decay_used),
             score=float(validation[metric]), validation=dict(validation),
-            epochs_run=int(info.provenance["training"]["epochs_run"]), round=search.round)
+            epochs_run=int(run["epochs_run"]), round=search.round,
+            learned_dropout=tuple(run.get("learned_dropout", {}).values()))
         points.append(point)
         trained.append((model, info))
         if on_point is not None:
@@ -236,12 +248,15 @@ def write_outputs(result: TuningResult, directory: str | Path, title: str = "") 
 
 def format_table(result: TuningResult) -> str:
     """Every point tried as aligned text, in the order tried, the winner marked with '*'."""
+    learned = any(p.learned_dropout for p in result.points)
     lines = [f"{'':1} {'dropout':>8} {'tau':>10} {'weight decay':>12} {result.metric:>18} "
-             f"{'epochs':>6} {'round':>5}"]
+             f"{'epochs':>6} {'round':>5}" + ("  learned dropout" if learned else "")]
     for i, p in enumerate(result.points):
         tau = "-" if p.tau is None else f"{p.tau:.4g}"
+        decay = "-" if p.weight_decay is None else f"{p.weight_decay:.3g}"
+        rates = "  " + " ".join(f"{r:.3g}" for r in p.learned_dropout) if learned else ""
         lines.append(f"{'*' if i == result.best else ' ':1} {p.dropout:8.4g} {tau:>10} "
-                     f"{p.weight_decay:12.3g} {p.score:18.4f} {p.epochs_run:6d} {p.round:5d}")
+                     f"{decay:>12} {p.score:18.4f} {p.epochs_run:6d} {p.round:5d}{rates}")
     return "\n".join(lines)
 
 

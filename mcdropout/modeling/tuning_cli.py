@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mcdropout.evaluation import plotting
 from mcdropout.modeling import search_cli, tables, training
+from mcdropout.modeling.builders import CONCRETE_INITIAL_RATE
 from mcdropout.modeling.tuning import (
     DEFAULT_DROPOUT_RATES,
     GridPoint,
@@ -41,8 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="default %(default)s")
     p.add_argument("--target", nargs="+", metavar="COLUMN",
                    help="CSV target column(s); default the last column")
-    p.add_argument("--dropout-rates", nargs="+", type=float, default=list(DEFAULT_DROPOUT_RATES),
-                   metavar="P", help="dropout rates to try; default %(default)s")
+    p.add_argument("--dropout-rates", nargs="+", type=float, metavar="P",
+                   help=f"dropout rates to try (with --concrete-dropout, the rates training "
+                        f"starts from); default {list(DEFAULT_DROPOUT_RATES)}, with "
+                        f"--concrete-dropout {CONCRETE_INITIAL_RATE}")
+    search_cli.add_concrete_argument(p)
     grid = p.add_mutually_exclusive_group()
     grid.add_argument("--taus", nargs="+", type=float, metavar="TAU",
                       help="regression precisions to try, in standardised target units (1 = "
@@ -72,24 +76,26 @@ def _main(args: argparse.Namespace) -> int:
     config = training.TrainConfig(
         task=args.task, noise=args.noise, hidden=tuple(args.hidden), epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience,
-        validation_fraction=args.validation_fraction, seed=args.seed)
+        validation_fraction=args.validation_fraction, seed=args.seed, concrete=args.concrete)
+    rates = args.dropout_rates or ([CONCRETE_INITIAL_RATE] if args.concrete
+                                   else list(DEFAULT_DROPOUT_RATES))
     table = tables.load_table(args.data.resolve(), task=args.task, target=args.target)
 
     def show(point: GridPoint) -> None:
         tau = "" if point.tau is None else f" tau={point.tau:.4g}"
-        print(f"round {point.round}: p={point.dropout:g}{tau} weight decay "
-              f"{point.weight_decay:.3g}: {point.score:.4f}", file=sys.stderr, flush=True)
+        print(f"round {point.round}: p={point.dropout:g}{tau}{_decay(point)}: "
+              f"{point.score:.4f}", file=sys.stderr, flush=True)
 
     model, info, result = grid_search(
-        table, config, args.name, dropout_rates=args.dropout_rates, taus=args.taus,
+        table, config, args.name, dropout_rates=rates, taus=args.taus,
         weight_decays=args.weight_decays, description=args.description, on_point=show,
         extend=not args.grid_only, max_rounds=args.search_rounds, margin=args.search_margin)
     version = ModelStore(args.model_root).save(model, info)
     print(format_table(result))
     best = result.points[result.best]
     tau = "" if best.tau is None else f" tau={best.tau:.4g}"
-    print(f"best by validation {result.metric}: p={best.dropout:g}{tau} weight decay "
-          f"{best.weight_decay:.3g}; saved {args.name} version {version} in {args.model_root}")
+    print(f"best by validation {result.metric}: p={best.dropout:g}{tau}{_decay(best)}; "
+          f"saved {args.name} version {version} in {args.model_root}")
     if result.search is not None:
         print(f"search: {len(result.points)} points in {result.search['rounds'] + 1} round(s); "
               f"stopped: {result.search['stop_reason']}")
@@ -97,3 +103,9 @@ def _main(args: argparse.Namespace) -> int:
         files = write_outputs(result, args.output, title=f"{args.name} on {args.data.name}")
         print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def _decay(point: GridPoint) -> str:
+    if point.learned_dropout:
+        return " learned dropout " + " ".join(f"{r:.3g}" for r in point.learned_dropout)
+    return "" if point.weight_decay is None else f" weight decay {point.weight_decay:.3g}"

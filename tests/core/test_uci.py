@@ -312,16 +312,21 @@ def test_refined_tau_beats_or_keeps_the_grid_tau_on_the_validation_rows(
         assert (split["test_tau"] or split["tau"]) == refined["tau"] == float(row["test_tau"])
 
 
-def test_learned_noise_runs_the_protocol_and_scores_with_the_passes_own_variances(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def run_tiny_grid(tmp_path: Path, *flags: str) -> dict:
+    """``benchmark uci`` on two splits of a small layout, the given grid only: its JSON report."""
     write_layout(tmp_path, rows=120)
     out = tmp_path / "out"
     status = cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
                        "--epochs-multiplier", "5", "--samples", "40", "--splits", "2",
-                       "--noise", "learned", "--grid-only", "--output", str(out)])
+                       "--grid-only", "--output", str(out), *flags])
     assert status == 0
+    return json.loads((out / "tiny.json").read_text())
+
+
+def test_learned_noise_runs_the_protocol_and_scores_with_the_passes_own_variances(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_tiny_grid(tmp_path, "--noise", "learned")
     assert "learned noise" in capsys.readouterr().out
-    report = json.loads((out / "tiny.json").read_text())
     assert report["protocol"]["noise"] == "learned"
     for split in report["splits"]:
         assert len(split["grid"]) == 4
@@ -347,3 +352,17 @@ def test_too_few_calibration_rows_are_refused_before_training(tmp_path: Path) ->
     with pytest.raises(InvalidArgumentError, match=r"search_rounds must be an integer >= 0, "
                                                    r"got -1"):
         uci.run(ds, uci.Protocol(search_rounds=-1))
+
+
+def test_benchmark_uci_with_concrete_dropout_searches_tau_only_and_reports_the_rates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_tiny_grid(tmp_path, "--concrete-dropout")
+    assert "concrete dropout" in capsys.readouterr().out
+    assert report["protocol"]["concrete"] is True
+    for split in report["splits"]:
+        assert [g["dropout"] for g in split["grid"]] == [0.1, 0.1]  # tau 1 and 10
+        assert [g["tau"] for g in split["grid"]] == [1.0, 10.0]
+        assert len(split["learned_dropout"]) == 2
+        assert all(0 < r < 1 for r in split["learned_dropout"])
+        assert math.isfinite(split["test_ll"]) and 0.0 < split["picp"] <= 1.0
+    assert "concrete dropout (learned p " in uci_table.row(report)

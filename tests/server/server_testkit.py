@@ -83,6 +83,24 @@ def settings(**changes: object) -> ServerSettings:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+@contextmanager
+def serving_client(store_root: Path) -> Iterator[Any]:
+    """A real server on a free loopback port over the store at ``store_root`` (loaded as the
+    test registry loads), and a client of it; the server stops on exit."""
+    from mcdropout_client import Client
+    from mcdropout_server.app import ServerThread
+    from mcdropout_server.registry import ModelRegistry
+
+    registry = ModelRegistry.load(ModelStore(store_root), limits=LIMITS, **load_options())
+    thread = ServerThread(settings(), registry)
+    app = thread.start()
+    try:
+        with Client(f"127.0.0.1:{app.port}", timeout=30.0, retries=0) as client:
+            yield client
+    finally:
+        thread.stop(grace=1.0)
+
+
 def predictor(store_root: Path, name: str, version: int) -> MCDropoutPredictor:
     """An in-process predictor configured exactly as the test registry configures its models
     (with the version's calibration, when it has one)."""

@@ -10,9 +10,7 @@ import keras
 import numpy as np
 import pytest
 from mcdropout_client import Client, _table
-from mcdropout_server.app import ServerThread
-from mcdropout_server.registry import ModelRegistry
-from server_testkit import LIMITS, load_options, predictor, settings
+from server_testkit import predictor, serving_client
 
 from mcdropout import ModelStore
 from mcdropout.metadata import ModelInfo
@@ -36,14 +34,8 @@ def learned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def learned_client(learned_store: Path) -> Iterator[Client]:
-    registry = ModelRegistry.load(ModelStore(learned_store), limits=LIMITS, **load_options())
-    thread = ServerThread(settings(), registry)
-    app = thread.start()
-    try:
-        with Client(f"127.0.0.1:{app.port}", timeout=30.0, retries=0) as client:
-            yield client
-    finally:
-        thread.stop(grace=1.0)
+    with serving_client(learned_store) as client:
+        yield client
 
 
 def test_served_answers_carry_the_learned_noise(learned_client: Client,
