@@ -27,6 +27,7 @@ imported; :func:`mcdropout.loading.load_keras_file` imports it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import keras
@@ -39,7 +40,7 @@ from mcdropout.modeling.builders import CONCRETE_TEMPERATURE as DEFAULT_TEMPERAT
 
 
 def _check_rate(rate: float, where: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 < rate < 1.0:
         raise InvalidArgumentError(f"{where} must be in (0, 1), got {rate!r}")
     return float(rate)
 
