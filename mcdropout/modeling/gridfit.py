@@ -261,15 +261,8 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
                                      + 0.5 * log_var, axis=[1, 2])
             else:
                 fit = tf.reduce_mean(tf.square(out - yb), axis=[1, 2])
-            if concrete:  # concrete.ConcreteDense.regularization, network by network
-                penalty = tf.add_n([
-                    decay_t * tf.reduce_sum(tf.square(k), axis=[1, 2]) / (1.0 - p)
-                    + entropy_t * float(k.shape[1]) * (p * tf.math.log(p + _LOG_EPS) + (1.0 - p)
-                                                       * tf.math.log(1.0 - p + _LOG_EPS))
-                    for k, p in zip(kernels, layer_rates, strict=True)])
-            else:
-                penalty = decay_t * tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2])
-                                              for k in kernels])
+            penalty = penalties(kernels, layer_rates if concrete else None, decay_t,
+                                entropy_t)
             loss = tf.reduce_sum(fit + penalty)
         grads = tape.gradient(loss, params)
         step.assign_add(1.0)
@@ -297,6 +290,25 @@ def fit_mlps(x: np.ndarray, y: np.ndarray, dropout: Sequence[float],
     return MLPStack(tuple(k.numpy() for k in kernels), tuple(b.numpy() for b in biases),
                     tuple(float(r) for r in rates), tuple(float(d) for d in decays), noise,
                     learned_rates, tuple(float(e) for e in entropy) if concrete else ())
+
+
+def penalties(kernels: Sequence[Any], rates: Sequence[Any] | None, weight: Any,
+              entropy: Any) -> Any:
+    """Each network's regularisation, (M,): ``weight * sum(kernel**2)`` over the kernels with
+    fixed rates (``rates`` None); with concrete dropout (``rates`` per layer, (M,) each), as
+    :meth:`mcdropout.modeling.concrete.ConcreteDense.regularization` per layer:
+    ``weight * sum(kernel**2) / (1 - p) + entropy * fan_in * (p log p + (1 - p) log(1 - p))``."""
+    import tensorflow as tf
+
+    squares = [tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels]
+    if rates is None:
+        return weight * tf.add_n(squares)
+    eps = _LOG_EPS
+    return tf.add_n([
+        weight * square / (1.0 - p)
+        + entropy * float(k.shape[1]) * (p * tf.math.log(p + eps)
+                                         + (1.0 - p) * tf.math.log(1.0 - p + eps))
+        for k, square, p in zip(kernels, squares, rates, strict=True)])
 
 
 def _forward(h: Any, kernels: Sequence[Any], biases: Sequence[Any], rates: Sequence[Any],

@@ -244,3 +244,19 @@ def test_stack_sampling_uses_each_layers_learned_rate() -> None:
     zeros = float(np.mean(passes == 0.0))
     assert abs(zeros - 0.3) < 5 * math.sqrt(0.3 * 0.7 / (40 * width))
 
+
+
+def test_the_stacked_penalty_is_the_keras_layers_regularization() -> None:
+    from mcdropout.modeling import gridfit
+
+    model = concrete_mlp(seed=4, hidden=(6,))
+    set_rate(model.get_layer("hidden_1"), 0.07)
+    set_rate(model.get_layer("output"), 0.33)
+    layers = [model.get_layer("hidden_1"), model.get_layer("output")]
+    for layer in layers:
+        layer.weight_regularizer, layer.dropout_regularizer = 0.3, 0.02
+    expected = sum(float(keras.ops.convert_to_numpy(layer.regularization())) for layer in layers)
+    kernels = [keras.ops.convert_to_numpy(layer.dense.kernel)[None] for layer in layers]
+    rates = [np.array([layer.dropout.rate], np.float32) for layer in layers]
+    got = gridfit.penalties(kernels, rates, np.float32(0.3), np.float32(0.02))
+    assert float(np.asarray(got)[0]) == pytest.approx(expected, rel=1e-5)
