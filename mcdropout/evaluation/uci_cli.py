@@ -13,8 +13,9 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from mcdropout.errors import InvalidArgumentError
 from mcdropout.evaluation import uci, uci_data
-from mcdropout.modeling import search_cli
+from mcdropout.modeling import builders, search_cli
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,6 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.concrete and args.dropout_rates:
+        raise InvalidArgumentError(
+            "--dropout-rates does not apply with --concrete-dropout: every layer starts at "
+            f"p = {builders.CONCRETE_INITIAL_RATE} and learns its rate; the search runs over "
+            "tau")
     protocol = uci.Protocol(epochs_multiplier=args.epochs_multiplier, samples=args.samples,
                             validation_samples=args.validation_samples, splits=args.splits,
                             calibration_fraction=args.calibration_fraction, seed=args.seed,
