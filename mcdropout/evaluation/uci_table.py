@@ -2,7 +2,7 @@
 
 ``python -m mcdropout.evaluation.uci_table FOLDER [FOLDER ...]`` prints one markdown row per
 report (``<dataset>.json``) found in the folders: the noise model (and concrete dropout with the
-range of the learned rates, where used), epochs, splits, RMSE, test
+range of each layer's learned rate over the splits, where used), epochs, splits, RMSE, test
 log-likelihood and 95% coverage (mean ± standard error), the published 2018 figures where known,
 whether the targets of issue #18 are met, how the search went (settings tried per split, rounds,
 splits whose search stopped on a bound or the budget, splits where the search margin kept an
@@ -65,9 +65,10 @@ def row(report: dict[str, Any]) -> str:
     noise = report["protocol"].get("noise", "fixed")
     grid = "" if report["protocol"].get("extend_grid", False) else " (grid only)"
     if report["protocol"].get("concrete"):
-        rates = [r for split in splits for r in split.get("learned_dropout", ())]
-        noise += (f", concrete dropout (learned p {min(rates):.3g}-{max(rates):.3g})" if rates
-                  else ", concrete dropout")
+        layers = list(zip(*(split.get("learned_dropout", ()) for split in splits), strict=True))
+        ranges = " / ".join(f"{min(rates):.2g}-{max(rates):.2g}" for rates in layers)
+        noise += f", concrete dropout (learned p per layer, inputs first: {ranges})" if layers \
+            else ", concrete dropout"
     return (f"| {report['dataset']} | {noise}{grid} | {report['epochs']} | {len(splits)} | "
             f"{_pm(rmse)} | {_pm(ll)} | {100 * picp['mean']:.1f} ± {100 * picp['se']:.1f}% | "
             f"{rerun} | {' / '.join(met)} | {search} | {report['seconds']:.0f} s |")

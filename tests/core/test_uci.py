@@ -365,7 +365,7 @@ def test_benchmark_uci_with_concrete_dropout_searches_tau_only_and_reports_the_r
         assert len(split["learned_dropout"]) == 2
         assert all(0 < r < 1 for r in split["learned_dropout"])
         assert math.isfinite(split["test_ll"]) and 0.0 < split["picp"] <= 1.0
-    assert "concrete dropout (learned p " in uci_table.row(report)
+    assert "concrete dropout (learned p per layer, inputs first: " in uci_table.row(report)
     assert cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
                      "--concrete-dropout", "--dropout-rates", "0.2"]) == 1
     assert "--dropout-rates does not apply with --concrete-dropout" in capsys.readouterr().err
