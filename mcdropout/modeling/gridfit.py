@@ -167,6 +167,7 @@ class MLPStack:
             return model
         from mcdropout.modeling import concrete  # deferred: it imports Keras
 
+        # n_train only sets the layers' regularisers, replaced by the network's own below.
         model = builders.build_mlp(
             int(self.kernels[0].shape[1]), outputs, hidden=self.hidden,
             dropout=self.dropout[index], learning_rate=learning_rate, noise=self.noise,
