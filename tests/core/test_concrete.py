@@ -82,8 +82,8 @@ def test_the_added_loss_is_the_weight_and_entropy_terms() -> None:
 def test_a_strong_entropy_term_pulls_the_rate_to_one_half() -> None:
     # With nothing to fit but the entropy term the learned rates climb towards 0.5.
     model = concrete_mlp(seed=1, n_train=1, learning_rate=0.05)
-    x = np.zeros((64, 3), np.float32)
-    model.fit(x, np.zeros((64, 1), np.float32), epochs=80, batch_size=64, verbose=0)
+    x = np.zeros((80, 3), np.float32)  # one epoch of 80 one-row steps
+    model.fit(x, np.zeros((80, 1), np.float32), epochs=1, batch_size=1, verbose=0)
     rates = concrete.learned_rates(model)
     assert set(rates) == {"hidden_1", "output"}
     assert all(0.4 < r < 0.6 for r in rates.values()), rates
@@ -145,8 +145,9 @@ def test_train_learns_the_rates_and_records_them(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     np.savetxt(path, np.column_stack([x, y]), delimiter=",", header="a,b,y", comments="")
     table = tables.load_table(path, task="regression")
-    config = training.TrainConfig(concrete=True, dropout=0.2, hidden=(32,), epochs=60,
-                                  batch_size=32, learning_rate=0.01, patience=60, seed=1)
+    config = training.TrainConfig(concrete=True, dropout=0.2, hidden=(32,), epochs=20,
+                                  batch_size=64, learning_rate=0.01, patience=20, seed=1,
+                                  validation_samples=50)
     model, info = training.train(table, config, "cd")
     learned = info.provenance["training"]["learned_dropout"]
     assert set(learned) == {"hidden_1", "output"}
