@@ -190,8 +190,6 @@ def build_mlp(
             raise InvalidArgumentError(
                 "concrete dropout derives its regularisers from length_scale, n_train and tau: "
                 f"give n_train (got {n_train!r}) and no weight_decay (got {weight_decay!r})")
-        if tau is not None:
-            _check_positive("tau", tau)
         regularizers = concrete_regularizers(length_scale, n_train, 1.0 if tau is None else tau)
         decay = 0.0
     else:

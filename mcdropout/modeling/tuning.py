@@ -254,10 +254,15 @@ def format_table(result: TuningResult) -> str:
     for i, p in enumerate(result.points):
         tau = "-" if p.tau is None else f"{p.tau:.4g}"
         decay = "-" if p.weight_decay is None else f"{p.weight_decay:.3g}"
-        rates = "  " + " ".join(f"{r:.3g}" for r in p.learned_dropout) if learned else ""
+        rates = "  " + format_rates(p.learned_dropout) if learned else ""
         lines.append(f"{'*' if i == result.best else ' ':1} {p.dropout:8.4g} {tau:>10} "
                      f"{decay:>12} {p.score:18.4f} {p.epochs_run:6d} {p.round:5d}{rates}")
     return "\n".join(lines)
+
+
+def format_rates(rates: Sequence[float]) -> str:
+    """Learned dropout rates as printed in the table and progress lines: "0.0312 0.184"."""
+    return " ".join(f"{r:.3g}" for r in rates)
 
 
 def _series_label(point: GridPoint, axis: str) -> str:

@@ -14,6 +14,7 @@ from mcdropout.modeling.builders import CONCRETE_INITIAL_RATE
 from mcdropout.modeling.tuning import (
     DEFAULT_DROPOUT_RATES,
     GridPoint,
+    format_rates,
     format_table,
     grid_search,
     write_outputs,
@@ -107,5 +108,5 @@ def _main(args: argparse.Namespace) -> int:
 
 def _decay(point: GridPoint) -> str:
     if point.learned_dropout:
-        return " learned dropout " + " ".join(f"{r:.3g}" for r in point.learned_dropout)
+        return " learned dropout " + format_rates(point.learned_dropout)
     return "" if point.weight_decay is None else f" weight decay {point.weight_decay:.3g}"

@@ -103,6 +103,8 @@ def test_build_mlp_makes_concrete_layers_the_engine_samples_at_their_learned_rat
     assert isinstance(no_input.get_layer("output"), concrete.ConcreteDense)
     with pytest.raises(InvalidArgumentError, match="give n_train"):
         builders.build_mlp(3, 1, concrete=True)
+    with pytest.raises(InvalidArgumentError, match="tau must be a finite number > 0"):
+        builders.build_mlp(3, 1, concrete=True, n_train=10, tau=0.0)
     with pytest.raises(InvalidArgumentError, match="no weight_decay"):
         builders.build_mlp(3, 1, concrete=True, n_train=10, weight_decay=1e-3)
 
@@ -198,12 +200,12 @@ def test_tune_with_concrete_dropout_searches_tau_and_reports_the_learned_rates(
     assert [p["dropout"] for p in tuning["grid"]] == [0.1, 0.1]  # the default starting rate
     assert all(p["weight_decay"] is None and len(p["learned_dropout"]) == 2
                for p in tuning["grid"])
-    table = tables.load_table(small_table(tmp_path), task="regression")
-    with pytest.raises(InvalidArgumentError, match="weight decays do not apply"):
-        from mcdropout.modeling import tuning
-
-        tuning.grid_search(table, training.TrainConfig(concrete=True, epochs=1), "cd",
-                           weight_decays=[1e-3])
+    refused = ["tune", "--data", str(small_table(tmp_path)), "--model-root",
+               str(tmp_path / "store"), "--name", "cd", "--concrete-dropout", "--weight-decays",
+               "1e-3", "--epochs", "1"]
+    assert cli.main(refused) == 1
+    assert ("weight decays do not apply to concrete dropout: its regularisers follow from the "
+            "length-scale and tau") in capsys.readouterr().err
 
 
 def test_stacked_concrete_networks_learn_rates_and_become_the_keras_model_they_describe(
