@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ from mcdropout.evaluation.uci_calibration import ConformalResult
 from mcdropout.evaluation.uci_data import UCIDataset
 from mcdropout.evaluation.uci_search import GridPoint, Scaled
 from mcdropout.metadata import HeadInfo
-from mcdropout.modeling import builders, edgesearch, selection
+from mcdropout.modeling import builders, edgesearch, gridfit, selection
 
 # Gal & Ghahramani (2016), Table 1, MC dropout column, for the six data sets we hold:
 # RMSE, its SE, test log-likelihood, its SE (20 splits).
@@ -197,8 +197,9 @@ def run(dataset: UCIDataset, protocol: Protocol,
     """Run the protocol over the first ``protocol.splits`` splits (all by default).
 
     The grid networks of every split are trained together, and so are the retrained ones (see
-    :mod:`mcdropout.modeling.gridfit`); a split's result therefore depends on the seed and on how many
-    splits run with it, and is reproducible for a given pair.
+    :mod:`mcdropout.modeling.gridfit`; splits whose training files differ in size form one stack
+    per size); a split's result therefore depends on the seed and on which splits run with it,
+    and is reproducible for a given pair.
 
     Args:
         dataset: From :func:`mcdropout.evaluation.uci_data.load_dataset`.
@@ -206,8 +207,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
         progress: Called with a line of text at each stage and with each split's result.
 
     Raises:
-        InvalidArgumentError: a protocol setting is out of range, or the training splits differ
-            in size.
+        InvalidArgumentError: a protocol setting is out of range, or a split's files are.
     """
     from mcdropout.engine import MCDropoutPredictor
 
@@ -215,69 +215,54 @@ def run(dataset: UCIDataset, protocol: Protocol,
     say = progress or (lambda _line: None)
     start = time.perf_counter()
     splits = [dataset.split(i) for i in range(count)]
-    sizes = sorted({len(train) for train, _ in splits})
-    if len(sizes) > 1:  # the networks of all splits are trained as one stack
-        raise InvalidArgumentError(
-            f"the training splits of {dataset.name} must all have the same number of rows, "
-            f"got sizes {sizes}")
-    # Calibration rows are the trailing share of each training split, in file order; everything
-    # below (fit/validation cut, grid search, retraining) runs on the rows before them.
-    held = uci_calibration.held_out_rows(dataset.name, sizes[0], protocol.calibration_fraction)
-    calibration = [train[len(train) - held:] for train, _ in splits]
-    splits = [(train[:len(train) - held], test) for train, test in splits]
-    grid_seed, final_seed = (int(s) for s in np.random.SeedSequence(protocol.seed).generate_state(2))
-    epochs = dataset.n_epochs * protocol.epochs_multiplier
-    training = uci_search.Training(epochs, protocol.batch_size, protocol.length_scale,
-                                   dataset.n_hidden, protocol.noise, protocol.concrete)
-    # The trailing share of each split, in file order, as the published code takes it.
-    cut = int((1.0 - protocol.validation_fraction) * len(splits[0][0]))
-    fit_sets = [Scaled.of(dataset, train[:cut]) for train, _ in splits]
-    found = uci_search.search(
-        dataset, training, fit_sets,
-        [(dataset.x[train[cut:]], dataset.y[train[cut:]]) for train, _ in splits],
-        extend=protocol.extend_grid, rounds=protocol.search_rounds,
-        passes=protocol.validation_samples or protocol.samples,
-        seeds=[_seed(protocol, i) for i in range(count)], seed=grid_seed, say=say,
-        refine=protocol.refine_tau, margin=protocol.search_margin)
-    best = [b for b, _, _ in found]
-    grid_done = time.perf_counter()
-
-    full_sets = [Scaled.of(dataset, train) for train, _ in splits]
-    say(f"{dataset.name}: retraining {count} networks on {len(splits[0][0])} rows")
-    final = uci_search.fit(training, full_sets, [(b.dropout, b.tau) for b in best], final_seed,
-                           say)
-    retrain_done = time.perf_counter()
+    training = uci_search.Training(dataset.n_epochs * protocol.epochs_multiplier,
+                                   protocol.batch_size, protocol.length_scale, dataset.n_hidden,
+                                   protocol.noise, protocol.concrete)
+    # The networks of a stack share their rows' count, so splits of different sizes (a data set
+    # prepared by hand, e.g. with k-fold) are trained as one stack per size, in turn.
+    groups: dict[int, list[int]] = {}
+    for i, (train, _) in enumerate(splits):
+        groups.setdefault(len(train), []).append(i)
+    held = [uci_calibration.held_out_rows(dataset.name, size, protocol.calibration_fraction)
+            for size in groups]  # all checked before any training
+    fitted: dict[int, _Fitted] = {}
+    seconds = {"grid_search": 0.0, "retrain": 0.0}
+    for k, (indices, held_k) in enumerate(zip(groups.values(), held, strict=True)):
+        fitted.update(_search_and_retrain(dataset, protocol, training, splits, indices, held_k,
+                                          k, say, seconds))
+    test_start = time.perf_counter()
     results = []
     for i, (_, test) in enumerate(splits):
-        scaled = full_sets[i]
+        f = fitted[i]
+        scaled, best, log = f.scaled, f.best, f.log
         # The engine takes tau in the model's (standardised) output units; a learned noise has
         # none, its passes carry their variances.
         learned = protocol.noise == "learned"
-        refined = found[i][2].get("refined", {}).get("tau", best[i].tau)
+        refined = log.get("refined", {}).get("tau", best.tau)
         head = HeadInfo("output", "regression", target_mean=tuple(scaled.y_mean.tolist()),
                         target_std=tuple(scaled.y_std.tolist()), noise=protocol.noise,
                         tau=None if learned else refined * float(scaled.y_std[0]) ** 2)
         predictor = MCDropoutPredictor(
-            final.to_keras(i), heads=[head], feature_mean=scaled.x_mean,
+            f.stack.to_keras(f.position), heads=[head], feature_mean=scaled.x_mean,
             feature_std=scaled.x_std, max_samples=max(protocol.samples, 10_000),
             default_samples=protocol.samples)
-        if held:
+        if len(f.calibration):
             measured, conformal = uci_calibration.score(
                 predictor, (dataset.x[test], dataset.y[test]),
-                (dataset.x[calibration[i]], dataset.y[calibration[i]]), protocol.samples,
+                (dataset.x[f.calibration], dataset.y[f.calibration]), protocol.samples,
                 _seed(protocol, i), INTERVAL_LEVEL)
         else:
             measured, conformal = scores.evaluate(
                 predictor, dataset.x[test], dataset.y[test], samples=protocol.samples,
                 seed=_seed(protocol, i), level=INTERVAL_LEVEL), ()
         results.append(SplitResult(
-            split=i, dropout=best[i].dropout, tau=best[i].tau, rmse=measured["rmse"],
+            split=i, dropout=best.dropout, tau=best.tau, rmse=measured["rmse"],
             test_ll=measured["mc_log_likelihood"], picp=measured["picp"],
-            interval_width=measured["mean_interval_width"], grid=tuple(found[i][1]),
-            calibration_rows=held, conformal=conformal, search=found[i][2],
-            test_tau=None if refined == best[i].tau else refined,
-            learned_dropout=() if final.learned_rates is None else tuple(
-                float(r) for r in final.learned_rates[i])))
+            interval_width=measured["mean_interval_width"], grid=f.grid,
+            calibration_rows=len(f.calibration), conformal=conformal, search=log,
+            test_tau=None if refined == best.tau else refined,
+            learned_dropout=() if f.stack.learned_rates is None else tuple(
+                float(r) for r in f.stack.learned_rates[f.position])))
         r = results[-1]
         rates = " ".join(f"{v:.3g}" for v in r.learned_dropout)
         say(f"{dataset.name} split {i}: p={r.dropout:g}"
@@ -287,11 +272,58 @@ def run(dataset: UCIDataset, protocol: Protocol,
             f"LL {r.test_ll:.3f} 95% coverage {r.picp:.3f}"
             + "".join(f", conformal {c.level:g} coverage {c.coverage:.3f}" for c in conformal))
     end = time.perf_counter()
-    return BenchmarkResult(dataset.name, protocol, epochs, dataset.n_hidden, tuple(results),
+    return BenchmarkResult(dataset.name, protocol, training.epochs, dataset.n_hidden, tuple(results),
                            seconds=end - start,
-                           stage_seconds={"grid_search": grid_done - start,
-                                          "retrain": retrain_done - grid_done,
-                                          "test": end - retrain_done})
+                           stage_seconds={**seconds, "test": end - test_start})
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """One split after its search and retraining: what its test needs."""
+
+    scaled: Scaled  # its whole training split (calibration rows excepted), standardised
+    calibration: np.ndarray  # held-out calibration rows (may be empty)
+    best: GridPoint
+    grid: tuple[GridPoint, ...]
+    log: dict[str, Any]
+    stack: gridfit.MLPStack  # the retrained networks of its size group
+    position: int  # its network in the stack
+
+
+def _search_and_retrain(dataset: UCIDataset, protocol: Protocol, training: uci_search.Training,
+                        splits: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequence[int],
+                        held: int, group: int, say: Callable[[str], None],
+                        seconds: dict[str, float]) -> dict[int, _Fitted]:
+    """Search and retrain the splits ``indices`` (all with training splits of one size) as one
+    stack each; adds the stage times to ``seconds``."""
+    started = time.perf_counter()
+    # Calibration rows are the trailing share of each training split, in file order; everything
+    # below (fit/validation cut, grid search, retraining) runs on the rows before them.
+    calibration = {i: splits[i][0][len(splits[i][0]) - held:] for i in indices}
+    trains = {i: splits[i][0][:len(splits[i][0]) - held] for i in indices}
+    # The first group keeps the seeds a data set of equal-sized splits has always had.
+    entropy = protocol.seed if group == 0 else [protocol.seed, group]
+    grid_seed, final_seed = (int(s) for s in np.random.SeedSequence(entropy).generate_state(2))
+    # The trailing share of each split, in file order, as the published code takes it.
+    cut = int((1.0 - protocol.validation_fraction) * len(trains[indices[0]]))
+    fit_sets = [Scaled.of(dataset, trains[i][:cut]) for i in indices]
+    found = uci_search.search(
+        dataset, training, fit_sets,
+        [(dataset.x[trains[i][cut:]], dataset.y[trains[i][cut:]]) for i in indices],
+        extend=protocol.extend_grid, rounds=protocol.search_rounds,
+        passes=protocol.validation_samples or protocol.samples,
+        seeds=[_seed(protocol, i) for i in indices], seed=grid_seed, say=say,
+        refine=protocol.refine_tau, margin=protocol.search_margin)
+    grid_done = time.perf_counter()
+    full_sets = [Scaled.of(dataset, trains[i]) for i in indices]
+    say(f"{dataset.name}: retraining {len(indices)} networks on {len(trains[indices[0]])} rows")
+    final = uci_search.fit(training, full_sets, [(b.dropout, b.tau) for b, _, _ in found],
+                           final_seed, say)
+    seconds["grid_search"] += grid_done - started
+    seconds["retrain"] += time.perf_counter() - grid_done
+    return {i: _Fitted(full_sets[j], calibration[i], found[j][0], tuple(found[j][1]),
+                       found[j][2], final, j)
+            for j, i in enumerate(indices)}
 
 
 def _seed(protocol: Protocol, split: int) -> int:
@@ -323,7 +355,7 @@ def _check(dataset: UCIDataset, protocol: Protocol) -> int:
         raise InvalidArgumentError(f"{dataset.name}: dropout rates must be one or more values "
                                    f"in (0, 1), got {list(dataset.dropout_rates)}")
     bad_taus = [t for t in dataset.tau_values if not t > 0]
-    if not dataset.tau_values or bad_taus:
+    if bad_taus:  # none given: a grid from each split's targets (uci_data)
         raise InvalidArgumentError(f"{dataset.name}: tau values must be one or more values > 0, "
                                    f"got {list(dataset.tau_values)}")
     count = dataset.n_splits if protocol.splits is None else protocol.splits

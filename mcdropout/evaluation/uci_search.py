@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mcdropout.evaluation import scores
-from mcdropout.evaluation.uci_data import UCIDataset
+from mcdropout.evaluation.uci_data import DEFAULT_TAU_STANDARDISED, UCIDataset
 from mcdropout.modeling import builders, edgesearch, gridfit, selection, tables
 
 # Sampled values (networks x passes x rows) held at once while scoring the validation grid.
@@ -66,6 +66,15 @@ class Scaled:
         y_mean, y_std = tables.standardization(y)
         return cls((x - x_mean) / x_std, (y - y_mean) / y_std, x_mean, x_std, y_mean, y_std)
 
+    def tau_grid(self, dataset: UCIDataset) -> tuple[float, ...]:
+        """The tau values to search from, in the targets' units: the data set's grid, or without
+        one :data:`~mcdropout.evaluation.uci_data.DEFAULT_TAU_STANDARDISED` over these rows'
+        target variance (training rows only: the test rows do not shape the grid)."""
+        if dataset.tau_values:
+            return dataset.tau_values
+        variance = float(self.y_std[0]) ** 2
+        return tuple(float(f"{t / variance:.4g}") for t in DEFAULT_TAU_STANDARDISED)
+
 
 @dataclass(frozen=True)
 class Training:
@@ -95,7 +104,7 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
 
     Args:
         dataset: Its ``dropout_rates`` (see :meth:`Training.dropout_grid`) and ``tau_values``
-            are the given grid.
+            (see :meth:`Scaled.tau_grid`) are the given grid.
         training: The networks' recipe.
         fit_sets: Per split, the standardised fitting rows.
         validation: Per split, the validation (inputs, targets) in original units.
@@ -114,9 +123,9 @@ def search(dataset: UCIDataset, training: Training, fit_sets: Sequence[Scaled],
     """
     searches = [edgesearch.EdgeSearch(
         (edgesearch.Axis.of("dropout", training.dropout_grid(dataset)),
-         edgesearch.Axis.of("tau", dataset.tau_values)), extend=extend, max_rounds=rounds,
+         edgesearch.Axis.of("tau", fit.tau_grid(dataset))), extend=extend, max_rounds=rounds,
         margin=margin)
-        for _ in fit_sets]
+        for fit in fit_sets]
     points: list[dict[tuple[float, ...], GridPoint]] = [{} for _ in fit_sets]
     networks: list[dict[tuple[float, ...], gridfit.MLPStack]] = [{} for _ in fit_sets]
     round_seeds = iter(np.random.SeedSequence(seed).generate_state(rounds + 1)[1:])

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,63 @@ def test_protocol_settings_are_checked(tmp_path: Path) -> None:
         uci.run(ds, uci.Protocol(splits=3))
     with pytest.raises(InvalidArgumentError, match="samples must be an integer >= 1, got 0"):
         uci.run(ds, uci.Protocol(samples=0))
-    train = np.loadtxt(tmp_path / "tiny" / "index_train_1.txt", dtype=int)
-    np.savetxt(tmp_path / "tiny" / "index_train_1.txt", train[:-1], fmt="%d")
-    with pytest.raises(InvalidArgumentError, match=r"same number of rows, got sizes \[35, 36\]"):
+    (tmp_path / "tiny" / "index_test_1.txt").write_text("3\n40\n")
+    with pytest.raises(InvalidArgumentError,
+                       match=r"index_test_1\.txt: row indices must be below 40 \(the rows of "
+                             r"data\.txt\), got 40"):
         uci.run(ds, uci.Protocol())
+
+
+def test_the_published_repositorys_data_folder_is_found(tmp_path: Path) -> None:
+    folder = write_layout(tmp_path)  # a clone's UCI_Datasets/<name>/data/ holds the files
+    (folder / "data").mkdir()
+    for file in list(folder.glob("*.txt")):
+        file.rename(folder / "data" / file.name)
+    assert uci_data.available_datasets(tmp_path) == ["tiny"]
+    ds = uci_data.load_dataset(tmp_path, "tiny")
+    assert ds.directory == folder / "data" and ds.n_splits == 2 and len(ds.split(1)[0]) == 36
+    with pytest.raises(NotFoundError, match=r"no data set 'boston'.*or its data/ folder"):
+        uci_data.load_dataset(tmp_path, "boston")
+
+
+def test_a_data_set_without_its_optional_files_gets_the_protocols_defaults(
+        tmp_path: Path) -> None:
+    folder = write_layout(tmp_path, rows=60)
+    for file in ("n_splits", "n_hidden", "n_epochs", "dropout_rates", "tau_values"):
+        (folder / f"{file}.txt").unlink()
+    ds = uci_data.load_dataset(tmp_path, "tiny")
+    assert (ds.n_splits, ds.n_hidden, ds.n_epochs) == (2, 50, 40)  # splits counted from files
+    assert ds.dropout_rates == uci_data.DEFAULT_DROPOUT_RATES and ds.tau_values == ()
+    report = uci.run(ds, uci.Protocol(epochs_multiplier=1, samples=20, splits=1,
+                                      extend_grid=False))
+    (split,) = report.splits
+    # tau starts from a grid scaled to the split's own fitting rows (not its test rows)
+    train = ds.split(0)[0]
+    fitting = ds.y[train[:int(0.8 * len(train))]]
+    expected = [t / fitting.var() for t in uci_data.DEFAULT_TAU_STANDARDISED]
+    assert sorted({g.tau for g in split.grid}) == pytest.approx(expected, rel=1e-3)
+    assert len(split.grid) == 4 * 4 and math.isfinite(split.test_ll)
+    (folder / "index_train_0.txt").unlink()
+    with pytest.raises(InvalidArgumentError, match=r"no splits \(index_train_0\.txt and "
+                                                   r"index_test_0\.txt\) and no n_splits\.txt"):
+        uci_data.load_dataset(tmp_path, "tiny")
+
+
+def test_splits_of_different_sizes_train_one_stack_per_size(tmp_path: Path) -> None:
+    write_layout(tmp_path, rows=120)
+    ds = uci_data.load_dataset(tmp_path, "tiny")
+    protocol = uci.Protocol(epochs_multiplier=5, samples=40, extend_grid=False)
+    alone = uci.run(ds, replace(protocol, splits=1))
+    train = np.loadtxt(tmp_path / "tiny" / "index_train_1.txt", dtype=int)
+    np.savetxt(tmp_path / "tiny" / "index_train_1.txt", train[:-3], fmt="%d")  # 105 rows
+    lines: list[str] = []
+    both = uci.run(ds, protocol, progress=lines.append)
+    assert [s.split for s in both.splits] == [0, 1]
+    assert sum("retraining 1 networks" in line for line in lines) == 2
+    # split 0 trains alone in its stack, with the seeds it has without split 1
+    assert both.splits[0].test_ll == alone.splits[0].test_ll
+    assert both.splits[0].rmse == alone.splits[0].rmse
+    assert math.isfinite(both.splits[1].test_ll) and len(both.splits[1].grid) == 4
 
 
 def test_grids_on_file_are_checked_before_any_training(tmp_path: Path) -> None:
