@@ -156,8 +156,13 @@ def search_lines(result: uci.BenchmarkResult) -> list[str]:
     lines = []
     for k, axis in enumerate(logs[0]["axes"]):
         tried = sorted({v for log in logs for v in log["axes"][k]["tried"]})
-        lines.append(f"  {axis['name']} tried: {', '.join(f'{v:g}' for v in tried)} "
-                     f"(given {', '.join(f'{v:g}' for v in axis['given'])})")
+        givens = {tuple(log["axes"][k]["given"]) for log in logs}
+        if len(givens) == 1:
+            lines.append(f"  {axis['name']} tried: {', '.join(f'{v:g}' for v in tried)} "
+                         f"(given {', '.join(f'{v:g}' for v in axis['given'])})")
+        else:  # a grid scaled to each split's targets: every value listed would be noise
+            lines.append(f"  {axis['name']} tried: {tried[0]:.4g} to {tried[-1]:.4g} over "
+                         f"{len(tried)} values (each split's own grid, in the JSON report)")
     rounds = [log["rounds"] for log in logs]
     lines.append(f"  search rounds per split: {min(rounds)}-{max(rounds)}; stopped because:")
     reasons: dict[str, int] = {}

@@ -15,7 +15,7 @@ import pytest
 from mcdropout import cli
 from mcdropout.engine import MCDropoutPredictor
 from mcdropout.errors import InvalidArgumentError, NotFoundError
-from mcdropout.evaluation import uci, uci_calibration, uci_data, uci_table
+from mcdropout.evaluation import uci, uci_calibration, uci_cli, uci_data, uci_table
 from mcdropout.modeling import gridfit
 
 UCI_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "uci"
@@ -108,15 +108,17 @@ def test_a_data_set_without_its_optional_files_gets_the_protocols_defaults(
     ds = uci_data.load_dataset(tmp_path, "tiny")
     assert (ds.n_splits, ds.n_hidden, ds.n_epochs) == (2, 50, 40)  # splits counted from files
     assert ds.dropout_rates == uci_data.DEFAULT_DROPOUT_RATES and ds.tau_values == ()
-    report = uci.run(ds, uci.Protocol(epochs_multiplier=1, samples=20, splits=1,
-                                      extend_grid=False))
-    (split,) = report.splits
-    # tau starts from a grid scaled to the split's own fitting rows (not its test rows)
-    train = ds.split(0)[0]
-    fitting = ds.y[train[:int(0.8 * len(train))]]
-    expected = [t / fitting.var() for t in uci_data.DEFAULT_TAU_STANDARDISED]
-    assert sorted({g.tau for g in split.grid}) == pytest.approx(expected, rel=1e-3)
-    assert len(split.grid) == 4 * 4 and math.isfinite(split.test_ll)
+    report = uci.run(ds, uci.Protocol(epochs_multiplier=1, samples=20, extend_grid=False))
+    for split in report.splits:
+        # tau starts from a grid scaled to the split's own fitting rows (not its test rows)
+        train = ds.split(split.split)[0]
+        fitting = ds.y[train[:int(0.8 * len(train))]]
+        expected = [t / fitting.var() for t in uci_data.DEFAULT_TAU_STANDARDISED]
+        assert sorted({g.tau for g in split.grid}) == pytest.approx(expected, rel=1e-3)
+        assert len(split.grid) == 4 * 4 and math.isfinite(split.test_ll)
+    assert report.splits[0].grid[0].tau != report.splits[1].grid[0].tau
+    assert re.search(r"^  tau tried: \S+ to \S+ over 8 values \(each split's own grid, in the "
+                     r"JSON report\)$", "\n".join(uci_cli.search_lines(report)), re.M)
     (folder / "index_train_0.txt").unlink()
     with pytest.raises(InvalidArgumentError, match=r"no splits \(index_train_0\.txt and "
                                                    r"index_test_0\.txt\) and no n_splits\.txt"):
