@@ -79,6 +79,12 @@ class UCIDataset:
                     f"{path}: row indices must be below {rows} (the rows of data.txt), got "
                     f"{int(indices.max())}")
             found.append(indices)
+        shared = np.intersect1d(found[0], found[1])
+        if shared.size:
+            raise InvalidArgumentError(
+                f"{self.directory}: split {index} tests on {shared.size} of its training rows "
+                f"(e.g. row {int(shared[0])}); index_train_{index}.txt and "
+                f"index_test_{index}.txt must not share rows")
         return found[0], found[1]
 
 
@@ -114,6 +120,10 @@ def load_dataset(data_dir: str | Path, name: str) -> UCIDataset:
         raise InvalidArgumentError(
             f"{folder}: index_target.txt must name one column and the indices must be below "
             f"{table.shape[1]}, got target {target.tolist()} and features {features.tolist()}")
+    if target[0] in features:
+        raise InvalidArgumentError(
+            f"{folder}: the target column {int(target[0])} is among the features "
+            f"(index_features.txt); a model would read its own answer")
     n_splits = _count_splits(folder) if not (folder / "n_splits.txt").exists() else \
         int(_integers(folder / "n_splits.txt")[0])
     return UCIDataset(

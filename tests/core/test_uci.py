@@ -68,7 +68,15 @@ def test_malformed_files_are_named(tmp_path: Path) -> None:
     (folder / "index_target.txt").write_text("7")
     with pytest.raises(InvalidArgumentError, match=r"index_target\.txt must name one column"):
         uci_data.load_dataset(tmp_path, "tiny")
+    (folder / "index_target.txt").write_text("2")
+    with pytest.raises(InvalidArgumentError, match=r"the target column 2 is among the features"):
+        uci_data.load_dataset(tmp_path, "tiny")
     (folder / "index_target.txt").write_text("3")
+    (folder / "index_test_0.txt").write_text(
+        (folder / "index_test_0.txt").read_text() + (folder / "index_train_0.txt").read_text()
+        .split()[0] + "\n")
+    with pytest.raises(InvalidArgumentError, match=r"split 0 tests on 1 of its training rows"):
+        uci_data.load_dataset(tmp_path, "tiny").split(0)
     (folder / "n_hidden.txt").write_text("fifty")
     with pytest.raises(InvalidArgumentError, match=r"cannot read .*n_hidden\.txt"):
         uci_data.load_dataset(tmp_path, "tiny")
