@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "uci", help="the UCI regression protocol of Gal & Ghahramani (2016)",
         description="Per split: standardise with training statistics; grid-search the dropout "
                     "rate and tau (dropout_rates.txt x tau_values.txt; without them p in "
-                    "{0.005, 0.01, 0.05, 0.1} and tau in {4, 16, 64, 256} / the variance of "
+                    "{0.005, 0.01, 0.05, 0.1} and tau in {2, 4, 8, ..., 256} / the variance of "
                     "the split's training targets) by validation MC "
                     "log-likelihood on the last 20% of the training split, extending the grid "
                     "geometrically past an edge that holds the best setting (unless "

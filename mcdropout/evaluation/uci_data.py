@@ -27,14 +27,17 @@ DEFAULT_N_HIDDEN = 50
 DEFAULT_N_EPOCHS = 40
 DEFAULT_DROPOUT_RATES = (0.005, 0.01, 0.05, 0.1)
 """Without ``dropout_rates.txt``: the grid of every data set in the published repository."""
-DEFAULT_TAU_STANDARDISED = (4.0, 16.0, 64.0, 256.0)
+DEFAULT_TAU_STANDARDISED = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 """Without ``tau_values.txt``: tau in units of 1 / (variance of the split's fitting targets).
 
 The published grids' best tau in those units runs from about 2 (wine-quality-red) to a few
 thousand (yacht at 100x epochs): a model that explains a share R^2 of the variance has
-precision about 1 / (1 - R^2). These four values cover R^2 from 0.75 to 0.996 in steps of 4, the
-largest step the search extends by, and the search goes past either end where the best lies
-there."""
+precision about 1 / (1 - R^2). These values cover R^2 from 0.5 to 0.996, and the search goes
+past either end where the best lies there. Steps of 2, not the search's largest step of 4:
+tau enters the test log-likelihood directly, and an optimum halfway between two values a
+factor 4 apart costs about 0.1 nats (0.5 (ln r - r + 1) at r = 2), between values a factor
+2 apart about 0.03; a grid of factor 4 lost 0.08 nats on wine-quality-red's splits in a trial
+(docs/uci.md)."""
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,9 @@ def test_a_data_set_without_its_optional_files_gets_the_protocols_defaults(
         fitting = ds.y[train[:int(0.8 * len(train))]]
         expected = [t / fitting.var() for t in uci_data.DEFAULT_TAU_STANDARDISED]
         assert sorted({g.tau for g in split.grid}) == pytest.approx(expected, rel=1e-3)
-        assert len(split.grid) == 4 * 4 and math.isfinite(split.test_ll)
+        assert len(split.grid) == 4 * 8 and math.isfinite(split.test_ll)
     assert report.splits[0].grid[0].tau != report.splits[1].grid[0].tau
-    assert re.search(r"^  tau tried: \S+ to \S+ over 8 values \(each split's own grid, in the "
+    assert re.search(r"^  tau tried: \S+ to \S+ over 16 values \(each split's own grid, in the "
                      r"JSON report\)$", "\n".join(uci_cli.search_lines(report)), re.M)
     (folder / "index_train_0.txt").unlink()
     with pytest.raises(InvalidArgumentError, match=r"no splits \(index_train_0\.txt and "
