@@ -91,7 +91,6 @@ class UCIDataset:
         return found[0], found[1]
 
 
-
 def available_datasets(data_dir: str | Path) -> list[str]:
     """Names of the folders under ``data_dir`` that hold a ``data.txt`` (in a ``data/``
     sub-folder or not)."""
