@@ -40,6 +40,7 @@ from mcdropout.evaluation.uci_data import UCIDataset
 from mcdropout.evaluation.uci_search import GridPoint, Scaled
 from mcdropout.metadata import HeadInfo
 from mcdropout.modeling import builders, edgesearch, gridfit, selection
+from mcdropout.modeling.tuning import format_rates
 
 # Gal & Ghahramani (2016), Table 1, MC dropout column, for the six data sets we hold:
 # RMSE, its SE, test log-likelihood, its SE (20 splits).
@@ -228,8 +229,11 @@ def run(dataset: UCIDataset, protocol: Protocol,
     fitted: dict[int, _Fitted] = {}
     seconds = {"grid_search": 0.0, "retrain": 0.0}
     for k, (indices, held_k) in enumerate(zip(groups.values(), held, strict=True)):
-        fitted.update(_search_and_retrain(dataset, protocol, training, splits, indices, held_k,
-                                          k, say, seconds))
+        group, grid_seconds, retrain_seconds = _search_and_retrain(
+            dataset, protocol, training, splits, indices, held_k, k, say)
+        fitted.update(group)
+        seconds["grid_search"] += grid_seconds
+        seconds["retrain"] += retrain_seconds
     test_start = time.perf_counter()
     results = []
     for i, (_, test) in enumerate(splits):
@@ -264,7 +268,7 @@ def run(dataset: UCIDataset, protocol: Protocol,
             learned_dropout=() if f.stack.learned_rates is None else tuple(
                 float(r) for r in f.stack.learned_rates[f.position])))
         r = results[-1]
-        rates = " ".join(f"{v:.3g}" for v in r.learned_dropout)
+        rates = format_rates(r.learned_dropout)
         say(f"{dataset.name} split {i}: p={r.dropout:g}"
             + (f" (learned {rates})" if rates else "") + f" tau={r.tau:g} "
             + ("" if r.test_tau is None else f"(refined {r.test_tau:.4g}) ")
@@ -292,10 +296,10 @@ class _Fitted:
 
 def _search_and_retrain(dataset: UCIDataset, protocol: Protocol, training: uci_search.Training,
                         splits: Sequence[tuple[np.ndarray, np.ndarray]], indices: Sequence[int],
-                        held: int, group: int, say: Callable[[str], None],
-                        seconds: dict[str, float]) -> dict[int, _Fitted]:
+                        held: int, group: int, say: Callable[[str], None]
+                        ) -> tuple[dict[int, _Fitted], float, float]:
     """Search and retrain the splits ``indices`` (all with training splits of one size) as one
-    stack each; adds the stage times to ``seconds``."""
+    stack each: per split what its test needs, and the search's and retraining's seconds."""
     started = time.perf_counter()
     # Calibration rows are the trailing share of each training split, in file order; everything
     # below (fit/validation cut, grid search, retraining) runs on the rows before them.
@@ -319,11 +323,10 @@ def _search_and_retrain(dataset: UCIDataset, protocol: Protocol, training: uci_s
     say(f"{dataset.name}: retraining {len(indices)} networks on {len(trains[indices[0]])} rows")
     final = uci_search.fit(training, full_sets, [(b.dropout, b.tau) for b, _, _ in found],
                            final_seed, say)
-    seconds["grid_search"] += grid_done - started
-    seconds["retrain"] += time.perf_counter() - grid_done
-    return {i: _Fitted(full_sets[j], calibration[i], found[j][0], tuple(found[j][1]),
-                       found[j][2], final, j)
-            for j, i in enumerate(indices)}
+    fitted = {i: _Fitted(full_sets[j], calibration[i], found[j][0], tuple(found[j][1]),
+                         found[j][2], final, j)
+              for j, i in enumerate(indices)}
+    return fitted, grid_done - started, time.perf_counter() - grid_done
 
 
 def _seed(protocol: Protocol, split: int) -> int:

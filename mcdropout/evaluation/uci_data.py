@@ -126,8 +126,8 @@ def load_dataset(data_dir: str | Path, name: str) -> UCIDataset:
         raise InvalidArgumentError(
             f"{folder}: the target column {int(target[0])} is among the features "
             f"(index_features.txt); a model would read its own answer")
-    n_splits = _count_splits(folder) if not (folder / "n_splits.txt").exists() else \
-        int(_integers(folder / "n_splits.txt")[0])
+    n_splits = int(_integers(folder / "n_splits.txt")[0]) \
+        if (folder / "n_splits.txt").exists() else _count_splits(folder)
     return UCIDataset(
         name=name, x=table[:, features], y=table[:, target], directory=folder,
         n_splits=n_splits,
