@@ -150,6 +150,26 @@ def test_splits_of_different_sizes_train_one_stack_per_size(tmp_path: Path) -> N
     assert math.isfinite(both.splits[1].test_ll) and len(both.splits[1].grid) == 4
 
 
+@pytest.mark.parametrize("break_it, message", [
+    (lambda f: (f / "index_target.txt").write_text("1"),
+     r"the target column 1 is among the features \(index_features\.txt\)"),
+    (lambda f: (f / "index_test_1.txt").write_text((f / "index_train_1.txt").read_text()),
+     r"split 1 tests on 36 of its training rows \(e\.g\. row \d+\); index_train_1\.txt and "
+     r"index_test_1\.txt must not share rows"),
+    (lambda f: (f / "index_train_0.txt").write_text("0\n99\n"),
+     r"index_train_0\.txt: row indices must be below 40 \(the rows of data\.txt\), got 99"),
+    (lambda f: [(f / "n_splits.txt").unlink(), (f / "index_test_0.txt").unlink()],
+     r"no splits \(index_train_0\.txt and index_test_0\.txt\) and no n_splits\.txt"),
+])
+def test_the_command_refuses_bad_layout_files_before_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], break_it, message: str) -> None:
+    break_it(write_layout(tmp_path))
+    assert cli.main(["benchmark", "uci", "--data-dir", str(tmp_path), "--dataset", "tiny",
+                     "--output", str(tmp_path / "out")]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
 def test_grids_on_file_are_checked_before_any_training(tmp_path: Path) -> None:
     folder = write_layout(tmp_path)
     (folder / "tau_values.txt").write_text("1.0\n-2.0\n")
