@@ -17,8 +17,8 @@ from server_testkit import reg_inputs
 
 @dataclass
 class Hammer:
-    """``clients`` threads, each with its own client, calling Predict on "reg" (64 rows, 200
-    passes) until the block of :meth:`running` ends, without retries.
+    """``clients`` threads, each with its own client, calling Predict on "reg" (64 rows,
+    ``samples`` passes) until the block of :meth:`running` ends, without retries.
 
     Attributes:
         answered: Request ids (``c<client>-<call>``) of the calls that got an answer.
@@ -28,6 +28,7 @@ class Hammer:
     port: int
     clients: int
     options: Sequence[tuple[str, Any]] = ()  # channel options of every client
+    samples: int = 200
     answered: list[str] = field(default_factory=list)
     failed: list[ClientError] = field(default_factory=list)
 
@@ -52,7 +53,7 @@ class Hammer:
                     return
                 request_id = f"c{index}-{i}"
                 try:
-                    client.predict(reg_inputs(64, seed=i), model="reg", samples=200,
+                    client.predict(reg_inputs(64, seed=i), model="reg", samples=self.samples,
                                    request_id=request_id)
                     self.answered.append(request_id)
                 except ClientError as exc:

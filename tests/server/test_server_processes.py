@@ -259,8 +259,12 @@ def test_sigterm_drains_every_process_and_loses_no_accepted_call(served: Served)
     watches = [health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(),
                                                          timeout=120) for channel in channels]
     assert [next(watch).status for watch in watches] == [SERVING] * len(watches)
-    with Hammer(served.run.port, 6, own).running() as load:
+    # Passes enough that a call spends most of its time in the server, not in the six client
+    # threads sharing this test's GIL: the signal must find calls in flight, and it is sent
+    # only once the merged gauge shows one.
+    with Hammer(served.run.port, 6, own, samples=2000).running() as load:
         wait_for(lambda: len(load.answered) >= 12)
+        wait_for(lambda: served.samples("mcdropout_in_flight_requests")[()] >= 1)
         served.run.process.send_signal(signal.SIGTERM)
         assert served.run.process.wait(timeout=120) == 0
     answered, failed = load.answered, load.failed
